@@ -1,0 +1,342 @@
+//! The one error type of the library.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A boxed error used as an opaque cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong when loading or calling an operator.
+///
+/// Each variant names the operator involved (its metadata name, or the
+/// source it was loaded from when the name is not known yet) and, for limits,
+/// the limit that was hit. [`Error::kind`] gives the stable kebab-case kind
+/// used by the CLI's exit codes and by metrics.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bytes are not a valid WebAssembly component.
+    #[error("{source_name}: {reason}")]
+    InvalidComponent {
+        /// Where the bytes came from (a path, or `<bytes>`).
+        source_name: String,
+        /// What is wrong, in words.
+        reason: String,
+        /// The underlying parser or compiler error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The component does not follow the `xcs:operator` contract.
+    #[error("{operator}: {reason}")]
+    Contract {
+        /// The operator (or source) concerned.
+        operator: String,
+        /// What is wrong, in words.
+        reason: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+
+    /// The component imports something the host does not grant.
+    #[error(
+        "{operator}: imports `{import}`, which this host does not grant{}",
+        hint.as_deref().map(|hint| format!(" ({hint})")).unwrap_or_default()
+    )]
+    Capability {
+        /// The operator (or source) concerned.
+        operator: String,
+        /// The import that was refused, e.g. `wasi:sockets/tcp@0.2.6`.
+        import: String,
+        /// How to fix it, when there is an obvious way.
+        hint: Option<String>,
+    },
+
+    /// The input does not match the operator's signature.
+    #[error("{operator}: {path}: expected {expected}, found {found}")]
+    Validation {
+        /// The operator whose signature was violated.
+        operator: String,
+        /// Where in the input, as a JSON path (`$.xs[3]`).
+        path: String,
+        /// What the signature expects there (a WIT type, or a constraint).
+        expected: String,
+        /// What the input has there.
+        found: String,
+    },
+
+    /// The input is larger than [`Limits::max_input_bytes`](crate::Limits::max_input_bytes).
+    #[error("{operator}: input of at least {size} bytes is over the limit of {limit} bytes")]
+    InputTooLarge {
+        /// The operator that was called.
+        operator: String,
+        /// The input's size in bytes, as far as it was measured before
+        /// refusing it.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+
+    /// The operator returned `err(error)`.
+    #[error("{operator}: operator error [{code}]{}: {message}", if *retryable { " (retryable)" } else { "" })]
+    Operator {
+        /// The operator that failed.
+        operator: String,
+        /// The error code the operator gave.
+        code: String,
+        /// The message the operator gave.
+        message: String,
+        /// Whether the operator says trying again may succeed.
+        retryable: bool,
+    },
+
+    /// The call ran past its wall-clock deadline and was interrupted.
+    #[error("{operator}: timed out after {}", humanize(*timeout))]
+    Timeout {
+        /// The operator that was interrupted.
+        operator: String,
+        /// The deadline that passed.
+        timeout: Duration,
+    },
+
+    /// The call used up its fuel (instruction budget).
+    #[error("{operator}: ran out of fuel (budget {fuel})")]
+    Fuel {
+        /// The operator that was stopped.
+        operator: String,
+        /// The fuel budget it was given.
+        fuel: u64,
+    },
+
+    /// The guest asked for more memory than its cap.
+    #[error("{operator}: {what} of {requested} bytes refused: the limit is {limit} bytes")]
+    Memory {
+        /// The operator that was stopped.
+        operator: String,
+        /// What needed the memory (`linear memory`, `table`, `output`).
+        what: &'static str,
+        /// How many bytes it asked for in total (or produced, for output).
+        requested: u64,
+        /// The cap in force.
+        limit: u64,
+    },
+
+    /// The guest overflowed its stack.
+    #[error("{operator}: stack overflow (wasm stack limit {max_stack_bytes} bytes)")]
+    StackOverflow {
+        /// The operator that was stopped.
+        operator: String,
+        /// The wasm stack limit in force.
+        max_stack_bytes: usize,
+    },
+
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access,
+    /// or a failing host capability).
+    #[error("{operator}: {message}{}", stderr_suffix(guest_stderr))]
+    Trap {
+        /// The operator that trapped.
+        operator: String,
+        /// The trap's cause.
+        message: String,
+        /// What the guest wrote to stderr before trapping (a Rust panic
+        /// message lands here), truncated.
+        guest_stderr: String,
+    },
+
+    /// Reading a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The host or a call was configured in a way that cannot work.
+    #[error("invalid configuration: {message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn stderr_suffix(guest_stderr: &str) -> String {
+    let trimmed = guest_stderr.trim();
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("\nguest stderr:\n{trimmed}")
+    }
+}
+
+pub(crate) fn humanize(duration: Duration) -> String {
+    humantime_like(duration)
+}
+
+/// `1.5s`, `200ms`, `37µs`: short and exact enough for messages.
+fn humantime_like(duration: Duration) -> String {
+    let nanos = duration.as_nanos();
+    if nanos >= 1_000_000_000 && nanos % 1_000_000 == 0 {
+        format!("{}s", duration.as_secs_f64())
+    } else if nanos >= 1_000_000 && nanos % 1_000 == 0 {
+        format!("{}ms", nanos as f64 / 1e6)
+    } else if nanos >= 1_000 {
+        format!("{}µs", nanos as f64 / 1e3)
+    } else {
+        format!("{nanos}ns")
+    }
+}
+
+/// The stable kind of an [`Error`], as used by the CLI and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `invalid-component`
+    InvalidComponent,
+    /// `contract`
+    Contract,
+    /// `capability`
+    Capability,
+    /// `validation` (also an input over its size limit)
+    Validation,
+    /// `operator`
+    Operator,
+    /// `timeout`
+    Timeout,
+    /// `fuel`
+    Fuel,
+    /// `memory` (linear memory, tables, or output over its size limit)
+    Memory,
+    /// `stack-overflow`
+    StackOverflow,
+    /// `trap`
+    Trap,
+    /// `io`
+    Io,
+    /// `config`
+    Config,
+}
+
+impl ErrorKind {
+    /// Every kind, in a stable order.
+    pub const ALL: &'static [ErrorKind] = &[
+        ErrorKind::InvalidComponent,
+        ErrorKind::Contract,
+        ErrorKind::Capability,
+        ErrorKind::Validation,
+        ErrorKind::Operator,
+        ErrorKind::Timeout,
+        ErrorKind::Fuel,
+        ErrorKind::Memory,
+        ErrorKind::StackOverflow,
+        ErrorKind::Trap,
+        ErrorKind::Io,
+        ErrorKind::Config,
+    ];
+
+    /// The kebab-case name, e.g. `stack-overflow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidComponent => "invalid-component",
+            ErrorKind::Contract => "contract",
+            ErrorKind::Capability => "capability",
+            ErrorKind::Validation => "validation",
+            ErrorKind::Operator => "operator",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Fuel => "fuel",
+            ErrorKind::Memory => "memory",
+            ErrorKind::StackOverflow => "stack-overflow",
+            ErrorKind::Trap => "trap",
+            ErrorKind::Io => "io",
+            ErrorKind::Config => "config",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Error {
+    /// The error's stable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidComponent { .. } => ErrorKind::InvalidComponent,
+            Error::Contract { .. } => ErrorKind::Contract,
+            Error::Capability { .. } => ErrorKind::Capability,
+            Error::Validation { .. } | Error::InputTooLarge { .. } => ErrorKind::Validation,
+            Error::Operator { .. } => ErrorKind::Operator,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Fuel { .. } => ErrorKind::Fuel,
+            Error::Memory { .. } => ErrorKind::Memory,
+            Error::StackOverflow { .. } => ErrorKind::StackOverflow,
+            Error::Trap { .. } => ErrorKind::Trap,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Config { .. } => ErrorKind::Config,
+        }
+    }
+
+    /// Whether the operator said that trying again may succeed.
+    ///
+    /// Only an [`Error::Operator`] with its `retryable` flag set is; every
+    /// other failure is a property of the operator or its input.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Operator {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}
+
+/// Wraps a `wasmtime::Error` so it can be kept as a `#[source]`.
+#[derive(Debug)]
+pub(crate) struct WasmtimeError(pub(crate) wasmtime::Error);
+
+impl fmt::Display for WasmtimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for WasmtimeError {}
+
+impl From<wasmtime::Error> for WasmtimeError {
+    fn from(error: wasmtime::Error) -> Self {
+        WasmtimeError(error)
+    }
+}
+
+pub(crate) fn boxed(error: wasmtime::Error) -> Option<BoxError> {
+    Some(Box::new(WasmtimeError(error)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_unique_kebab_case() {
+        let mut names: Vec<_> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        for name in &names {
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{name}");
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(humanize(Duration::from_millis(200)), "200ms");
+        assert_eq!(humanize(Duration::from_secs(2)), "2s");
+        assert_eq!(humanize(Duration::from_micros(1500)), "1.5ms");
+    }
+}

@@ -1,0 +1,108 @@
+//! Run untrusted WebAssembly operators under hard limits.
+//!
+//! An *operator* is a WebAssembly component that targets the `operator`
+//! world of the `xcs:operator` WIT package (see `wit/operator.wit`): it
+//! exports `metadata()` and one typed `invoke` function whose result is
+//! `result<T, error>`. Write one in Rust with the `xcs-guest` crate, or in
+//! any language that builds components.
+//!
+//! A [`Host`] loads operators and runs each call in a fresh, isolated
+//! sandbox: no state survives between calls, nothing outside is reachable
+//! unless the embedder grants it as a [`Capability`], clocks and randomness
+//! are virtual and seeded, and every call has a wall-clock deadline, an
+//! optional fuel budget and a memory cap ([`Limits`]). Every failure is an
+//! [`Error`] with a stable [`ErrorKind`]; nothing a guest does can panic the
+//! host.
+//!
+//! ```
+//! use std::time::Duration;
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let double_wasm = wat::parse_str(xcs::__doc_fixture::DOUBLE_WAT)?;
+//! let host = xcs::Host::builder().build()?;
+//! // `double_wasm` holds the bytes of a component, e.g. read from a `.wasm` file
+//! // (`host.load(path)` does that for you).
+//! let double = host.load_bytes(double_wasm, "double.wasm").await?;
+//! assert_eq!(double.metadata().name, "double");
+//! assert_eq!(double.signature().to_string(), "func(x: u32) -> result<u32, error>");
+//!
+//! let limits = xcs::Limits::default().timeout(Duration::from_millis(500));
+//! assert_eq!(double.call(&json!({ "x": 21 }), &limits).await?, json!(42));
+//!
+//! // Inputs are checked against the signature before any guest code runs.
+//! let error = double.call(&json!({ "x": "21" }), &limits).await.unwrap_err();
+//! assert_eq!(error.kind(), xcs::ErrorKind::Validation);
+//! assert_eq!(error.to_string(), r#"double: $.x: expected u32, found string "21""#);
+//!
+//! // Rust embedders can call with typed values.
+//! let doubled: u32 = double.call_typed(&(4u32,), &limits).await?;
+//! assert_eq!(doubled, 8);
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+mod capability;
+mod codec;
+mod error;
+mod host;
+mod limits;
+mod operator;
+mod sandbox;
+mod types;
+
+pub use capability::Capability;
+pub use error::{BoxError, Error, ErrorKind};
+pub use host::{CACHE_DIR_ENV, Host, HostBuilder};
+pub use limits::{DEFAULT_SEED, Limits};
+pub use operator::{CallOutput, Metadata, Operator};
+pub use sandbox::{CallStats, LogLevel, LogRecord};
+pub use types::{Param, Signature, WitType};
+
+/// Traits that type a [`Capability`]'s functions (re-exported from
+/// wasmtime, whose typed component values they are).
+pub mod capability_types {
+    pub use crate::capability::{ComponentNamedList, ComponentType, Lift, Lower};
+}
+
+#[doc(hidden)]
+pub mod __doc_fixture {
+    //! A hand-written component used by the crate's doc example.
+
+    /// `double(x: u32) -> result<u32, error>`, with metadata.
+    pub const DOUBLE_WAT: &str = r#"
+(component
+  (import "xcs:operator/types@0.1.0" (instance $types
+    (type $metadata (record (field "name" string) (field "version" string)
+                            (field "description" string) (field "deterministic" bool)))
+    (export "metadata" (type (eq $metadata)))
+    (type $error (record (field "code" string) (field "message" string) (field "retryable" bool)))
+    (export "error" (type (eq $error)))))
+  (alias export $types "metadata" (type $metadata))
+  (alias export $types "error" (type $error))
+  (core module $m
+    (memory (export "memory") 1)
+    (data (i32.const 16) "double")
+    (data (i32.const 32) "0.1.0")
+    (data (i32.const 48) "Doubles a number.")
+    (func (export "metadata") (result i32)
+      (i32.store (i32.const 64) (i32.const 16)) (i32.store (i32.const 68) (i32.const 6))
+      (i32.store (i32.const 72) (i32.const 32)) (i32.store (i32.const 76) (i32.const 5))
+      (i32.store (i32.const 80) (i32.const 48)) (i32.store (i32.const 84) (i32.const 17))
+      (i32.store8 (i32.const 88) (i32.const 1))
+      (i32.const 64))
+    (func (export "invoke") (param i32) (result i32)
+      (i32.store8 (i32.const 128) (i32.const 0))
+      (i32.store (i32.const 132) (i32.mul (local.get 0) (i32.const 2)))
+      (i32.const 128))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable))
+  (core instance $i (instantiate $m))
+  (func (export "metadata") (result $metadata)
+    (canon lift (core func $i "metadata") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+  (func (export "invoke") (param "x" u32) (result (result u32 (error $error)))
+    (canon lift (core func $i "invoke") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
+"#;
+}

@@ -1,0 +1,163 @@
+//! Per-call limits and sandbox settings.
+
+use std::time::Duration;
+
+/// The seed used when none is given: fixed, so runs are reproducible.
+pub const DEFAULT_SEED: u64 = 0x5eed_0000_0000_0001;
+
+/// Limits and sandbox settings for one call.
+///
+/// Every call runs in a fresh sandbox under these limits. Build one from
+/// [`Limits::default()`] and override what you need:
+///
+/// ```
+/// use std::time::Duration;
+/// let limits = xcs::Limits::default()
+///     .timeout(Duration::from_millis(200))
+///     .fuel(Some(10_000_000))
+///     .max_memory_bytes(32 << 20);
+/// assert_eq!(limits.get_timeout(), Duration::from_millis(200));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub(crate) timeout: Duration,
+    pub(crate) fuel: Option<u64>,
+    pub(crate) max_memory_bytes: u64,
+    pub(crate) max_input_bytes: u64,
+    pub(crate) max_output_bytes: u64,
+    pub(crate) max_table_elements: u64,
+    pub(crate) max_instances: u64,
+    pub(crate) max_log_bytes: u64,
+    pub(crate) seed: u64,
+}
+
+impl Default for Limits {
+    /// | setting | default |
+    /// |---|---|
+    /// | `timeout` | 10 s |
+    /// | `fuel` | none (unbounded) |
+    /// | `max_memory_bytes` | 64 MiB |
+    /// | `max_input_bytes` | 64 MiB |
+    /// | `max_output_bytes` | 16 MiB |
+    /// | `max_table_elements` | 20,000 |
+    /// | `max_instances` | 64 |
+    /// | `max_log_bytes` | 64 KiB |
+    /// | `seed` | [`DEFAULT_SEED`] |
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(10),
+            fuel: None,
+            max_memory_bytes: 64 << 20,
+            max_input_bytes: 64 << 20,
+            max_output_bytes: 16 << 20,
+            max_table_elements: 20_000,
+            max_instances: 64,
+            max_log_bytes: 64 << 10,
+            seed: DEFAULT_SEED,
+        }
+    }
+}
+
+impl Limits {
+    /// Wall-clock deadline for the whole call, instantiation included.
+    /// A guest that runs past it is interrupted within one epoch tick
+    /// (see [`HostBuilder::epoch_tick`](crate::HostBuilder::epoch_tick)).
+    /// Default: 10 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Instruction budget (wasmtime fuel). `None`: unbounded. Needs a host
+    /// built with fuel consumption on (the default). Default: `None`.
+    pub fn fuel(mut self, fuel: Option<u64>) -> Self {
+        self.fuel = fuel;
+        self
+    }
+
+    /// Cap on the guest's linear memory, in bytes. Growing past it stops
+    /// the call with a `memory` error. Default: 64 MiB.
+    pub fn max_memory_bytes(mut self, bytes: u64) -> Self {
+        self.max_memory_bytes = bytes;
+        self
+    }
+
+    /// Cap on the size of the input, measured as the canonical size of the
+    /// values handed to the guest (strings in bytes, numbers at their WIT
+    /// width). Checked before any guest code runs. Default: 64 MiB.
+    pub fn max_input_bytes(mut self, bytes: u64) -> Self {
+        self.max_input_bytes = bytes;
+        self
+    }
+
+    /// Cap on the size of the result, measured like the input.
+    /// Default: 16 MiB.
+    pub fn max_output_bytes(mut self, bytes: u64) -> Self {
+        self.max_output_bytes = bytes;
+        self
+    }
+
+    /// Cap on the number of elements of each table. Default: 20,000.
+    pub fn max_table_elements(mut self, elements: u64) -> Self {
+        self.max_table_elements = elements;
+        self
+    }
+
+    /// Cap on the number of core instances a component may create.
+    /// Default: 64.
+    pub fn max_instances(mut self, instances: u64) -> Self {
+        self.max_instances = instances;
+        self
+    }
+
+    /// Bytes of log messages (through the host `log` import, stdout and
+    /// stderr) kept per call; messages beyond are counted and dropped.
+    /// Default: 64 KiB.
+    pub fn max_log_bytes(mut self, bytes: u64) -> Self {
+        self.max_log_bytes = bytes;
+        self
+    }
+
+    /// Seed of the sandbox's randomness and virtual clocks: the same seed
+    /// gives the same random bytes and clock readings. Default:
+    /// [`DEFAULT_SEED`].
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The wall-clock deadline.
+    pub fn get_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The fuel budget, if any.
+    pub fn get_fuel(&self) -> Option<u64> {
+        self.fuel
+    }
+
+    /// The linear-memory cap in bytes.
+    pub fn get_max_memory_bytes(&self) -> u64 {
+        self.max_memory_bytes
+    }
+
+    /// The input cap in bytes.
+    pub fn get_max_input_bytes(&self) -> u64 {
+        self.max_input_bytes
+    }
+
+    /// The output cap in bytes.
+    pub fn get_max_output_bytes(&self) -> u64 {
+        self.max_output_bytes
+    }
+
+    /// The log budget in bytes.
+    pub fn get_max_log_bytes(&self) -> u64 {
+        self.max_log_bytes
+    }
+
+    /// The sandbox seed.
+    pub fn get_seed(&self) -> u64 {
+        self.seed
+    }
+}

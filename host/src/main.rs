@@ -1,0 +1,291 @@
+//! The `xcs` command: inspect and call WebAssembly operators.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use xcs::{Error, ErrorKind, Host, Limits};
+
+/// Run untrusted WebAssembly operators in a sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "xcs", version, about, long_about = None)]
+struct Cli {
+    /// More logs on stderr (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show an operator's metadata, `invoke` signature, imports and digest.
+    Inspect {
+        /// The operator component (.wasm).
+        operator: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Call an operator once and print its result as JSON.
+    Call {
+        /// The operator component (.wasm).
+        operator: PathBuf,
+        #[command(flatten)]
+        input: InputArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct InputArgs {
+    /// The input as JSON: an object keyed by parameter name, or an array of
+    /// arguments in order. Without --input or --input-file, stdin is read
+    /// (when it is not a terminal; otherwise there are no arguments).
+    #[arg(long, conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Read the input JSON from a file.
+    #[arg(long, value_name = "FILE")]
+    input_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// Wall-clock deadline for the call, e.g. 200ms, 2s.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    timeout: Duration,
+    /// Fuel (instruction) budget; unbounded when absent.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Linear-memory cap, e.g. 32MiB.
+    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    memory: u64,
+    /// Input size cap (canonical size; the JSON text may be at most 4x this).
+    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    max_input: u64,
+    /// Output size cap.
+    #[arg(long, value_parser = parse_bytes, default_value = "16MiB")]
+    max_output: u64,
+    /// Seed of the sandbox's randomness and clocks.
+    #[arg(long, default_value_t = xcs::DEFAULT_SEED)]
+    seed: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits::default()
+            .timeout(self.timeout)
+            .fuel(self.fuel)
+            .max_memory_bytes(self.memory)
+            .max_input_bytes(self.max_input)
+            .max_output_bytes(self.max_output)
+            .seed(self.seed)
+    }
+}
+
+/// Parses `4096`, `64KiB`, `32MiB`, `1GiB`, `10MB` (decimal), `512B`.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size like 32MiB"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// The exit code for each error kind (the README lists them).
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Config => 2,
+        ErrorKind::InvalidComponent | ErrorKind::Contract | ErrorKind::Capability => 3,
+        ErrorKind::Validation => 4,
+        ErrorKind::Operator => 5,
+        ErrorKind::Timeout => 6,
+        ErrorKind::Fuel => 7,
+        ErrorKind::Memory => 8,
+        ErrorKind::StackOverflow | ErrorKind::Trap => 9,
+        _ => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let (kind, code) = match error.downcast_ref::<Error>() {
+                Some(xcs_error) => (xcs_error.kind().as_str(), exit_code(xcs_error.kind())),
+                None => ("io", 1),
+            };
+            // One line with the kind, then the causes.
+            let mut chain = error.chain();
+            if let Some(head) = chain.next() {
+                eprintln!("error[{kind}]: {head}");
+            }
+            for cause in chain {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "error",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Inspect { operator, json } => inspect(&operator, json).await,
+            Command::Call {
+                operator,
+                input,
+                limits,
+            } => call(&operator, &input, &limits.limits()).await,
+        }
+    })
+}
+
+async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
+    let host = Host::builder().build()?;
+    let operator = host.load(path).await?;
+    let metadata = operator.metadata();
+    let signature = operator.signature();
+    if as_json {
+        let description = json!({
+            "name": metadata.name,
+            "version": metadata.version,
+            "description": metadata.description,
+            "deterministic": metadata.deterministic,
+            "params": signature.params,
+            "result": signature.result.as_ref().map(ToString::to_string),
+            "signature": signature.to_string(),
+            "imports": operator.imports(),
+            "digest": operator.digest(),
+        });
+        println!("{}", serde_json::to_string_pretty(&description)?);
+    } else {
+        println!("name:          {}", metadata.name);
+        println!("version:       {}", metadata.version);
+        println!("description:   {}", metadata.description);
+        println!("deterministic: {}", if metadata.deterministic { "yes" } else { "no" });
+        println!("invoke:        {signature}");
+        println!("imports:");
+        for import in operator.imports() {
+            println!("  {import}");
+        }
+        println!("digest:        {}", operator.digest());
+    }
+    Ok(())
+}
+
+async fn call(path: &Path, input: &InputArgs, limits: &Limits) -> anyhow::Result<()> {
+    let host = Host::builder().build()?;
+    let operator = host.load(path).await?;
+    let input = read_input(input, operator.name(), limits.get_max_input_bytes())?;
+    let output = operator.call(&input, limits).await?;
+    println!("{}", serde_json::to_string(&output)?);
+    Ok(())
+}
+
+fn read_input(args: &InputArgs, operator: &str, max_input_bytes: u64) -> anyhow::Result<Value> {
+    let max_text = max_input_bytes.saturating_mul(4);
+    let (origin, text) = if let Some(text) = &args.input {
+        ("--input", text.clone())
+    } else if let Some(file) = &args.input_file {
+        let file_handle = std::fs::File::open(file).map_err(|source| Error::Io {
+            path: file.clone(),
+            source,
+        })?;
+        ("--input-file", read_bounded(file_handle, max_text, file)?)
+    } else if std::io::stdin().is_terminal() {
+        return Ok(Value::Null);
+    } else {
+        ("stdin", read_bounded(std::io::stdin().lock(), max_text, Path::new("<stdin>"))?)
+    };
+    if text.len() as u64 > max_text {
+        return Err(Error::InputTooLarge {
+            operator: operator.to_owned(),
+            size: text.len() as u64,
+            limit: max_text,
+        }
+        .into());
+    }
+    serde_json::from_str(&text).map_err(|error| {
+        Error::Validation {
+            operator: operator.to_owned(),
+            path: "$".into(),
+            expected: format!("JSON ({origin})"),
+            found: format!("invalid JSON: {error}"),
+        }
+        .into()
+    })
+}
+
+fn read_bounded(reader: impl Read, max: u64, path: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    reader
+        .take(max.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("32MiB"), Ok(32 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("10MB"), Ok(10_000_000));
+        assert!(parse_bytes("ten").is_err());
+        assert!(parse_bytes("1XB").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
+    }
+
+    #[test]
+    fn exit_codes_match_the_readme() {
+        assert_eq!(exit_code(ErrorKind::Validation), 4);
+        assert_eq!(exit_code(ErrorKind::Timeout), 6);
+        assert_eq!(exit_code(ErrorKind::StackOverflow), 9);
+        assert_eq!(exit_code(ErrorKind::Io), 1);
+    }
+}

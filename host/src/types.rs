@@ -1,0 +1,281 @@
+//! WIT value types as the host sees them, read from a component's own type.
+
+use std::fmt;
+
+use wasmtime::component::types::Type;
+
+/// A WIT value type.
+///
+/// Operators' signatures are made of these. Records, variants, enums and
+/// flags are structural here: the component model does not keep their WIT
+/// names, so a record prints as `record { a: u32, b: string }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WitType {
+    /// `bool`
+    Bool,
+    /// `s8`
+    S8,
+    /// `u8`
+    U8,
+    /// `s16`
+    S16,
+    /// `u16`
+    U16,
+    /// `s32`
+    S32,
+    /// `u32`
+    U32,
+    /// `s64`
+    S64,
+    /// `u64`
+    U64,
+    /// `f32`
+    F32,
+    /// `f64`
+    F64,
+    /// `char`
+    Char,
+    /// `string`
+    String,
+    /// `list<T>`
+    List(Box<WitType>),
+    /// `record { name: T, ... }`
+    Record(Vec<(String, WitType)>),
+    /// `tuple<T, ...>`
+    Tuple(Vec<WitType>),
+    /// `variant { case(T), other, ... }`
+    Variant(Vec<(String, Option<WitType>)>),
+    /// `enum { a, b, ... }`
+    Enum(Vec<String>),
+    /// `option<T>`
+    Option(Box<WitType>),
+    /// `result<T, E>` (either side may be absent: `result<_, E>`)
+    Result {
+        /// The `ok` payload type.
+        ok: Option<Box<WitType>>,
+        /// The `err` payload type.
+        err: Option<Box<WitType>>,
+    },
+    /// `flags { a, b, ... }`
+    Flags(Vec<String>),
+}
+
+/// A component type the host cannot pass as a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unsupported(pub(crate) &'static str);
+
+impl WitType {
+    /// Reads a wasmtime type; resources, maps, futures, streams and error
+    /// contexts are not values the host can build from JSON.
+    pub(crate) fn from_wasmtime(ty: &Type) -> Result<WitType, Unsupported> {
+        Ok(match ty {
+            Type::Bool => WitType::Bool,
+            Type::S8 => WitType::S8,
+            Type::U8 => WitType::U8,
+            Type::S16 => WitType::S16,
+            Type::U16 => WitType::U16,
+            Type::S32 => WitType::S32,
+            Type::U32 => WitType::U32,
+            Type::S64 => WitType::S64,
+            Type::U64 => WitType::U64,
+            Type::Float32 => WitType::F32,
+            Type::Float64 => WitType::F64,
+            Type::Char => WitType::Char,
+            Type::String => WitType::String,
+            Type::List(list) => WitType::List(Box::new(Self::from_wasmtime(&list.ty())?)),
+            Type::Record(record) => WitType::Record(
+                record
+                    .fields()
+                    .map(|field| Ok((field.name.to_owned(), Self::from_wasmtime(&field.ty)?)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Type::Tuple(tuple) => WitType::Tuple(
+                tuple
+                    .types()
+                    .map(|ty| Self::from_wasmtime(&ty))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Type::Variant(variant) => WitType::Variant(
+                variant
+                    .cases()
+                    .map(|case| {
+                        let payload = case.ty.as_ref().map(Self::from_wasmtime).transpose()?;
+                        Ok((case.name.to_owned(), payload))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Type::Enum(names) => WitType::Enum(names.names().map(str::to_owned).collect()),
+            Type::Option(option) => WitType::Option(Box::new(Self::from_wasmtime(&option.ty())?)),
+            Type::Result(result) => WitType::Result {
+                ok: result
+                    .ok()
+                    .map(|ty| Self::from_wasmtime(&ty).map(Box::new))
+                    .transpose()?,
+                err: result
+                    .err()
+                    .map(|ty| Self::from_wasmtime(&ty).map(Box::new))
+                    .transpose()?,
+            },
+            Type::Flags(flags) => WitType::Flags(flags.names().map(str::to_owned).collect()),
+            Type::Own(_) | Type::Borrow(_) => return Err(Unsupported("resource handles")),
+            Type::Map(_) => return Err(Unsupported("map types")),
+            Type::Future(_) => return Err(Unsupported("futures")),
+            Type::Stream(_) => return Err(Unsupported("streams")),
+            Type::ErrorContext => return Err(Unsupported("error contexts")),
+            Type::FixedLengthList(_) => return Err(Unsupported("fixed-length lists")),
+        })
+    }
+
+    /// The short name of the type's family, used in validation messages
+    /// (`list<s64>` is "list", a record is "record").
+    pub(crate) fn family(&self) -> &'static str {
+        match self {
+            WitType::Bool => "bool",
+            WitType::S8 => "s8",
+            WitType::U8 => "u8",
+            WitType::S16 => "s16",
+            WitType::U16 => "u16",
+            WitType::S32 => "s32",
+            WitType::U32 => "u32",
+            WitType::S64 => "s64",
+            WitType::U64 => "u64",
+            WitType::F32 => "f32",
+            WitType::F64 => "f64",
+            WitType::Char => "char",
+            WitType::String => "string",
+            WitType::List(_) => "list",
+            WitType::Record(_) => "record",
+            WitType::Tuple(_) => "tuple",
+            WitType::Variant(_) => "variant",
+            WitType::Enum(_) => "enum",
+            WitType::Option(_) => "option",
+            WitType::Result { .. } => "result",
+            WitType::Flags(_) => "flags",
+        }
+    }
+}
+
+fn write_list<T>(
+    f: &mut fmt::Formatter<'_>,
+    items: &[T],
+    mut each: impl FnMut(&mut fmt::Formatter<'_>, &T) -> fmt::Result,
+) -> fmt::Result {
+    for (index, item) in items.iter().enumerate() {
+        if index > 0 {
+            f.write_str(", ")?;
+        }
+        each(f, item)?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for WitType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WitType::List(element) => write!(f, "list<{element}>"),
+            WitType::Record(fields) => {
+                f.write_str("record { ")?;
+                write_list(f, fields, |f, (name, ty)| write!(f, "{name}: {ty}"))?;
+                f.write_str(" }")
+            }
+            WitType::Tuple(types) => {
+                f.write_str("tuple<")?;
+                write_list(f, types, |f, ty| write!(f, "{ty}"))?;
+                f.write_str(">")
+            }
+            WitType::Variant(cases) => {
+                f.write_str("variant { ")?;
+                write_list(f, cases, |f, (name, payload)| match payload {
+                    Some(ty) => write!(f, "{name}({ty})"),
+                    None => f.write_str(name),
+                })?;
+                f.write_str(" }")
+            }
+            WitType::Enum(names) => {
+                f.write_str("enum { ")?;
+                write_list(f, names, |f, name| f.write_str(name))?;
+                f.write_str(" }")
+            }
+            WitType::Flags(names) => {
+                f.write_str("flags { ")?;
+                write_list(f, names, |f, name| f.write_str(name))?;
+                f.write_str(" }")
+            }
+            WitType::Option(inner) => write!(f, "option<{inner}>"),
+            WitType::Result { ok, err } => match (ok, err) {
+                (None, None) => f.write_str("result"),
+                (Some(ok), None) => write!(f, "result<{ok}>"),
+                (None, Some(err)) => write!(f, "result<_, {err}>"),
+                (Some(ok), Some(err)) => write!(f, "result<{ok}, {err}>"),
+            },
+            scalar => f.write_str(scalar.family()),
+        }
+    }
+}
+
+/// One named parameter of an operator's `invoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Param {
+    /// The parameter's name, as in the WIT (kebab-case).
+    pub name: String,
+    /// Its type.
+    #[serde(rename = "type", serialize_with = "display")]
+    pub ty: WitType,
+}
+
+/// The signature of an operator's `invoke` export.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Signature {
+    /// Parameters in order.
+    pub params: Vec<Param>,
+    /// The `ok` type of `invoke`'s `result<T, error>`; `None` when it
+    /// returns nothing.
+    pub result: Option<WitType>,
+}
+
+impl fmt::Display for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("func(")?;
+        write_list(f, &self.params, |f, param| {
+            write!(f, "{}: {}", param.name, param.ty)
+        })?;
+        match &self.result {
+            Some(result) => write!(f, ") -> result<{result}, error>"),
+            None => f.write_str(") -> result<_, error>"),
+        }
+    }
+}
+
+fn display<S: serde::Serializer>(ty: &WitType, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(ty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_wit_syntax() {
+        let ty = WitType::Result {
+            ok: Some(Box::new(WitType::List(Box::new(WitType::Option(Box::new(
+                WitType::S64,
+            )))))),
+            err: None,
+        };
+        assert_eq!(ty.to_string(), "result<list<option<s64>>>");
+        let record = WitType::Record(vec![
+            ("count".into(), WitType::U32),
+            ("tags".into(), WitType::Flags(vec!["a".into(), "b".into()])),
+        ]);
+        assert_eq!(record.to_string(), "record { count: u32, tags: flags { a, b } }");
+        let signature = Signature {
+            params: vec![Param {
+                name: "xs".into(),
+                ty: WitType::List(Box::new(WitType::S64)),
+            }],
+            result: None,
+        };
+        assert_eq!(signature.to_string(), "func(xs: list<s64>) -> result<_, error>");
+    }
+}

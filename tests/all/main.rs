@@ -1,0 +1,10 @@
+//! Integration tests of xcs against real operator components (built from
+//! `operators/` by the build script) and inline WAT fixtures.
+
+mod util;
+
+mod concurrency;
+mod limits;
+mod load;
+mod operators;
+mod validation;

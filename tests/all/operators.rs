@@ -1,0 +1,228 @@
+//! One test per operator under `operators/`: what it does, how it fails,
+//! and that the host serves a normal call afterwards.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use xcs::{Capability, ErrorKind, Host, Limits};
+
+use crate::util::{assert_healthy, expect_kind, host, load, quick};
+
+// Every operator must have a test below named after it.
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports, reason = "only proves the test function exists")]
+        use self::$name as _;
+    };
+}
+xcs_tests::foreach_operator!(assert_test_exists);
+
+#[tokio::test]
+async fn upper() {
+    let upper = load(&host(), xcs_tests::UPPER).await;
+    assert_eq!(upper.metadata().name, "upper");
+    assert!(upper.metadata().deterministic);
+    assert_eq!(upper.signature().to_string(), "func(text: string) -> result<string, error>");
+    let output = upper.call(&json!(["grüße, world"]), &Limits::default()).await.unwrap();
+    assert_eq!(output, json!("GRÜSSE, WORLD"));
+}
+
+#[tokio::test]
+async fn word_count() {
+    let op = load(&host(), xcs_tests::WORD_COUNT).await;
+    assert_eq!(op.metadata().name, "word-count");
+    let output = op.call(&json!({"text": "the quick  brown\tfox\n"}), &Limits::default()).await.unwrap();
+    assert_eq!(output, json!(4));
+    assert_eq!(op.call(&json!({"text": ""}), &Limits::default()).await.unwrap(), json!(0));
+}
+
+#[tokio::test]
+async fn sum() {
+    let op = load(&host(), xcs_tests::SUM).await;
+    assert_eq!(op.signature().to_string(), "func(xs: list<s64>) -> result<s64, error>");
+    assert_eq!(op.call(&json!({"xs": [1, -2, 40]}), &Limits::default()).await.unwrap(), json!(39));
+    let overflow = op.call(&json!({"xs": [i64::MAX, 1]}), &Limits::default()).await;
+    let error = expect_kind(overflow, ErrorKind::Operator);
+    assert!(matches!(error, xcs::Error::Operator { ref code, retryable: false, .. } if code == "invalid-input"), "{error}");
+}
+
+#[tokio::test]
+async fn sort() {
+    let op = load(&host(), xcs_tests::SORT).await;
+    let output = op.call(&json!({"items": ["pear", "apple", "fig"]}), &Limits::default()).await.unwrap();
+    assert_eq!(output, json!(["apple", "fig", "pear"]));
+}
+
+#[tokio::test]
+async fn stats() {
+    let op = load(&host(), xcs_tests::STATS).await;
+    assert_eq!(
+        op.signature().to_string(),
+        "func(xs: list<f64>) -> result<record { count: u32, mean: f64, min: f64, max: f64 }, error>"
+    );
+    let output = op.call(&json!({"xs": [1.0, 2.0, 6.0]}), &Limits::default()).await.unwrap();
+    assert_eq!(output, json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0}));
+    let empty = op.call(&json!({"xs": []}), &Limits::default()).await;
+    expect_kind(empty, ErrorKind::Operator);
+}
+
+#[tokio::test]
+async fn noop() {
+    let op = load(&host(), xcs_tests::NOOP).await;
+    assert!(op.signature().params.is_empty());
+    assert_eq!(op.signature().result, None);
+    assert_eq!(op.call(&json!([]), &Limits::default()).await.unwrap(), Value::Null);
+    assert_eq!(op.call(&Value::Null, &Limits::default()).await.unwrap(), Value::Null);
+}
+
+#[tokio::test]
+async fn factorial() {
+    let op = load(&host(), xcs_tests::FACTORIAL).await;
+    assert_eq!(op.call(&json!([20]), &Limits::default()).await.unwrap(), json!(2_432_902_008_176_640_000u64));
+    expect_kind(op.call(&json!([21]), &Limits::default()).await, ErrorKind::Operator);
+}
+
+#[tokio::test]
+async fn spin() {
+    let host = host();
+    let op = load(&host, xcs_tests::SPIN).await;
+    let limits = Limits::default().timeout(Duration::from_millis(200));
+    let error = expect_kind(op.call(&json!([]), &limits).await, ErrorKind::Timeout);
+    assert_eq!(error.to_string(), "spin: timed out after 200ms");
+    // With a fuel budget, the same loop runs out of fuel instead.
+    let limits = quick().fuel(Some(5_000_000));
+    expect_kind(op.call(&json!([]), &limits).await, ErrorKind::Fuel);
+    assert_healthy(&host).await;
+}
+
+#[tokio::test]
+async fn hog() {
+    let host = host();
+    let op = load(&host, xcs_tests::HOG).await;
+    let limits = quick().max_memory_bytes(32 << 20);
+    let error = expect_kind(op.call(&json!([]), &limits).await, ErrorKind::Memory);
+    match error {
+        xcs::Error::Memory { what, requested, limit, .. } => {
+            assert_eq!((what, limit), ("linear memory", 32 << 20));
+            assert!(requested > limit);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_healthy(&host).await;
+}
+
+#[tokio::test]
+async fn deep() {
+    let host = host();
+    let op = load(&host, xcs_tests::DEEP).await;
+    expect_kind(op.call(&json!([]), &quick()).await, ErrorKind::StackOverflow);
+    assert_healthy(&host).await;
+}
+
+#[tokio::test]
+async fn panic() {
+    let host = host();
+    let op = load(&host, xcs_tests::PANIC).await;
+    let error = expect_kind(op.call(&json!([]), &quick()).await, ErrorKind::Trap);
+    assert!(
+        error.to_string().contains("panic fixture: this operator always panics"),
+        "the panic message is carried: {error}"
+    );
+    assert_healthy(&host).await;
+}
+
+#[tokio::test]
+async fn counter() {
+    let op = load(&host(), xcs_tests::COUNTER).await;
+    for _ in 0..5 {
+        assert_eq!(op.call(&json!([]), &Limits::default()).await.unwrap(), json!(1), "every call starts fresh");
+    }
+}
+
+#[tokio::test]
+async fn entropy() {
+    let op = load(&host(), xcs_tests::ENTROPY).await;
+    assert!(!op.metadata().deterministic);
+    let first = op.call(&json!([]), &Limits::default()).await.unwrap();
+    let second = op.call(&json!([]), &Limits::default()).await.unwrap();
+    assert_eq!(first, second, "same seed, same randomness and clock readings");
+    assert_eq!(first["random"].as_array().map(Vec::len), Some(16));
+    assert!(first["wall-clock-ns"].as_u64().unwrap() >= 1_704_067_200_000_000_000, "virtual wall clock starts in 2024");
+    let reseeded = op.call(&json!([]), &Limits::default().seed(7)).await.unwrap();
+    assert_ne!(first["random"], reseeded["random"], "another seed, other random bytes");
+}
+
+#[tokio::test]
+async fn flaky() {
+    let op = load(&host(), xcs_tests::FLAKY).await;
+    assert_eq!(op.call(&json!({"key": 9, "failure-percent": 0}), &Limits::default()).await.unwrap(), json!(9));
+    let always = op.call(&json!({"key": 9, "failure-percent": 100}), &Limits::default()).await;
+    let error = expect_kind(always, ErrorKind::Operator);
+    assert!(error.is_retryable());
+    // The outcome is a function of (input, seed): the same call twice agrees.
+    let mut failures = 0;
+    for key in 0..50u64 {
+        let input = json!({"key": key, "failure-percent": 30});
+        let once = op.call(&input, &Limits::default()).await.is_ok();
+        let twice = op.call(&input, &Limits::default()).await.is_ok();
+        assert_eq!(once, twice, "key {key}");
+        failures += u32::from(!once);
+    }
+    assert!((5..=25).contains(&failures), "about 30% of 50 fail: {failures}");
+}
+
+#[tokio::test]
+async fn chatty() {
+    let messages = Arc::new(AtomicU64::new(0));
+    let host = Host::builder()
+        .on_log({
+            let messages = messages.clone();
+            move |record| {
+                assert_eq!(record.operator, "chatty");
+                messages.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .build()
+        .unwrap();
+    let op = load(&host, xcs_tests::CHATTY).await;
+    let limits = Limits::default().max_log_bytes(10_000);
+    let output = op.call_with_stats(&json!([]), &limits).await.unwrap();
+    let sent = output.value.as_u64().unwrap();
+    assert_eq!(sent, 100_000);
+    let kept = messages.load(Ordering::Relaxed);
+    assert!(kept > 0 && kept <= 10_000 / 50, "at most the budget's worth is kept: {kept}");
+    assert_eq!(kept + output.stats.log_messages_dropped, sent, "every message is kept or counted as dropped");
+}
+
+#[tokio::test]
+async fn wait() {
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let peak = Arc::new(AtomicU64::new(0));
+    let latency = Capability::new("xcs:examples/latency@0.1.0").func_async("sleep", {
+        let (in_flight, peak) = (in_flight.clone(), peak.clone());
+        move |(ms,): (u32,)| {
+            let (in_flight, peak) = (in_flight.clone(), peak.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(ms.into())).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    });
+    let host = Host::builder().grant(latency).build().unwrap();
+    let op = load(&host, xcs_tests::WAIT).await;
+    assert!(op.imports().iter().any(|import| import == "xcs:examples/latency@0.1.0"));
+    let calls = (0..8).map(|_| op.call(&json!({"ms": 50}), &Limits::default()));
+    for output in futures::future::join_all(calls).await {
+        assert_eq!(output.unwrap(), json!(50));
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 8, "the async capability let all eight calls wait at once");
+
+    // Without the grant, the operator does not load.
+    let error = expect_kind(crate::util::host().load(xcs_tests::WAIT).await, ErrorKind::Capability);
+    assert!(error.to_string().contains("xcs:examples/latency@0.1.0"), "{error}");
+}
