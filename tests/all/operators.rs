@@ -216,7 +216,8 @@ async fn wait() {
     let host = Host::builder().grant(latency).build().unwrap();
     let op = load(&host, xcs_tests::WAIT).await;
     assert!(op.imports().iter().any(|import| import == "xcs:examples/latency@0.1.0"));
-    let calls = (0..8).map(|_| op.call(&json!({"ms": 50}), &Limits::default()));
+    let (input, limits) = (json!({"ms": 50}), Limits::default());
+    let calls = (0..8).map(|_| op.call(&input, &limits));
     for output in futures::future::join_all(calls).await {
         assert_eq!(output.unwrap(), json!(50));
     }
