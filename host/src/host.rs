@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -51,6 +51,7 @@ pub(crate) struct HostInner {
     pub(crate) instance_slots: Arc<Semaphore>,
     pub(crate) max_concurrent_instances: u32,
     pub(crate) operators: moka::future::Cache<[u8; 32], Operator>,
+    pub(crate) compilations: AtomicU64,
     ticker: Ticker,
 }
 
@@ -115,6 +116,13 @@ impl Host {
     /// its own.
     pub fn default_limits(&self) -> &Limits {
         &self.inner.default_limits
+    }
+
+    /// How many components this host has compiled: loads that were not
+    /// answered by the in-memory cache of loaded operators. (A compilation
+    /// answered by the on-disk cache still counts: it is fast, not free.)
+    pub fn compilations(&self) -> u64 {
+        self.inner.compilations.load(Ordering::Relaxed)
     }
 
     /// Loads an operator from a `.wasm` file. See [`Host::load_bytes`].
@@ -361,6 +369,7 @@ impl HostBuilder {
                 instance_slots: Arc::new(Semaphore::new(slots as usize)),
                 max_concurrent_instances: slots,
                 operators: moka::future::Cache::new(self.operator_cache_capacity),
+                compilations: AtomicU64::new(0),
                 ticker,
             }),
         })

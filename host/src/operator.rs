@@ -389,6 +389,7 @@ pub(crate) async fn load(host: Host, bytes: Vec<u8>, digest: [u8; 32], source_na
         }
     }
 
+    host.inner.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let engine = host.inner.engine.clone();
     let compiled = tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
         .await

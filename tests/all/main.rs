@@ -2,6 +2,7 @@
 //! `operators/` by the build script) and inline WAT fixtures.
 
 mod util;
+mod fixtures;
 
 mod concurrency;
 mod limits;

@@ -1,1 +1,409 @@
-fn main() {}
+//! What a call through xcs costs, against bare wasmtime measured in the
+//! same run with the same engine settings; and what a cached load saves
+//! over compiling.
+//!
+//! `cargo bench -p xcs-tests --bench call` prints a markdown table of
+//! medians. `XCS_BENCH_QUICK=1` runs a few iterations only (a smoke run).
+//!
+//! Per-call numbers are medians of batch means; the batches of the
+//! variants are interleaved (and their order rotated) so that a noisy
+//! neighbour slows every variant alike instead of one of them.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker, ResourceTable, Val};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use xcs::{Host, Limits, Operator};
+
+/// The settings `xcs::HostBuilder` uses by default, repeated here so that
+/// the baseline runs on the same kind of engine.
+const MAX_CONCURRENT_INSTANCES: u32 = 1000;
+const MAX_MEMORY_BYTES_PER_INSTANCE: usize = 4 << 30;
+const MAX_TABLE_ELEMENTS: usize = 20_000;
+const MAX_WASM_STACK: usize = 512 << 10;
+
+/// How much work one run does.
+struct Plan {
+    /// Interleaved rounds of per-call batches (one batch per variant).
+    call_rounds: usize,
+    /// Calls per batch.
+    calls_per_batch: usize,
+    /// Fresh compiles without any cache.
+    compiles: usize,
+    /// Rounds of in-memory cache hits, `calls_per_batch` loads each.
+    memory_hit_rounds: usize,
+    /// Loads from the on-disk cache, each in a new host.
+    disk_hits: usize,
+}
+
+impl Plan {
+    fn from_env() -> Plan {
+        let quick = std::env::var_os("XCS_BENCH_QUICK").is_some_and(|value| !value.is_empty() && value != "0");
+        if quick {
+            Plan {
+                call_rounds: 5,
+                calls_per_batch: 20,
+                compiles: 2,
+                memory_hit_rounds: 5,
+                disk_hits: 2,
+            }
+        } else {
+            Plan {
+                call_rounds: 41,
+                calls_per_batch: 250,
+                compiles: 7,
+                memory_hit_rounds: 21,
+                disk_hits: 11,
+            }
+        }
+    }
+}
+
+/// Per-operation times in microseconds, one per batch (or per operation).
+#[derive(Default)]
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn push_batch(&mut self, elapsed: Duration, operations: usize) {
+        self.0.push(elapsed.as_secs_f64() * 1e6 / operations as f64);
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort_by(f64::total_cmp);
+        match sorted.len() {
+            0 => f64::NAN,
+            len => sorted[((len - 1) as f64 * q).round() as usize],
+        }
+    }
+
+    fn median(&self) -> f64 {
+        self.quantile(0.5)
+    }
+
+    /// `median (p25–p75)`, in µs or ms.
+    fn summary(&self) -> String {
+        let (low, median, high) = (self.quantile(0.25), self.median(), self.quantile(0.75));
+        if median >= 1000.0 {
+            format!("{:.2} ms ({:.2}–{:.2})", median / 1e3, low / 1e3, high / 1e3)
+        } else {
+            format!("{median:.2} µs ({low:.2}–{high:.2})")
+        }
+    }
+}
+
+/// Store data of the bare-wasmtime baseline: only what WASI needs.
+struct BareState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for BareState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// An engine configured like the xcs host's, without the disk cache.
+fn bare_engine() -> Result<Engine> {
+    let slots = MAX_CONCURRENT_INSTANCES;
+    let mut pooling = PoolingAllocationConfig::new();
+    pooling
+        .total_component_instances(slots)
+        .total_memories(slots)
+        .total_tables(slots * 4)
+        .total_core_instances(slots * 16)
+        .total_stacks(slots)
+        .max_memory_size(MAX_MEMORY_BYTES_PER_INSTANCE)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .max_core_instances_per_component(16)
+        .max_tables_per_component(4);
+    let mut config = Config::new();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
+        .epoch_interruption(true)
+        .consume_fuel(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .async_stack_size(MAX_WASM_STACK + (1 << 20));
+    Engine::new(&config).context("building the bare engine")
+}
+
+/// The bare baseline: the component pre-instantiated against WASI and a
+/// no-op `xcs:operator` host interface.
+struct Bare {
+    engine: Engine,
+    pre: InstancePre<BareState>,
+    invoke: ComponentExportIndex,
+}
+
+impl Bare {
+    fn new(engine: Engine, bytes: &[u8]) -> Result<Bare> {
+        let component = Component::from_binary(&engine, bytes).context("compiling for the baseline")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
+        // `types` only holds types: an empty instance satisfies the import.
+        linker.instance("xcs:operator/types@0.1.0")?;
+        // `log` is never called by `noop`; a dynamic no-op spares the
+        // baseline a Rust mirror of the `level` enum.
+        linker
+            .instance("xcs:operator/host@0.1.0")?
+            .func_new("log", |_store, _type, _params, _results| Ok(()))?;
+        let pre = linker.instantiate_pre(&component).context("pre-instantiating")?;
+        let invoke = component
+            .get_export_index(None, "invoke")
+            .context("the component exports `invoke`")?;
+        Ok(Bare { engine, pre, invoke })
+    }
+
+    fn store(&self) -> Result<Store<BareState>> {
+        let state = BareState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.set_fuel(u64::MAX)?;
+        // No ticker advances this engine's epoch: the deadline never fires,
+        // but the guest still pays for the checks.
+        store.set_epoch_deadline(1);
+        Ok(store)
+    }
+
+    /// One isolated call: fresh store, instantiate, call `invoke`.
+    async fn call_fresh(&self) -> Result<Val> {
+        let mut store = self.store()?;
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        invoke(&mut store, instance, &self.invoke).await
+    }
+}
+
+async fn invoke(store: &mut Store<BareState>, instance: Instance, index: &ComponentExportIndex) -> Result<Val> {
+    let func = instance.get_func(&mut *store, index).context("`invoke` export")?;
+    let mut results = [Val::Bool(false)];
+    func.call_async(&mut *store, &[], &mut results).await?;
+    let [result] = results;
+    Ok(result)
+}
+
+async fn xcs_call(noop: &Operator, input: &Value, limits: &Limits) -> Result<()> {
+    let output = noop.call(input, limits).await?;
+    ensure!(output == Value::Null, "noop returned {output}");
+    Ok(())
+}
+
+/// Times `batch` sequential runs of `op`, recording the mean per run.
+macro_rules! time_batch {
+    ($samples:expr, $batch:expr, $op:expr) => {{
+        let started = Instant::now();
+        for _ in 0..$batch {
+            $op;
+        }
+        $samples.push_batch(started.elapsed(), $batch);
+    }};
+}
+
+struct Results {
+    xcs_call: Samples,
+    bare_call: Samples,
+    reused_call: Samples,
+    compile: Samples,
+    memory_hit: Samples,
+    memory_hit_path: Samples,
+    disk_populate: Samples,
+    disk_hit: Samples,
+}
+
+async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results> {
+    // The xcs side: a default host without the disk cache (the user's
+    // cache directory is left alone), default limits.
+    let host = Host::builder().no_disk_cache().build()?;
+    let noop = host.load_bytes(bytes.to_vec(), "noop.wasm").await?;
+    let limits = Limits::default();
+    let input = json!([]);
+
+    let bare = Bare::new(bare_engine()?, bytes)?;
+    let mut reused_store = bare.store()?;
+    let reused_instance = bare.pre.instantiate_async(&mut reused_store).await?;
+
+    // Sanity and warm-up: every variant returns `ok` and has touched its
+    // pool slots before timing starts.
+    for _ in 0..plan.calls_per_batch.max(50) {
+        xcs_call(&noop, &input, &limits).await?;
+        let fresh = bare.call_fresh().await?;
+        let reused = invoke(&mut reused_store, reused_instance, &bare.invoke).await?;
+        for result in [fresh, reused] {
+            if !matches!(result, Val::Result(Ok(None))) {
+                bail!("bare `invoke` returned {result:?}, expected ok");
+            }
+        }
+    }
+
+    let batch = plan.calls_per_batch;
+    let (mut xcs_samples, mut bare_samples, mut reused_samples) = (Samples::default(), Samples::default(), Samples::default());
+    for round in 0..plan.call_rounds {
+        for variant in 0..3 {
+            match (round + variant) % 3 {
+                0 => time_batch!(xcs_samples, batch, xcs_call(&noop, &input, &limits).await?),
+                1 => time_batch!(bare_samples, batch, bare.call_fresh().await?),
+                _ => time_batch!(
+                    reused_samples,
+                    batch,
+                    invoke(&mut reused_store, reused_instance, &bare.invoke).await?
+                ),
+            };
+        }
+    }
+    drop(reused_store);
+
+    // Compiling from scratch: the bare engine has no disk cache.
+    let mut compile = Samples::default();
+    for _ in 0..plan.compiles {
+        time_batch!(compile, 1, Component::from_binary(&bare.engine, bytes)?);
+    }
+
+    // In-memory hit: the bytes were loaded by `host` already. The copy the
+    // caller hands over is made outside the timing.
+    let mut memory_hit = Samples::default();
+    let mut memory_hit_path = Samples::default();
+    for _ in 0..plan.memory_hit_rounds {
+        let copies: Vec<Vec<u8>> = (0..batch).map(|_| bytes.to_vec()).collect();
+        let started = Instant::now();
+        for copy in copies {
+            host.load_bytes(copy, "noop.wasm").await?;
+        }
+        memory_hit.push_batch(started.elapsed(), batch);
+        time_batch!(memory_hit_path, batch, host.load(xcs_tests::NOOP).await?);
+    }
+    drop(noop);
+    drop(host);
+
+    // On-disk hit: a first host compiles and stores, then every load is in
+    // a new host (an empty in-memory cache) over the same directory.
+    let mut disk_populate = Samples::default();
+    {
+        let populating = Host::builder().cache_dir(cache_dir).build()?;
+        time_batch!(disk_populate, 1, populating.load_bytes(bytes.to_vec(), "noop.wasm").await?);
+    }
+    let mut disk_hit = Samples::default();
+    for _ in 0..plan.disk_hits {
+        let fresh_host = Host::builder().cache_dir(cache_dir).build()?;
+        let copy = bytes.to_vec();
+        time_batch!(disk_hit, 1, fresh_host.load_bytes(copy.clone(), "noop.wasm").await?);
+    }
+
+    Ok(Results {
+        xcs_call: xcs_samples,
+        bare_call: bare_samples,
+        reused_call: reused_samples,
+        compile,
+        memory_hit,
+        memory_hit_path,
+        disk_populate,
+        disk_hit,
+    })
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("# xcs call benchmark");
+    println!();
+    println!("- machine: {cores} cores (nproc), {}", cpu_model());
+    println!("- operator: noop ({} bytes), wasmtime 48, same engine settings on both sides", bytes.len());
+    println!(
+        "- calls: {} interleaved rounds × {} calls per variant; medians of batch means (p25–p75)",
+        plan.call_rounds, plan.calls_per_batch
+    );
+    println!(
+        "- loads: {} compiles, {} × {} in-memory hits, {} on-disk hits (each in a new host)",
+        plan.compiles, plan.memory_hit_rounds, plan.calls_per_batch, plan.disk_hits
+    );
+    println!();
+    println!("| measurement | median | ratio vs baseline |");
+    println!("|---|---|---|");
+    let bare = results.bare_call.median();
+    let row = |name: &str, samples: &Samples, ratio: String| {
+        println!("| {name} | {} | {ratio} |", samples.summary());
+    };
+    row("bare wasmtime call: fresh store + instantiate + invoke", &results.bare_call, "1.00 (baseline)".into());
+    row(
+        "xcs `Operator::call(&json!([]))`, fresh sandbox",
+        &results.xcs_call,
+        format!("{:.2} (target ≤ 1.10)", results.xcs_call.median() / bare),
+    );
+    row(
+        "bare wasmtime call on a reused instance (reference)",
+        &results.reused_call,
+        format!("{:.3}", results.reused_call.median() / bare),
+    );
+    let compile = results.compile.median();
+    let load_ratio = |samples: &Samples, target: &str| {
+        let median = samples.median();
+        format!("{:.5} ({:.0}× faster{target})", median / compile, compile / median)
+    };
+    row("`Component::from_binary`, fresh compile, no cache", &results.compile, "1.00 (baseline)".into());
+    row(
+        "`Host::load_bytes`, in-memory hit (sha256 + lookup)",
+        &results.memory_hit,
+        load_ratio(&results.memory_hit, "; target ≥ 50×"),
+    );
+    row(
+        "`Host::load(path)`, in-memory hit (+ file read)",
+        &results.memory_hit_path,
+        load_ratio(&results.memory_hit_path, ""),
+    );
+    row(
+        "`Host::load_bytes`, on-disk cache hit in a new host",
+        &results.disk_hit,
+        load_ratio(&results.disk_hit, "; target ≥ 50×"),
+    );
+    row(
+        "`Host::load_bytes`, cold (compile + write disk cache), 1 run",
+        &results.disk_populate,
+        format!("{:.2}", results.disk_populate.median() / compile),
+    );
+}
+
+fn run() -> Result<()> {
+    let plan = Plan::from_env();
+    let bytes = std::fs::read(xcs_tests::NOOP).with_context(|| format!("reading {}", xcs_tests::NOOP))?;
+    let cache_dir: PathBuf = std::env::temp_dir().join(format!("xcs-bench-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let results = runtime.block_on(measure(&plan, &bytes, &cache_dir));
+    // The cache directory is ours alone; remove it whatever happened.
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    print_report(&plan, &bytes, &results?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

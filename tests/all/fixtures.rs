@@ -1,0 +1,152 @@
+//! Hand-written components for cases a Rust guest cannot express.
+
+/// The contract's types, imported the way wit-bindgen components do.
+const TYPES_IMPORT: &str = r#"
+  (import "xcs:operator/types@0.1.0" (instance $types
+    (type $metadata (record (field "name" string) (field "version" string)
+                            (field "description" string) (field "deterministic" bool)))
+    (export "metadata" (type (eq $metadata)))
+    (type $error (record (field "code" string) (field "message" string) (field "retryable" bool)))
+    (export "error" (type (eq $error)))))
+  (alias export $types "metadata" (type $metadata))
+  (alias export $types "error" (type $error))
+"#;
+
+/// Core functions every fixture module has: `metadata` (name `fixture`),
+/// a bump-allocating `realloc`, and `ok`, returning `ok` with no payload.
+/// `$metadata_body` replaces the metadata function's body when given.
+fn core_module(metadata_body: &str, extra: &str) -> String {
+    let metadata_body = if metadata_body.is_empty() {
+        r#"(i32.store (i32.const 64) (i32.const 16)) (i32.store (i32.const 68) (i32.const 7))
+           (i32.store (i32.const 72) (i32.const 32)) (i32.store (i32.const 76) (i32.const 5))
+           (i32.store (i32.const 80) (i32.const 48)) (i32.store (i32.const 84) (i32.const 8))
+           (i32.store8 (i32.const 88) (i32.const 1))
+           (i32.const 64)"#
+    } else {
+        metadata_body
+    };
+    format!(
+        r#"
+  (core module $m
+    (memory (export "memory") 1)
+    (global $bump (mut i32) (i32.const 4096))
+    (data (i32.const 16) "fixture")
+    (data (i32.const 32) "0.1.0")
+    (data (i32.const 48) "a fixture")
+    (func (export "metadata") (result i32) {metadata_body})
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $ptr i32)
+      (local.set $ptr (i32.and (i32.add (global.get $bump) (i32.sub (local.get 2) (i32.const 1)))
+                               (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $bump (i32.add (local.get $ptr) (local.get 3)))
+      (block $enough
+        (br_if $enough (i32.le_u (global.get $bump) (i32.mul (memory.size) (i32.const 65536))))
+        (br_if $enough (i32.ne (memory.grow (i32.add (i32.shr_u (global.get $bump) (i32.const 16)) (i32.const 1)))
+                               (i32.const -1)))
+        unreachable)
+      (local.get $ptr))
+    (func (export "ok") (param i32) (result i32)
+      (i32.store8 (i32.const 128) (i32.const 0))
+      (i32.const 128))
+    {extra})
+  (core instance $i (instantiate $m))
+"#
+    )
+}
+
+const LIFT: &str = r#"(memory (core memory $i "memory")) (realloc (core func $i "realloc"))"#;
+
+fn metadata_export() -> String {
+    format!(r#"(func (export "metadata") (result $metadata) (canon lift (core func $i "metadata") {LIFT}))"#)
+}
+
+/// A component with `invoke(all: all) -> result<_, error>` where `all` is a
+/// record holding one field of every WIT value type family. The guest
+/// ignores its input: only the host's checking and lowering are exercised.
+pub fn every_family() -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (type $shape' (variant (case "circle" f64) (case "point")))
+  (export $shape "shape" (type $shape'))
+  (type $color' (enum "red" "green"))
+  (export $color "color" (type $color'))
+  (type $perms' (flags "read" "write"))
+  (export $perms "perms" (type $perms'))
+  (type $all' (record
+    (field "flag" bool) (field "small" s8) (field "byte" u8) (field "short" s16) (field "ushort" u16)
+    (field "int" s32) (field "uint" u32) (field "long" s64) (field "ulong" u64)
+    (field "ratio" f32) (field "real" f64) (field "letter" char) (field "text" string)
+    (field "items" (list u32)) (field "pair" (tuple u8 string)) (field "shape" $shape)
+    (field "color" $color) (field "maybe" (option u32)) (field "outcome" (result u32 (error string)))
+    (field "perms" $perms)))
+  (export $all "all" (type $all'))
+  (func (export "invoke") (param "all" $all) (result (result (error $error)))
+    (canon lift (core func $i "ok") {LIFT})))"#,
+        core = core_module("", ""),
+        metadata = metadata_export(),
+    )
+}
+
+/// `invoke(bytes: list<u8>) -> result<_, error>` whose guest traps as soon
+/// as it runs (its `realloc`, called to receive the list, is `unreachable`):
+/// proves whether an input reached the guest.
+pub fn traps_when_run() -> String {
+    format!(
+        r#"(component {TYPES_IMPORT}
+  (core module $m
+    (memory (export "memory") 1)
+    (data (i32.const 16) "fixture")
+    (data (i32.const 32) "0.1.0")
+    (data (i32.const 48) "a fixture")
+    (func (export "metadata") (result i32)
+      (i32.store (i32.const 64) (i32.const 16)) (i32.store (i32.const 68) (i32.const 7))
+      (i32.store (i32.const 72) (i32.const 32)) (i32.store (i32.const 76) (i32.const 5))
+      (i32.store (i32.const 80) (i32.const 48)) (i32.store (i32.const 84) (i32.const 9))
+      (i32.store8 (i32.const 88) (i32.const 1))
+      (i32.const 64))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable)
+    (func (export "invoke") (param i32 i32) (result i32) unreachable))
+  (core instance $i (instantiate $m))
+  {metadata}
+  (func (export "invoke") (param "bytes" (list u8)) (result (result (error $error)))
+    (canon lift (core func $i "invoke") {LIFT})))"#,
+        metadata = metadata_export(),
+    )
+}
+
+/// A component whose `metadata` export runs `body` (e.g. loops or traps).
+pub fn metadata_runs(body: &str) -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (func (export "invoke") (result (result (error $error))) (canon lift (core func $i "ok2") {LIFT})))"#,
+        core = core_module(body, r#"(func (export "ok2") (result i32) (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#),
+        metadata = metadata_export(),
+    )
+}
+
+/// A component with a valid `metadata` but `invoke` returning `u32`.
+pub fn invoke_returns_u32() -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (func (export "invoke") (result u32) (canon lift (core func $i "seven") {LIFT})))"#,
+        core = core_module("", r#"(func (export "seven") (result i32) (i32.const 7))"#),
+        metadata = metadata_export(),
+    )
+}
+
+/// A component with only `metadata`, no `invoke`.
+pub fn no_invoke() -> String {
+    format!(r#"(component {TYPES_IMPORT} {core} {metadata})"#, core = core_module("", ""), metadata = metadata_export())
+}
+
+/// A component that imports the instance `name` (with no functions), and
+/// is otherwise a valid operator.
+pub fn importing(name: &str) -> String {
+    format!(
+        r#"(component (import "{name}" (instance))
+  {TYPES_IMPORT} {core} {metadata}
+  (func (export "invoke") (result (result (error $error))) (canon lift (core func $i "ok2") {LIFT})))"#,
+        core = core_module("", r#"(func (export "ok2") (result i32) (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#),
+        metadata = metadata_export(),
+    )
+}
