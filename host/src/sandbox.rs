@@ -521,7 +521,7 @@ impl Sandbox {
             },
             Some(trap) => Error::Trap {
                 operator,
-                message: format!("trap: {trap}"),
+                message: trap.to_string(),
                 guest_stderr: state.stderr.text(),
             },
             None => Error::Trap {
