@@ -10,7 +10,8 @@ pub use wasmtime::component::{ComponentNamedList, ComponentType, Lift, Lower};
 use crate::error::BoxError;
 use crate::sandbox::StoreState;
 
-type Register = Arc<dyn Fn(&mut LinkerInstance<'_, StoreState>) -> wasmtime::Result<()> + Send + Sync>;
+type Register =
+    Arc<dyn Fn(&mut LinkerInstance<'_, StoreState>) -> wasmtime::Result<()> + Send + Sync>;
 
 /// A WIT interface implemented by the embedder and granted to operators.
 ///
@@ -45,7 +46,11 @@ impl fmt::Debug for Capability {
             .field("interface", &self.interface)
             .field(
                 "functions",
-                &self.functions.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                &self
+                    .functions
+                    .iter()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }

@@ -122,7 +122,11 @@ pub(crate) fn encode_params(
             if items.len() != params.len() {
                 return Err(mismatch(
                     &root,
-                    format!("an array of {} argument(s) ({})", params.len(), names(params)),
+                    format!(
+                        "an array of {} argument(s) ({})",
+                        params.len(),
+                        names(params)
+                    ),
                     describe(input),
                 ));
             }
@@ -213,7 +217,10 @@ fn float(ty: &WitType, value: &Value, path: &Path<'_>) -> Result<f64, CodecError
             "-Infinity" => Ok(f64::NEG_INFINITY),
             _ => Err(mismatch(
                 path,
-                format!("{} (a number, \"NaN\", \"Infinity\" or \"-Infinity\")", ty.family()),
+                format!(
+                    "{} (a number, \"NaN\", \"Infinity\" or \"-Infinity\")",
+                    ty.family()
+                ),
                 describe(value),
             )),
         },
@@ -221,7 +228,12 @@ fn float(ty: &WitType, value: &Value, path: &Path<'_>) -> Result<f64, CodecError
     }
 }
 
-fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> Result<Val, CodecError> {
+fn encode(
+    ty: &WitType,
+    value: &Value,
+    path: &Path<'_>,
+    budget: &mut Budget,
+) -> Result<Val, CodecError> {
     Ok(match ty {
         WitType::Bool => {
             budget.spend(1)?;
@@ -240,7 +252,12 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
         }
         WitType::S16 => {
             budget.spend(2)?;
-            Val::S16(integer(ty, value, path, (i16::MIN.into(), i16::MAX.into()))?)
+            Val::S16(integer(
+                ty,
+                value,
+                path,
+                (i16::MIN.into(), i16::MAX.into()),
+            )?)
         }
         WitType::U16 => {
             budget.spend(2)?;
@@ -248,7 +265,12 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
         }
         WitType::S32 => {
             budget.spend(4)?;
-            Val::S32(integer(ty, value, path, (i32::MIN.into(), i32::MAX.into()))?)
+            Val::S32(integer(
+                ty,
+                value,
+                path,
+                (i32::MIN.into(), i32::MAX.into()),
+            )?)
         }
         WitType::U32 => {
             budget.spend(4)?;
@@ -256,7 +278,12 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
         }
         WitType::S64 => {
             budget.spend(8)?;
-            Val::S64(integer(ty, value, path, (i64::MIN.into(), i64::MAX.into()))?)
+            Val::S64(integer(
+                ty,
+                value,
+                path,
+                (i64::MIN.into(), i64::MAX.into()),
+            )?)
         }
         WitType::U64 => {
             budget.spend(8)?;
@@ -268,7 +295,10 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
             if f.is_finite() && f.abs() > f64::from(f32::MAX) {
                 return Err(mismatch(path, "f32 (within ±3.4e38)", describe(value)));
             }
-            #[expect(clippy::cast_possible_truncation, reason = "range checked above; f32 rounding is the point")]
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "range checked above; f32 rounding is the point"
+            )]
             Val::Float32(f as f32)
         }
         WitType::F64 => {
@@ -329,7 +359,13 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
                         budget.spend(1)?;
                         Val::Option(None)
                     }
-                    None => return Err(mismatch(&field_path, field_ty.to_string(), "nothing (missing)")),
+                    None => {
+                        return Err(mismatch(
+                            &field_path,
+                            field_ty.to_string(),
+                            "nothing (missing)",
+                        ));
+                    }
                 };
                 vals.push((name.clone(), val));
             }
@@ -361,7 +397,10 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
                 _ => {
                     return Err(mismatch(
                         path,
-                        format!("variant (one of: {}), as {{\"case\": payload}} or \"case\"", case_names()),
+                        format!(
+                            "variant (one of: {}), as {{\"case\": payload}} or \"case\"",
+                            case_names()
+                        ),
                         describe(value),
                     ));
                 }
@@ -375,12 +414,20 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
             };
             let case_path = Path::Field(path, name);
             let payload = match (case_ty, payload) {
-                (Some(case_ty), Some(payload)) => Some(Box::new(encode(case_ty, payload, &case_path, budget)?)),
+                (Some(case_ty), Some(payload)) => {
+                    Some(Box::new(encode(case_ty, payload, &case_path, budget)?))
+                }
                 (Some(case_ty), None) => {
-                    return Err(mismatch(&case_path, case_ty.to_string(), "nothing (missing payload)"));
+                    return Err(mismatch(
+                        &case_path,
+                        case_ty.to_string(),
+                        "nothing (missing payload)",
+                    ));
                 }
                 (None, None | Some(Value::Null)) => None,
-                (None, Some(other)) => return Err(mismatch(&case_path, "no payload (null)", describe(other))),
+                (None, Some(other)) => {
+                    return Err(mismatch(&case_path, "no payload (null)", describe(other)));
+                }
             };
             Val::Variant(name.clone(), payload)
         }
@@ -388,18 +435,35 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
             budget.spend(4)?;
             match value {
                 Value::String(name) if names.contains(name) => Val::Enum(name.clone()),
-                _ => return Err(mismatch(path, format!("one of: {}", names.join(", ")), describe(value))),
+                _ => {
+                    return Err(mismatch(
+                        path,
+                        format!("one of: {}", names.join(", ")),
+                        describe(value),
+                    ));
+                }
             }
         }
         WitType::Option(inner) => {
             budget.spend(1)?;
             match (value, inner.as_ref()) {
                 (Value::Null, _) => Val::Option(None),
-                (Value::Object(object), WitType::Option(_)) if object.len() == 1 && object.contains_key("some") => {
-                    Val::Option(Some(Box::new(encode(inner, &object["some"], &Path::Field(path, "some"), budget)?)))
+                (Value::Object(object), WitType::Option(_))
+                    if object.len() == 1 && object.contains_key("some") =>
+                {
+                    Val::Option(Some(Box::new(encode(
+                        inner,
+                        &object["some"],
+                        &Path::Field(path, "some"),
+                        budget,
+                    )?)))
                 }
                 (_, WitType::Option(_)) => {
-                    return Err(mismatch(path, format!("{ty}: null or {{\"some\": value}}"), describe(value)));
+                    return Err(mismatch(
+                        path,
+                        format!("{ty}: null or {{\"some\": value}}"),
+                        describe(value),
+                    ));
                 }
                 (value, inner) => Val::Option(Some(Box::new(encode(inner, value, path, budget)?))),
             }
@@ -410,12 +474,19 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
             let Value::Object(object) = value else {
                 return Err(mismatch(path, expected(), describe(value)));
             };
-            let side = |name: &'static str, side_ty: &Option<Box<WitType>>, payload: &Value, budget: &mut Budget| {
+            let side = |name: &'static str,
+                        side_ty: &Option<Box<WitType>>,
+                        payload: &Value,
+                        budget: &mut Budget| {
                 let side_path = Path::Field(path, name);
                 match (side_ty, payload) {
-                    (Some(side_ty), payload) => Ok(Some(Box::new(encode(side_ty, payload, &side_path, budget)?))),
+                    (Some(side_ty), payload) => Ok(Some(Box::new(encode(
+                        side_ty, payload, &side_path, budget,
+                    )?))),
                     (None, Value::Null) => Ok(None),
-                    (None, other) => Err(mismatch(&side_path, "no payload (null)", describe(other))),
+                    (None, other) => {
+                        Err(mismatch(&side_path, "no payload (null)", describe(other)))
+                    }
                 }
             };
             match (object.len(), object.get("ok"), object.get("err")) {
@@ -427,7 +498,11 @@ fn encode(ty: &WitType, value: &Value, path: &Path<'_>, budget: &mut Budget) -> 
         WitType::Flags(names) => {
             budget.spend(4)?;
             let Value::Array(items) = value else {
-                return Err(mismatch(path, format!("{ty}: an array of flag names"), describe(value)));
+                return Err(mismatch(
+                    path,
+                    format!("{ty}: an array of flag names"),
+                    describe(value),
+                ));
             };
             let mut set = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
@@ -527,7 +602,12 @@ fn decode_val(val: &Val, budget: &mut Budget) -> Result<Value, CodecError> {
         }
         Val::List(items) | Val::Tuple(items) | Val::FixedLengthList(items) => {
             budget.spend(HEADER_BYTES)?;
-            Value::Array(items.iter().map(|item| decode_val(item, budget)).collect::<Result<_, _>>()?)
+            Value::Array(
+                items
+                    .iter()
+                    .map(|item| decode_val(item, budget))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         Val::Record(fields) => {
             let mut object = Map::with_capacity(fields.len());
@@ -581,7 +661,12 @@ fn decode_val(val: &Val, budget: &mut Budget) -> Result<Value, CodecError> {
             Value::Array(
                 entries
                     .iter()
-                    .map(|(key, value)| Ok(Value::Array(vec![decode_val(key, budget)?, decode_val(value, budget)?])))
+                    .map(|(key, value)| {
+                        Ok(Value::Array(vec![
+                            decode_val(key, budget)?,
+                            decode_val(value, budget)?,
+                        ]))
+                    })
                     .collect::<Result<_, _>>()?,
             )
         }
@@ -614,14 +699,19 @@ mod tests {
 
     fn err(ty: WitType, input: Value) -> (String, String, String) {
         match encode_params(&params(&[("x", ty)]), &json!({ "x": input }), u64::MAX) {
-            Err(CodecError::Mismatch { path, expected, found }) => (path, expected, found),
+            Err(CodecError::Mismatch {
+                path,
+                expected,
+                found,
+            }) => (path, expected, found),
             other => panic!("expected a mismatch, got {other:?}"),
         }
     }
 
     #[test]
     fn list_element_path_and_types() {
-        let (path, expected, found) = err(WitType::List(Box::new(WitType::S64)), json!([1, 2, 3, "4"]));
+        let (path, expected, found) =
+            err(WitType::List(Box::new(WitType::S64)), json!([1, 2, 3, "4"]));
         assert_eq!(path, "$.x[3]");
         assert_eq!(expected, "s64");
         assert_eq!(found, "string \"4\"");
@@ -634,14 +724,24 @@ mod tests {
             Ok([Val::U8(255)])
         ));
         let (_, expected, found) = err(WitType::U8, json!(256));
-        assert_eq!((expected.as_str(), found.as_str()), ("u8 (0..=255)", "number 256"));
+        assert_eq!(
+            (expected.as_str(), found.as_str()),
+            ("u8 (0..=255)", "number 256")
+        );
         let (_, expected, _) = err(WitType::S8, json!(-129));
         assert_eq!(expected, "s8 (-128..=127)");
         let (_, expected, _) = err(WitType::U64, json!(-1));
         assert_eq!(expected, "u64 (0..=18446744073709551615)");
         let (_, _, found) = err(WitType::S32, json!(1.5));
         assert_eq!(found, "number 1.5");
-        assert!(encode_params(&params(&[("x", WitType::U64)]), &json!([u64::MAX]), u64::MAX).is_ok());
+        assert!(
+            encode_params(
+                &params(&[("x", WitType::U64)]),
+                &json!([u64::MAX]),
+                u64::MAX
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -663,13 +763,25 @@ mod tests {
             ("flag".into(), WitType::Bool),
             ("letter".into(), WitType::Char),
             ("ratio".into(), WitType::F32),
-            ("pair".into(), WitType::Tuple(vec![WitType::U16, WitType::String])),
+            (
+                "pair".into(),
+                WitType::Tuple(vec![WitType::U16, WitType::String]),
+            ),
             (
                 "shape".into(),
-                WitType::Variant(vec![("circle".into(), Some(WitType::F64)), ("point".into(), None)]),
+                WitType::Variant(vec![
+                    ("circle".into(), Some(WitType::F64)),
+                    ("point".into(), None),
+                ]),
             ),
-            ("color".into(), WitType::Enum(vec!["red".into(), "green".into()])),
-            ("maybe".into(), WitType::Option(Box::new(WitType::Option(Box::new(WitType::S8))))),
+            (
+                "color".into(),
+                WitType::Enum(vec!["red".into(), "green".into()]),
+            ),
+            (
+                "maybe".into(),
+                WitType::Option(Box::new(WitType::Option(Box::new(WitType::S8)))),
+            ),
             (
                 "outcome".into(),
                 WitType::Result {
@@ -677,7 +789,10 @@ mod tests {
                     err: Some(Box::new(WitType::String)),
                 },
             ),
-            ("perms".into(), WitType::Flags(vec!["read".into(), "write".into()])),
+            (
+                "perms".into(),
+                WitType::Flags(vec!["read".into(), "write".into()]),
+            ),
             ("missing".into(), WitType::Option(Box::new(WitType::U32))),
         ]);
         let input = json!({
@@ -696,9 +811,15 @@ mod tests {
     fn record_and_variant_errors_name_the_place() {
         let record = WitType::Record(vec![("a".into(), WitType::U32)]);
         let (path, expected, _) = err(record.clone(), json!({"a": 1, "b": 2}));
-        assert_eq!((path.as_str(), expected.as_str()), ("$.x.b", "no such field (fields: a)"));
+        assert_eq!(
+            (path.as_str(), expected.as_str()),
+            ("$.x.b", "no such field (fields: a)")
+        );
         let (path, _, found) = err(record, json!({}));
-        assert_eq!((path.as_str(), found.as_str()), ("$.x.a", "nothing (missing)"));
+        assert_eq!(
+            (path.as_str(), found.as_str()),
+            ("$.x.a", "nothing (missing)")
+        );
         let variant = WitType::Variant(vec![("on".into(), None)]);
         let (_, _, found) = err(variant, json!("off"));
         assert_eq!(found, "\"off\"");
@@ -706,8 +827,16 @@ mod tests {
 
     #[test]
     fn arguments_by_position_or_name() {
-        let ps = params(&[("a", WitType::String), ("b", WitType::Option(Box::new(WitType::U8)))]);
-        assert_eq!(encode_params(&ps, &json!({"a": "x"}), u64::MAX).expect("ok").len(), 2);
+        let ps = params(&[
+            ("a", WitType::String),
+            ("b", WitType::Option(Box::new(WitType::U8))),
+        ]);
+        assert_eq!(
+            encode_params(&ps, &json!({"a": "x"}), u64::MAX)
+                .expect("ok")
+                .len(),
+            2
+        );
         assert!(matches!(
             encode_params(&ps, &json!(["x"]), u64::MAX),
             Err(CodecError::Mismatch { ref path, .. }) if path == "$"
@@ -716,13 +845,20 @@ mod tests {
             encode_params(&ps, &json!({"a": "x", "c": 1}), u64::MAX),
             Err(CodecError::Mismatch { ref path, .. }) if path == "$.c"
         ));
-        assert!(encode_params(&[], &Value::Null, u64::MAX).expect("ok").is_empty());
+        assert!(
+            encode_params(&[], &Value::Null, u64::MAX)
+                .expect("ok")
+                .is_empty()
+        );
     }
 
     #[test]
     fn output_budget() {
-        let big = Val::List((0..100).map(|n| Val::U64(n)).collect());
-        assert!(matches!(decode(&big, 100), Err(CodecError::TooLarge { limit: 100, .. })));
+        let big = Val::List((0..100).map(Val::U64).collect());
+        assert!(matches!(
+            decode(&big, 100),
+            Err(CodecError::TooLarge { limit: 100, .. })
+        ));
         assert!(decode(&big, 808).is_ok());
     }
 }

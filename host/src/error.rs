@@ -146,7 +146,7 @@ pub enum Error {
     },
 
     /// Reading a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("I/O error on {}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -179,9 +179,9 @@ pub(crate) fn humanize(duration: Duration) -> String {
 /// `1.5s`, `200ms`, `37µs`: short and exact enough for messages.
 fn humantime_like(duration: Duration) -> String {
     let nanos = duration.as_nanos();
-    if nanos >= 1_000_000_000 && nanos % 1_000_000 == 0 {
+    if nanos >= 1_000_000_000 && nanos.is_multiple_of(1_000_000) {
         format!("{}s", duration.as_secs_f64())
-    } else if nanos >= 1_000_000 && nanos % 1_000 == 0 {
+    } else if nanos >= 1_000_000 && nanos.is_multiple_of(1_000) {
         format!("{}ms", nanos as f64 / 1e6)
     } else if nanos >= 1_000 {
         format!("{}µs", nanos as f64 / 1e3)
@@ -326,7 +326,10 @@ mod tests {
     fn kinds_are_unique_kebab_case() {
         let mut names: Vec<_> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         for name in &names {
-            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{name}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                "{name}"
+            );
         }
         names.sort_unstable();
         names.dedup();

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use wasmtime::component::Linker;
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 use crate::capability::Capability;
 use crate::error::Error;
@@ -34,7 +36,10 @@ impl fmt::Debug for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Host")
             .field("default_limits", &self.inner.default_limits)
-            .field("max_concurrent_instances", &self.inner.max_concurrent_instances)
+            .field(
+                "max_concurrent_instances",
+                &self.inner.max_concurrent_instances,
+            )
             .field("granted", &self.inner.granted)
             .finish_non_exhaustive()
     }
@@ -143,14 +148,20 @@ impl Host {
     /// its metadata in a sandbox. Loading the same bytes again returns the
     /// operator already loaded, without compiling; concurrent loads of the
     /// same bytes compile once.
-    pub async fn load_bytes(&self, bytes: impl Into<Vec<u8>>, source_name: &str) -> Result<Operator, Error> {
+    pub async fn load_bytes(
+        &self,
+        bytes: impl Into<Vec<u8>>,
+        source_name: &str,
+    ) -> Result<Operator, Error> {
         let bytes = bytes.into();
         let digest = operator::digest(&bytes);
         let host = self.clone();
         let name = source_name.to_owned();
         self.inner
             .operators
-            .try_get_with(digest, async move { operator::load(host, bytes, digest, name).await })
+            .try_get_with(digest, async move {
+                operator::load(host, bytes, digest, name).await
+            })
             .await
             .map_err(|shared: Arc<Error>| {
                 // moka shares one error between every waiter; rebuild an
@@ -297,8 +308,12 @@ impl HostBuilder {
             CacheDir::Default => std::env::var_os(CACHE_DIR_ENV)
                 .filter(|dir| !dir.is_empty())
                 .map(PathBuf::from)
-                .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("xcs")))
-                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/xcs"))),
+                .or_else(|| {
+                    std::env::var_os("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("xcs"))
+                })
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/xcs"))
+                }),
         }
     }
 
@@ -317,8 +332,12 @@ impl HostBuilder {
             .total_tables(slots.saturating_mul(4))
             .total_core_instances(slots.saturating_mul(16))
             .total_stacks(slots)
-            .max_memory_size(usize::try_from(self.max_memory_bytes_per_instance).unwrap_or(usize::MAX))
-            .table_elements(usize::try_from(self.default_limits.max_table_elements).unwrap_or(usize::MAX))
+            .max_memory_size(
+                usize::try_from(self.max_memory_bytes_per_instance).unwrap_or(usize::MAX),
+            )
+            .table_elements(
+                usize::try_from(self.default_limits.max_table_elements).unwrap_or(usize::MAX),
+            )
             .max_core_instances_per_component(16)
             .max_tables_per_component(4);
 
@@ -332,13 +351,15 @@ impl HostBuilder {
         if let Some(dir) = self.resolved_cache_dir() {
             let mut cache_config = CacheConfig::new();
             cache_config.with_directory(&dir);
-            let cache = Cache::new(cache_config).map_err(|error| config_error("compilation cache", error))?;
+            let cache = Cache::new(cache_config)
+                .map_err(|error| config_error("compilation cache", error))?;
             config.cache(Some(cache));
         }
         let engine = Engine::new(&config).map_err(|error| config_error("engine", error))?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|error| config_error("wasi", error))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|error| config_error("wasi", error))?;
         bindings::Operator::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
             &mut linker,
             |state| state,
@@ -350,8 +371,9 @@ impl HostBuilder {
                 .instance(&capability.interface)
                 .map_err(|error| config_error(&capability.interface, error))?;
             for (name, register) in &capability.functions {
-                register(&mut instance)
-                    .map_err(|error| config_error(&format!("{}#{name}", capability.interface), error))?;
+                register(&mut instance).map_err(|error| {
+                    config_error(&format!("{}#{name}", capability.interface), error)
+                })?;
             }
             granted.push(capability.interface.clone());
         }

@@ -92,9 +92,13 @@ impl LimitArgs {
 /// Parses `4096`, `64KiB`, `32MiB`, `1GiB`, `10MB` (decimal), `512B`.
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size like 32MiB"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 32MiB"))?;
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" => 1 << 10,
@@ -103,7 +107,11 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
     };
     number
         .checked_mul(multiplier)
@@ -126,7 +134,20 @@ fn exit_code(kind: ErrorKind) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version: not errors.
+            print!("{error}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let rendered = error.render().to_string();
+            let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+            eprint!("error[usage]: {message}");
+            return ExitCode::from(2);
+        }
+    };
     init_tracing(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,7 +222,10 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
         println!("name:          {}", metadata.name);
         println!("version:       {}", metadata.version);
         println!("description:   {}", metadata.description);
-        println!("deterministic: {}", if metadata.deterministic { "yes" } else { "no" });
+        println!(
+            "deterministic: {}",
+            if metadata.deterministic { "yes" } else { "no" }
+        );
         println!("invoke:        {signature}");
         println!("imports:");
         for import in operator.imports() {
@@ -234,7 +258,12 @@ fn read_input(args: &InputArgs, operator: &str, max_input_bytes: u64) -> anyhow:
     } else if std::io::stdin().is_terminal() {
         return Ok(Value::Null);
     } else {
-        ("stdin", read_bounded(std::io::stdin().lock(), max_text, Path::new("<stdin>"))?)
+        let text = read_bounded(std::io::stdin().lock(), max_text, Path::new("<stdin>"))?;
+        if text.trim().is_empty() {
+            // Nothing piped in: no arguments.
+            return Ok(Value::Null);
+        }
+        ("stdin", text)
     };
     if text.len() as u64 > max_text {
         return Err(Error::InputTooLarge {

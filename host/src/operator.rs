@@ -133,16 +133,24 @@ impl Operator {
     /// against the signature before any guest code runs. The result is the
     /// `ok` value of `invoke` as JSON; an `err` is an [`Error::Operator`].
     pub async fn call(&self, input: &Value, limits: &Limits) -> Result<Value, Error> {
-        self.call_with_stats(input, limits).await.map(|output| output.value)
+        self.call_with_stats(input, limits)
+            .await
+            .map(|output| output.value)
     }
 
     /// Like [`Operator::call`], with what the call used.
-    pub async fn call_with_stats(&self, input: &Value, limits: &Limits) -> Result<CallOutput, Error> {
-        let span = tracing::debug_span!("call", operator = %self.inner.name, digest = %self.inner.digest);
+    pub async fn call_with_stats(
+        &self,
+        input: &Value,
+        limits: &Limits,
+    ) -> Result<CallOutput, Error> {
+        let span =
+            tracing::debug_span!("call", operator = %self.inner.name, digest = %self.inner.digest);
         let _entered = span.enter();
         let started = Instant::now();
-        let args = codec::encode_params(&self.inner.signature.params, input, limits.max_input_bytes)
-            .map_err(|error| self.codec_error(error, "input"))?;
+        let args =
+            codec::encode_params(&self.inner.signature.params, input, limits.max_input_bytes)
+                .map_err(|error| self.codec_error(error, "input"))?;
         drop(_entered);
         let result = self.run(args, limits).await;
         tracing::debug!(
@@ -157,7 +165,11 @@ impl Operator {
     /// Calls `invoke` with Rust values: `params` serializes to the input
     /// JSON (a tuple or array in parameter order, or a struct keyed by
     /// parameter name) and the result deserializes into `R`.
-    pub async fn call_typed<P: Serialize, R: DeserializeOwned>(&self, params: &P, limits: &Limits) -> Result<R, Error> {
+    pub async fn call_typed<P: Serialize, R: DeserializeOwned>(
+        &self,
+        params: &P,
+        limits: &Limits,
+    ) -> Result<R, Error> {
         let input = serde_json::to_value(params).map_err(|error| Error::Validation {
             operator: self.inner.name.to_string(),
             path: "$".into(),
@@ -176,13 +188,24 @@ impl Operator {
     fn codec_error(&self, error: CodecError, what: &str) -> Error {
         let operator = self.inner.name.to_string();
         match (error, what) {
-            (CodecError::Mismatch { path, expected, found }, _) => Error::Validation {
+            (
+                CodecError::Mismatch {
+                    path,
+                    expected,
+                    found,
+                },
+                _,
+            ) => Error::Validation {
                 operator,
                 path,
                 expected,
                 found,
             },
-            (CodecError::TooLarge { size, limit }, "input") => Error::InputTooLarge { operator, size, limit },
+            (CodecError::TooLarge { size, limit }, "input") => Error::InputTooLarge {
+                operator,
+                size,
+                limit,
+            },
             (CodecError::TooLarge { size, limit }, _) => Error::Memory {
                 operator,
                 what: "output",
@@ -212,8 +235,11 @@ impl Operator {
             let instance = pre.instantiate_async(&mut sandbox.store).await?;
             let func = instance
                 .get_func(&mut sandbox.store, invoke)
-                .ok_or_else(|| wasmtime::Error::msg("`invoke` export disappeared after type checking"))?;
-            func.call_async(&mut sandbox.store, &args, &mut results).await
+                .ok_or_else(|| {
+                    wasmtime::Error::msg("`invoke` export disappeared after type checking")
+                })?;
+            func.call_async(&mut sandbox.store, &args, &mut results)
+                .await
         })
         .await;
         sandbox.finish();
@@ -227,9 +253,8 @@ impl Operator {
         match result {
             Val::Result(Ok(payload)) => {
                 let value = match payload {
-                    Some(payload) => {
-                        codec::decode(&payload, limits.max_output_bytes).map_err(|error| self.codec_error(error, "output"))?
-                    }
+                    Some(payload) => codec::decode(&payload, limits.max_output_bytes)
+                        .map_err(|error| self.codec_error(error, "output"))?,
                     None => Value::Null,
                 };
                 Ok(CallOutput { value, stats })
@@ -272,26 +297,40 @@ pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
 
 fn hex(digest: &[u8; 32]) -> String {
     use std::fmt::Write;
-    digest.iter().fold(String::with_capacity(64), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+    digest
+        .iter()
+        .fold(String::with_capacity(64), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
 }
 
 /// Rebuilds an error shared between concurrent loads; sources become text.
 pub(crate) fn clone_error(error: &Error) -> Error {
     match error {
-        Error::InvalidComponent { source_name, reason, source } => Error::InvalidComponent {
+        Error::InvalidComponent {
+            source_name,
+            reason,
+            source,
+        } => Error::InvalidComponent {
             source_name: source_name.clone(),
             reason: reason.clone(),
             source: source.as_ref().map(|source| source.to_string().into()),
         },
-        Error::Contract { operator, reason, source } => Error::Contract {
+        Error::Contract {
+            operator,
+            reason,
+            source,
+        } => Error::Contract {
             operator: operator.clone(),
             reason: reason.clone(),
             source: source.as_ref().map(|source| source.to_string().into()),
         },
-        Error::Capability { operator, import, hint } => Error::Capability {
+        Error::Capability {
+            operator,
+            import,
+            hint,
+        } => Error::Capability {
             operator: operator.clone(),
             import: import.clone(),
             hint: hint.clone(),
@@ -300,18 +339,32 @@ pub(crate) fn clone_error(error: &Error) -> Error {
             path: path.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
-        Error::Validation { operator, path, expected, found } => Error::Validation {
+        Error::Validation {
+            operator,
+            path,
+            expected,
+            found,
+        } => Error::Validation {
             operator: operator.clone(),
             path: path.clone(),
             expected: expected.clone(),
             found: found.clone(),
         },
-        Error::InputTooLarge { operator, size, limit } => Error::InputTooLarge {
+        Error::InputTooLarge {
+            operator,
+            size,
+            limit,
+        } => Error::InputTooLarge {
             operator: operator.clone(),
             size: *size,
             limit: *limit,
         },
-        Error::Operator { operator, code, message, retryable } => Error::Operator {
+        Error::Operator {
+            operator,
+            code,
+            message,
+            retryable,
+        } => Error::Operator {
             operator: operator.clone(),
             code: code.clone(),
             message: message.clone(),
@@ -325,17 +378,29 @@ pub(crate) fn clone_error(error: &Error) -> Error {
             operator: operator.clone(),
             fuel: *fuel,
         },
-        Error::Memory { operator, what, requested, limit } => Error::Memory {
+        Error::Memory {
+            operator,
+            what,
+            requested,
+            limit,
+        } => Error::Memory {
             operator: operator.clone(),
             what,
             requested: *requested,
             limit: *limit,
         },
-        Error::StackOverflow { operator, max_stack_bytes } => Error::StackOverflow {
+        Error::StackOverflow {
+            operator,
+            max_stack_bytes,
+        } => Error::StackOverflow {
             operator: operator.clone(),
             max_stack_bytes: *max_stack_bytes,
         },
-        Error::Trap { operator, message, guest_stderr } => Error::Trap {
+        Error::Trap {
+            operator,
+            message,
+            guest_stderr,
+        } => Error::Trap {
             operator: operator.clone(),
             message: message.clone(),
             guest_stderr: guest_stderr.clone(),
@@ -362,7 +427,12 @@ fn header(bytes: &[u8]) -> Header {
 }
 
 /// Loads one operator (the body of the single-flight load cache).
-pub(crate) async fn load(host: Host, bytes: Vec<u8>, digest: [u8; 32], source_name: String) -> Result<Operator, Error> {
+pub(crate) async fn load(
+    host: Host,
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+    source_name: String,
+) -> Result<Operator, Error> {
     let invalid = |reason: String, source: Option<error::BoxError>| Error::InvalidComponent {
         source_name: source_name.clone(),
         reason,
@@ -389,12 +459,15 @@ pub(crate) async fn load(host: Host, bytes: Vec<u8>, digest: [u8; 32], source_na
         }
     }
 
-    host.inner.compilations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    host.inner
+        .compilations
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let engine = host.inner.engine.clone();
     let compiled = tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
         .await
         .map_err(|join| invalid(format!("compilation did not finish: {join}"), None))?;
-    let component = compiled.map_err(|error| invalid("invalid component".into(), error::boxed(error)))?;
+    let component =
+        compiled.map_err(|error| invalid("invalid component".into(), error::boxed(error)))?;
 
     let engine = &host.inner.engine;
     let component_type = component.component_type();
@@ -441,7 +514,10 @@ pub(crate) async fn load(host: Host, bytes: Vec<u8>, digest: [u8; 32], source_na
     };
 
     // Exports: `metadata` (checked by the bindings below) and `invoke`.
-    let Some(ComponentItem::ComponentFunc(invoke_type)) = component_type.get_export(engine, "invoke").map(|export| export.ty) else {
+    let Some(ComponentItem::ComponentFunc(invoke_type)) = component_type
+        .get_export(engine, "invoke")
+        .map(|export| export.ty)
+    else {
         return Err(contract(
             "no `invoke` function export; an operator exports `metadata` and `invoke` (see wit/operator.wit)".into(),
             None,
@@ -449,8 +525,15 @@ pub(crate) async fn load(host: Host, bytes: Vec<u8>, digest: [u8; 32], source_na
     };
     let mut params = Vec::new();
     for (name, ty) in invoke_type.params() {
-        let ty = WitType::from_wasmtime(&ty)
-            .map_err(|unsupported| contract(format!("`invoke` parameter `{name}` uses {}, which operators cannot take", unsupported.0), None))?;
+        let ty = WitType::from_wasmtime(&ty).map_err(|unsupported| {
+            contract(
+                format!(
+                    "`invoke` parameter `{name}` uses {}, which operators cannot take",
+                    unsupported.0
+                ),
+                None,
+            )
+        })?;
         params.push(Param {
             name: name.to_owned(),
             ty,
@@ -462,20 +545,33 @@ pub(crate) async fn load(host: Host, bytes: Vec<u8>, digest: [u8; 32], source_na
             .ok()
             .map(|ok| {
                 WitType::from_wasmtime(&ok).map_err(|unsupported| {
-                    contract(format!("`invoke` returns {}, which operators cannot return", unsupported.0), None)
+                    contract(
+                        format!(
+                            "`invoke` returns {}, which operators cannot return",
+                            unsupported.0
+                        ),
+                        None,
+                    )
                 })
             })
             .transpose()?,
         _ => {
             let found = results
                 .iter()
-                .map(|ty| WitType::from_wasmtime(ty).map_or_else(|_| "an unsupported type".into(), |ty| ty.to_string()))
+                .map(|ty| {
+                    WitType::from_wasmtime(ty)
+                        .map_or_else(|_| "an unsupported type".into(), |ty| ty.to_string())
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(contract(
                 format!(
                     "`invoke` must return result<T, error> with the `error` record of xcs:operator/types; it returns {}",
-                    if found.is_empty() { "nothing".into() } else { found }
+                    if found.is_empty() {
+                        "nothing".into()
+                    } else {
+                        found
+                    }
                 ),
                 None,
             ));
@@ -489,13 +585,22 @@ pub(crate) async fn load(host: Host, bytes: Vec<u8>, digest: [u8; 32], source_na
         .inner
         .linker
         .instantiate_pre(&component)
-        .map_err(|error| contract("its imports do not match what the host provides".into(), error::boxed(error)))?;
+        .map_err(|error| {
+            contract(
+                "its imports do not match what the host provides".into(),
+                error::boxed(error),
+            )
+        })?;
     let bindings_pre = bindings::OperatorPre::new(pre.clone())
         .map_err(|error| contract("no valid `metadata` export".into(), error::boxed(error)))?;
 
     // Ask the guest for its metadata, in a sandbox under the host's limits.
     let limits = host.inner.default_limits.clone();
-    let mut sandbox = Sandbox::new(&host.inner, Arc::from(format!("{source_name} (metadata)")), &limits)?;
+    let mut sandbox = Sandbox::new(
+        &host.inner,
+        Arc::from(format!("{source_name} (metadata)")),
+        &limits,
+    )?;
     let deadline = tokio::time::Instant::from_std(sandbox.deadline());
     let outcome = tokio::time::timeout_at(deadline, async {
         let instance = bindings_pre.instantiate_async(&mut sandbox.store).await?;
@@ -538,9 +643,16 @@ fn is_error_record(ty: &Type) -> bool {
     let Type::Record(record) = ty else {
         return false;
     };
-    let fields: Vec<_> = record.fields().map(|field| (field.name, field.ty)).collect();
+    let fields: Vec<_> = record
+        .fields()
+        .map(|field| (field.name, field.ty))
+        .collect();
     matches!(
         fields.as_slice(),
-        [("code", Type::String), ("message", Type::String), ("retryable", Type::Bool)]
+        [
+            ("code", Type::String),
+            ("message", Type::String),
+            ("retryable", Type::Bool)
+        ]
     )
 }

@@ -245,7 +245,11 @@ impl CapturedOutput {
     }
 
     fn text(&self) -> String {
-        let kept = self.inner.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let kept = self
+            .inner
+            .kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         String::from_utf8_lossy(&kept).into_owned()
     }
 
@@ -267,8 +271,16 @@ impl StdoutStream for CapturedOutput {
 }
 
 impl tokio::io::AsyncWrite for CapturedOutput {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let mut kept = self.inner.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut kept = self
+            .inner
+            .kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let room = self.inner.cap.saturating_sub(kept.len());
         let taken = room.min(buf.len());
         kept.extend_from_slice(&buf[..taken]);
@@ -315,7 +327,10 @@ impl HostWallClock for WallClock {
     }
 
     fn now(&self) -> Duration {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).next()
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .next()
     }
 }
 
@@ -325,7 +340,11 @@ impl HostMonotonicClock for MonotonicClock {
     }
 
     fn now(&self) -> u64 {
-        let reading = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).next();
+        let reading = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .next();
         u64::try_from(reading.as_nanos()).unwrap_or(u64::MAX)
     }
 }
@@ -340,7 +359,9 @@ fn wasi_context(limits: &Limits, stdout: &CapturedOutput, stderr: &CapturedOutpu
         .allow_tcp(false)
         .allow_udp(false)
         .secure_random(StdRng::seed_from_u64(seed))
-        .insecure_random(StdRng::seed_from_u64(seed.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15))
+        .insecure_random(StdRng::seed_from_u64(
+            seed.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15,
+        ))
         .insecure_random_seed(u128::from(seed) << 64 | u128::from(!seed))
         .wall_clock(WallClock(Mutex::new(VirtualClock {
             start: VIRTUAL_EPOCH,
@@ -380,7 +401,11 @@ pub(crate) struct Sandbox {
 }
 
 impl Sandbox {
-    pub(crate) fn new(host: &HostInner, operator: Arc<str>, limits: &Limits) -> Result<Sandbox, Error> {
+    pub(crate) fn new(
+        host: &HostInner,
+        operator: Arc<str>,
+        limits: &Limits,
+    ) -> Result<Sandbox, Error> {
         let started = Instant::now();
         let stdout = CapturedOutput::new(limits.max_log_bytes);
         let stderr = CapturedOutput::new(limits.max_log_bytes);
@@ -453,9 +478,11 @@ impl Sandbox {
 
     pub(crate) fn stats(&self) -> CallStats {
         let state = self.store.data();
-        let fuel_consumed = self.store.get_fuel().ok().map(|left| {
-            self.fuel_budget.unwrap_or(u64::MAX).saturating_sub(left)
-        });
+        let fuel_consumed = self
+            .store
+            .get_fuel()
+            .ok()
+            .map(|left| self.fuel_budget.unwrap_or(u64::MAX).saturating_sub(left));
         CallStats {
             duration: self.started.elapsed(),
             fuel_consumed,
@@ -476,7 +503,12 @@ impl Sandbox {
                 tracing::debug!(target: "xcs::guest", operator, stream, "{}", text.trim_end());
             }
             if output.dropped() > 0 {
-                tracing::warn!(operator, stream, dropped_bytes = output.dropped(), "guest output over the log budget was dropped");
+                tracing::warn!(
+                    operator,
+                    stream,
+                    dropped_bytes = output.dropped(),
+                    "guest output over the log budget was dropped"
+                );
             }
         }
         if state.log.dropped_messages > 0 {

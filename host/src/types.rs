@@ -258,9 +258,9 @@ mod tests {
     #[test]
     fn prints_wit_syntax() {
         let ty = WitType::Result {
-            ok: Some(Box::new(WitType::List(Box::new(WitType::Option(Box::new(
-                WitType::S64,
-            )))))),
+            ok: Some(Box::new(WitType::List(Box::new(WitType::Option(
+                Box::new(WitType::S64),
+            ))))),
             err: None,
         };
         assert_eq!(ty.to_string(), "result<list<option<s64>>>");
@@ -268,7 +268,10 @@ mod tests {
             ("count".into(), WitType::U32),
             ("tags".into(), WitType::Flags(vec!["a".into(), "b".into()])),
         ]);
-        assert_eq!(record.to_string(), "record { count: u32, tags: flags { a, b } }");
+        assert_eq!(
+            record.to_string(),
+            "record { count: u32, tags: flags { a, b } }"
+        );
         let signature = Signature {
             params: vec![Param {
                 name: "xs".into(),
@@ -276,6 +279,9 @@ mod tests {
             }],
             result: None,
         };
-        assert_eq!(signature.to_string(), "func(xs: list<s64>) -> result<_, error>");
+        assert_eq!(
+            signature.to_string(),
+            "func(xs: list<s64>) -> result<_, error>"
+        );
     }
 }

@@ -1,0 +1,434 @@
+//! End-to-end tests of the `xcs` command against the real operator components
+//! that the `xcs-tests` crate builds: output, input forms and the exit code of
+//! every error kind.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+
+/// A scratch directory, unique per test, removed on drop. The compilation
+/// cache (`XCS_CACHE_DIR`) and any input files live in it.
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let index = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("xcs-cli-test-{}-{index}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("the scratch directory can be created");
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `contents` to `name` in the scratch directory; returns its path.
+    fn file(&self, name: &str, contents: &[u8]) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).expect("the scratch file can be written");
+        path.to_str()
+            .expect("the temp dir path is UTF-8")
+            .to_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What one run of `xcs` did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn first_stderr_line(&self) -> &str {
+        self.stderr.lines().next().unwrap_or_default()
+    }
+
+    #[track_caller]
+    fn assert_success(&self) -> &Self {
+        assert_eq!(self.code, 0, "xcs failed: {self:#?}");
+        self
+    }
+
+    /// Asserts the exit code, that the first stderr line is
+    /// `error[<kind>]: ...`, that stdout is empty, and that stderr contains
+    /// each of `needles`.
+    #[track_caller]
+    fn assert_error(&self, code: i32, kind: &str, needles: &[&str]) {
+        assert_eq!(self.code, code, "wrong exit code: {self:#?}");
+        assert!(
+            self.first_stderr_line()
+                .starts_with(&format!("error[{kind}]: ")),
+            "the first stderr line is not `error[{kind}]: ...`: {self:#?}"
+        );
+        assert!(
+            self.stdout.is_empty(),
+            "an error printed on stdout: {self:#?}"
+        );
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "stderr lacks {needle:?}: {self:#?}"
+            );
+        }
+    }
+}
+
+/// Runs `xcs args...` with a private cache directory, with `stdin` piped in
+/// (or an empty, closed stdin when `None`).
+fn xcs_with_stdin(args: &[&str], stdin: Option<&str>, scratch: &Scratch) -> Run {
+    xcs_with_cache(args, stdin, &scratch.path().join("cache"))
+}
+
+/// Runs `xcs args...` with `XCS_CACHE_DIR=cache_dir`.
+fn xcs_with_cache(args: &[&str], stdin: Option<&str>, cache_dir: &Path) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xcs"))
+        .args(args)
+        .env("XCS_CACHE_DIR", cache_dir)
+        .env_remove("RUST_LOG")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the xcs binary can be started");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(text.as_bytes())
+            .expect("stdin can be written");
+        // Dropping the pipe closes it: xcs sees end of input.
+    }
+    let output = child.wait_with_output().expect("xcs runs to completion");
+    Run {
+        code: output
+            .status
+            .code()
+            .expect("xcs exited rather than being killed by a signal"),
+        stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
+    }
+}
+
+/// Runs `xcs args...` in a fresh scratch directory, stdin closed.
+fn xcs(args: &[&str]) -> Run {
+    xcs_with_stdin(args, None, &Scratch::new())
+}
+
+/// `xcs call <operator> --input <input>`.
+fn call(operator: &str, input: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["call", operator, "--input", input];
+    args.extend_from_slice(extra);
+    xcs(&args)
+}
+
+/// `inspect --json` output, parsed.
+fn inspect_json(operator: &str) -> Value {
+    let run = xcs(&["inspect", operator, "--json"]);
+    run.assert_success();
+    serde_json::from_str(&run.stdout).expect("inspect --json prints JSON")
+}
+
+/// `name: call <operator> --input <input> [flags] => stdout` — succeeds and
+/// prints exactly that JSON line.
+macro_rules! prints {
+    ($($name:ident: $operator:expr, $input:expr $(, [$($flag:expr),* $(,)?])? => $stdout:expr;)+) => {$(
+        #[test]
+        fn $name() {
+            let run = call($operator, $input, &[$($($flag),*)?]);
+            run.assert_success();
+            assert_eq!(run.stdout, concat!($stdout, "\n"), "{run:#?}");
+            assert!(run.stderr.is_empty(), "a successful call wrote on stderr: {run:#?}");
+        }
+    )+};
+}
+
+/// `name: [args...] => exit code, kind, [stderr needles...]` — fails with
+/// that exit code and `error[<kind>]: ...` first on stderr.
+macro_rules! fails {
+    ($($name:ident: [$($arg:expr),+ $(,)?] => $code:literal, $kind:literal $(, [$($needle:expr),* $(,)?])?;)+) => {$(
+        #[test]
+        fn $name() {
+            xcs(&[$($arg),+]).assert_error($code, $kind, &[$($($needle),*)?]);
+        }
+    )+};
+}
+
+// --- inspect ---------------------------------------------------------------
+
+#[test]
+fn inspect_prints_name_and_invoke_signature() {
+    let run = xcs(&["inspect", xcs_tests::UPPER]);
+    run.assert_success();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines.contains(&"name:          upper"), "{run:#?}");
+    assert!(lines.contains(&"version:       0.1.0"), "{run:#?}");
+    assert!(lines.contains(&"deterministic: yes"), "{run:#?}");
+    assert!(
+        lines.contains(&"invoke:        func(text: string) -> result<string, error>"),
+        "{run:#?}"
+    );
+    assert!(lines.contains(&"  xcs:operator/types@0.1.0"), "{run:#?}");
+    let digest = lines
+        .iter()
+        .find_map(|line| line.strip_prefix("digest:        "))
+        .expect("a digest line");
+    assert!(digest.starts_with("sha256:"), "{run:#?}");
+}
+
+#[test]
+fn inspect_json_describes_params_result_imports_and_digest() {
+    let description = inspect_json(xcs_tests::STATS);
+    assert_eq!(description["name"], "stats");
+    assert_eq!(description["version"], "0.1.0");
+    assert_eq!(description["deterministic"], true);
+    assert_eq!(
+        description["params"],
+        serde_json::json!([{ "name": "xs", "type": "list<f64>" }])
+    );
+    assert_eq!(
+        description["result"],
+        "record { count: u32, mean: f64, min: f64, max: f64 }"
+    );
+    let imports = description["imports"]
+        .as_array()
+        .expect("imports is a list");
+    assert!(
+        imports.contains(&Value::from("xcs:operator/types@0.1.0")),
+        "{description:#}"
+    );
+    assert!(imports.iter().all(Value::is_string), "{description:#}");
+    let digest = description["digest"].as_str().expect("digest is a string");
+    assert!(digest.starts_with("sha256:"), "{description:#}");
+    assert_eq!(digest.len(), "sha256:".len() + 64, "{description:#}");
+}
+
+#[test]
+fn inspect_json_lists_params_in_order_in_wit_syntax() {
+    let description = inspect_json(xcs_tests::FLAKY);
+    assert_eq!(
+        description["params"],
+        serde_json::json!([
+            { "name": "key", "type": "u64" },
+            { "name": "failure-percent", "type": "u8" },
+        ])
+    );
+    assert_eq!(description["result"], "u64");
+    assert_eq!(description["deterministic"], false);
+}
+
+#[test]
+fn inspect_json_of_the_same_operator_has_the_same_digest() {
+    assert_eq!(
+        inspect_json(xcs_tests::UPPER)["digest"],
+        inspect_json(xcs_tests::UPPER)["digest"]
+    );
+    assert_ne!(
+        inspect_json(xcs_tests::UPPER)["digest"],
+        inspect_json(xcs_tests::SORT)["digest"]
+    );
+}
+
+// --- call: input forms and output ------------------------------------------
+
+prints! {
+    call_with_input_object_prints_the_result: xcs_tests::UPPER, r#"{"text":"hello"}"# => r#""HELLO""#;
+    call_with_input_array_prints_the_result: xcs_tests::UPPER, r#"["hello"]"# => r#""HELLO""#;
+    call_word_count_prints_a_number: xcs_tests::WORD_COUNT, r#"{"text":"one two  three"}"# => "3";
+    call_sort_prints_a_list: xcs_tests::SORT, r#"[["b","c","a"]]"# => r#"["a","b","c"]"#;
+    call_stats_prints_a_record_with_kebab_case_fields: xcs_tests::STATS, r#"{"xs":[1,2,3]}"#
+        => r#"{"count":3,"max":3.0,"mean":2.0,"min":1.0}"#;
+    call_noop_prints_null: xcs_tests::NOOP, "[]" => "null";
+    call_with_limits_within_bounds_succeeds: xcs_tests::FACTORIAL, r#"{"n":10}"#,
+        ["--timeout", "5s", "--fuel", "100000000", "--memory", "32MiB", "--max-input", "1KiB", "--max-output", "1KiB"]
+        => "3628800";
+}
+
+#[test]
+fn call_with_input_file_reads_the_file() {
+    let scratch = Scratch::new();
+    let input = scratch.file("input.json", br#"{"text":"from a file"}"#);
+    let run = xcs_with_stdin(
+        &["call", xcs_tests::UPPER, "--input-file", &input],
+        None,
+        &scratch,
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, "\"FROM A FILE\"\n", "{run:#?}");
+}
+
+#[test]
+fn call_reads_piped_stdin() {
+    let run = xcs_with_stdin(
+        &["call", xcs_tests::UPPER],
+        Some("{\"text\": \"piped\"}\n"),
+        &Scratch::new(),
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, "\"PIPED\"\n", "{run:#?}");
+}
+
+#[test]
+fn call_entropy_twice_prints_identical_output() {
+    let first = call(xcs_tests::ENTROPY, "[]", &[]);
+    let second = call(xcs_tests::ENTROPY, "[]", &[]);
+    first.assert_success();
+    second.assert_success();
+    assert_eq!(first.stdout, second.stdout);
+}
+
+#[test]
+fn call_entropy_with_another_seed_prints_other_random_bytes() {
+    let random = |run: &Run| -> Value {
+        run.assert_success();
+        let output: Value = serde_json::from_str(&run.stdout).expect("entropy prints JSON");
+        let bytes = output["random"].clone();
+        assert_eq!(bytes.as_array().map(Vec::len), Some(16), "{run:#?}");
+        bytes
+    };
+    let default = random(&call(xcs_tests::ENTROPY, "[]", &[]));
+    let seven = random(&call(xcs_tests::ENTROPY, "[]", &["--seed", "7"]));
+    let seven_again = random(&call(xcs_tests::ENTROPY, "[]", &["--seed", "7"]));
+    assert_ne!(default, seven);
+    assert_eq!(seven, seven_again);
+}
+
+// --- errors: one exit code per kind ----------------------------------------
+
+#[test]
+fn call_not_wasm_exits_3_invalid_component() {
+    let scratch = Scratch::new();
+    let path = scratch.file("not.wasm", b"hello, not wasm\n");
+    for args in [
+        vec!["inspect", path.as_str()],
+        vec!["call", path.as_str(), "--input", "[]"],
+    ] {
+        xcs_with_stdin(&args, None, &scratch).assert_error(3, "invalid-component", &["not.wasm"]);
+    }
+}
+
+fails! {
+    call_invalid_json_exits_4_validation: ["call", xcs_tests::UPPER, "--input", "{text:"]
+        => 4, "validation", ["invalid JSON"];
+    call_wrong_type_exits_4_with_the_path: ["call", xcs_tests::SUM, "--input", r#"{"xs":[1,"a"]}"#]
+        => 4, "validation", ["$.xs[1]", "s64"];
+    call_wrong_type_in_array_form_exits_4_with_the_path: ["call", xcs_tests::UPPER, "--input", "[1]"]
+        => 4, "validation", ["$[0]"];
+    call_unknown_parameter_exits_4: ["call", xcs_tests::UPPER, "--input", r#"{"txt":"a"}"#]
+        => 4, "validation", ["$.txt"];
+    call_too_many_arguments_exits_4: ["call", xcs_tests::UPPER, "--input", r#"["a","b"]"#]
+        => 4, "validation";
+    call_input_over_max_input_exits_4: ["call", xcs_tests::UPPER, "--input", r#"["hello"]"#, "--max-input", "2"]
+        => 4, "validation";
+    call_sum_overflow_exits_5_operator: ["call", xcs_tests::SUM, "--input", r#"{"xs":[9223372036854775807,1]}"#]
+        => 5, "operator", ["overflows"];
+    call_stats_of_empty_list_exits_5_operator: ["call", xcs_tests::STATS, "--input", r#"{"xs":[]}"#]
+        => 5, "operator", ["empty list"];
+    call_spin_with_timeout_exits_6: ["call", xcs_tests::SPIN, "--input", "[]", "--timeout", "200ms"]
+        => 6, "timeout";
+    call_spin_with_fuel_exits_7: ["call", xcs_tests::SPIN, "--input", "[]", "--fuel", "1000000"]
+        => 7, "fuel";
+    call_hog_with_memory_cap_exits_8: ["call", xcs_tests::HOG, "--input", "[]", "--memory", "16MiB"]
+        => 8, "memory";
+    call_output_over_max_output_exits_8: ["call", xcs_tests::UPPER, "--input", r#"["hello world"]"#, "--max-output", "4"]
+        => 8, "memory";
+    call_deep_exits_9_stack_overflow: ["call", xcs_tests::DEEP, "--input", "[]"]
+        => 9, "stack-overflow";
+    call_panic_exits_9_with_the_panic_message: ["call", xcs_tests::PANIC, "--input", "[]"]
+        => 9, "trap", ["panic fixture: this operator always panics"];
+    call_missing_file_exits_1_io: ["call", "/nonexistent/xcs-cli-test/missing.wasm", "--input", "[]"]
+        => 1, "io", ["missing.wasm"];
+    inspect_missing_file_exits_1_io: ["inspect", "/nonexistent/xcs-cli-test/missing.wasm"]
+        => 1, "io", ["missing.wasm"];
+    call_missing_input_file_exits_1_io: ["call", xcs_tests::NOOP, "--input-file", "/nonexistent/xcs-cli-test/input.json"]
+        => 1, "io", ["input.json"];
+    call_ungranted_capability_exits_3: ["call", xcs_tests::WAIT, "--input", r#"{"ms":1}"#]
+        => 3, "capability", ["xcs:examples/latency"];
+    inspect_ungranted_capability_exits_3: ["inspect", xcs_tests::WAIT]
+        => 3, "capability";
+}
+
+#[test]
+fn call_with_unusable_cache_dir_exits_2_config() {
+    let scratch = Scratch::new();
+    let file = scratch.file("a-file", b"");
+    let not_a_dir = Path::new(&file).join("cache");
+    xcs_with_cache(
+        &["call", xcs_tests::NOOP, "--input", "[]"],
+        None,
+        &not_a_dir,
+    )
+    .assert_error(2, "config", &["cache"]);
+}
+
+/// Flags clap rejects exit 2. (clap prints `error: ...`, not
+/// `error[usage]: ...`; see `usage_errors_print_the_error_kind`.)
+#[test]
+fn call_with_bad_flag_exits_2() {
+    for args in [
+        vec!["call", xcs_tests::NOOP, "--bogus"],
+        vec!["call", xcs_tests::NOOP, "--memory", "12XB"],
+        vec!["call", xcs_tests::NOOP, "--timeout", "soon"],
+        vec![
+            "call",
+            xcs_tests::NOOP,
+            "--input",
+            "[]",
+            "--input-file",
+            "x.json",
+        ],
+        vec!["frobnicate"],
+    ] {
+        let run = xcs(&args);
+        assert_eq!(run.code, 2, "{run:#?}");
+        assert!(
+            run.first_stderr_line().starts_with("error[usage]: "),
+            "{run:#?}"
+        );
+        assert!(run.stdout.is_empty(), "{run:#?}");
+    }
+}
+
+// --- regressions ---------------------------------------------------------------
+
+/// DESIGN.md: every error is one line `error[<kind>]: <message>`.
+#[test]
+fn usage_errors_print_the_error_kind() {
+    xcs(&["call", xcs_tests::NOOP, "--bogus"]).assert_error(2, "usage", &["--bogus"]);
+}
+
+/// `Error::Io`'s message already embeds its source, which is printed again as
+/// a cause.
+#[test]
+fn io_errors_print_their_cause_once() {
+    let run = xcs(&["inspect", "/nonexistent/xcs-cli-test/missing.wasm"]);
+    run.assert_error(1, "io", &[]);
+    assert_eq!(
+        run.stderr.matches("No such file or directory").count(),
+        1,
+        "{run:#?}"
+    );
+}
+
+/// With stdin not a terminal but empty (`< /dev/null`, cron, CI), a call of
+/// a parameterless operator fails with "invalid JSON: EOF".
+#[test]
+fn call_with_empty_stdin_means_no_arguments() {
+    let run = xcs_with_stdin(&["call", xcs_tests::NOOP], Some(""), &Scratch::new());
+    run.assert_success();
+    assert_eq!(run.stdout, "null\n", "{run:#?}");
+}
