@@ -19,14 +19,19 @@ async fn a_thousand_concurrent_calls_are_all_correct() {
     for n in 0..1000 {
         let upper = upper.clone();
         tasks.spawn(async move {
-            let output = upper.call(&json!([format!("call {n}")]), &Limits::default()).await;
+            let output = upper
+                .call(&json!([format!("call {n}")]), &Limits::default())
+                .await;
             (n, output)
         });
     }
     let mut seen = vec![false; 1000];
     while let Some(joined) = tasks.join_next().await {
         let (n, output) = joined.expect("the task did not panic");
-        assert_eq!(output.expect("the call succeeded"), json!(format!("CALL {n}")));
+        assert_eq!(
+            output.expect("the call succeeded"),
+            json!(format!("CALL {n}"))
+        );
         seen[n] = true;
     }
     assert!(seen.iter().all(|&done| done));

@@ -57,7 +57,9 @@ fn core_module(metadata_body: &str, extra: &str) -> String {
 const LIFT: &str = r#"(memory (core memory $i "memory")) (realloc (core func $i "realloc"))"#;
 
 fn metadata_export() -> String {
-    format!(r#"(func (export "metadata") (result $metadata) (canon lift (core func $i "metadata") {LIFT}))"#)
+    format!(
+        r#"(func (export "metadata") (result $metadata) (canon lift (core func $i "metadata") {LIFT}))"#
+    )
 }
 
 /// A component with `invoke(all: all) -> result<_, error>` where `all` is a
@@ -119,7 +121,10 @@ pub fn metadata_runs(body: &str) -> String {
     format!(
         r#"(component {TYPES_IMPORT} {core} {metadata}
   (func (export "invoke") (result (result (error $error))) (canon lift (core func $i "ok2") {LIFT})))"#,
-        core = core_module(body, r#"(func (export "ok2") (result i32) (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#),
+        core = core_module(
+            body,
+            r#"(func (export "ok2") (result i32) (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#
+        ),
         metadata = metadata_export(),
     )
 }
@@ -136,7 +141,11 @@ pub fn invoke_returns_u32() -> String {
 
 /// A component with only `metadata`, no `invoke`.
 pub fn no_invoke() -> String {
-    format!(r#"(component {TYPES_IMPORT} {core} {metadata})"#, core = core_module("", ""), metadata = metadata_export())
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata})"#,
+        core = core_module("", ""),
+        metadata = metadata_export()
+    )
 }
 
 /// A component that imports the instance `name` (with no functions), and
@@ -146,7 +155,23 @@ pub fn importing(name: &str) -> String {
         r#"(component (import "{name}" (instance))
   {TYPES_IMPORT} {core} {metadata}
   (func (export "invoke") (result (result (error $error))) (canon lift (core func $i "ok2") {LIFT})))"#,
-        core = core_module("", r#"(func (export "ok2") (result i32) (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#),
+        core = core_module(
+            "",
+            r#"(func (export "ok2") (result i32) (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#
+        ),
+        metadata = metadata_export(),
+    )
+}
+
+/// A component whose `invoke` takes a handle to a resource it defines.
+pub fn takes_a_resource() -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (type $r' (resource (rep i32)))
+  (export $r "thing" (type $r'))
+  (func (export "invoke") (param "thing" (own $r)) (result (result (error $error)))
+    (canon lift (core func $i "ok") {LIFT})))"#,
+        core = core_module("", ""),
         metadata = metadata_export(),
     )
 }

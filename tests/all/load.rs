@@ -12,9 +12,21 @@ use crate::util::{assert_healthy, expect_kind, host, load_wat};
 #[tokio::test]
 async fn malformed_bytes_are_an_invalid_component() {
     let host = host();
-    let error = expect_kind(host.load_bytes(b"hello, world".to_vec(), "hello.wasm").await, ErrorKind::InvalidComponent);
-    assert!(error.to_string().starts_with("hello.wasm: not a WebAssembly binary"), "{error}");
-    expect_kind(host.load_bytes(Vec::new(), "empty.wasm").await, ErrorKind::InvalidComponent);
+    let error = expect_kind(
+        host.load_bytes(b"hello, world".to_vec(), "hello.wasm")
+            .await,
+        ErrorKind::InvalidComponent,
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("hello.wasm: not a WebAssembly binary"),
+        "{error}"
+    );
+    expect_kind(
+        host.load_bytes(Vec::new(), "empty.wasm").await,
+        ErrorKind::InvalidComponent,
+    );
     assert_healthy(&host).await;
 }
 
@@ -23,8 +35,14 @@ async fn truncated_component_is_invalid() {
     let host = host();
     let bytes = std::fs::read(xcs_tests::UPPER).unwrap();
     for cut in [9, bytes.len() / 2, bytes.len() - 1] {
-        let error = expect_kind(host.load_bytes(bytes[..cut].to_vec(), "cut.wasm").await, ErrorKind::InvalidComponent);
-        assert!(std::error::Error::source(&error).is_some(), "the parser's reason is kept as the cause");
+        let error = expect_kind(
+            host.load_bytes(bytes[..cut].to_vec(), "cut.wasm").await,
+            ErrorKind::InvalidComponent,
+        );
+        assert!(
+            std::error::Error::source(&error).is_some(),
+            "the parser's reason is kept as the cause"
+        );
     }
     assert_healthy(&host).await;
 }
@@ -33,53 +51,123 @@ async fn truncated_component_is_invalid() {
 async fn core_module_is_refused_with_how_to_fix_it() {
     let host = host();
     let module = wat::parse_str("(module (func (export \"invoke\")))").unwrap();
-    let error = expect_kind(host.load_bytes(module, "module.wasm").await, ErrorKind::InvalidComponent);
+    let error = expect_kind(
+        host.load_bytes(module, "module.wasm").await,
+        ErrorKind::InvalidComponent,
+    );
     let message = error.to_string();
-    assert!(message.contains("core WebAssembly module, not a component"), "{message}");
-    assert!(message.contains("wasm32-wasip2"), "says how to make one: {message}");
+    assert!(
+        message.contains("core WebAssembly module, not a component"),
+        "{message}"
+    );
+    assert!(
+        message.contains("wasm32-wasip2"),
+        "says how to make one: {message}"
+    );
 }
 
 #[tokio::test]
 async fn component_without_the_contract() {
     let host = host();
     let error = expect_kind(load_wat(&host, "(component)").await, ErrorKind::Contract);
-    assert!(error.to_string().contains("no `invoke` function export"), "{error}");
-    let error = expect_kind(load_wat(&host, &fixtures::no_invoke()).await, ErrorKind::Contract);
+    assert!(
+        error.to_string().contains("no `invoke` function export"),
+        "{error}"
+    );
+    let error = expect_kind(
+        load_wat(&host, &fixtures::no_invoke()).await,
+        ErrorKind::Contract,
+    );
     assert!(error.to_string().contains("no `invoke`"), "{error}");
-    let error = expect_kind(load_wat(&host, &fixtures::invoke_returns_u32()).await, ErrorKind::Contract);
-    assert!(error.to_string().contains("must return result<T, error>"), "{error}");
+    let error = expect_kind(
+        load_wat(&host, &fixtures::invoke_returns_u32()).await,
+        ErrorKind::Contract,
+    );
+    assert!(
+        error.to_string().contains("must return result<T, error>"),
+        "{error}"
+    );
     assert!(error.to_string().contains("it returns u32"), "{error}");
     assert_healthy(&host).await;
 }
 
 #[tokio::test]
+async fn resource_parameters_are_a_contract_error() {
+    let error = expect_kind(
+        load_wat(&host(), &fixtures::takes_a_resource()).await,
+        ErrorKind::Contract,
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("`invoke` parameter `thing` uses resource handles"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn forbidden_wasi_import_is_a_capability_error() {
     let host = host();
-    let error = expect_kind(load_wat(&host, &fixtures::importing("wasi:sockets/tcp@0.2.6")).await, ErrorKind::Capability);
+    let error = expect_kind(
+        load_wat(&host, &fixtures::importing("wasi:sockets/tcp@0.2.6")).await,
+        ErrorKind::Capability,
+    );
     match &error {
         xcs::Error::Capability { import, .. } => assert_eq!(import, "wasi:sockets/tcp@0.2.6"),
         other => panic!("{other:?}"),
     }
     assert!(error.to_string().contains("no sockets"), "{error}");
-    expect_kind(load_wat(&host, &fixtures::importing("wasi:http/outgoing-handler@0.2.6")).await, ErrorKind::Capability);
+    expect_kind(
+        load_wat(
+            &host,
+            &fixtures::importing("wasi:http/outgoing-handler@0.2.6"),
+        )
+        .await,
+        ErrorKind::Capability,
+    );
     assert_healthy(&host).await;
 }
 
 #[tokio::test]
 async fn ungranted_import_names_the_import_and_granting_it_works() {
-    let error = expect_kind(load_wat(&host(), &fixtures::importing("acme:kv/store@1.0.0")).await, ErrorKind::Capability);
-    assert!(error.to_string().contains("`acme:kv/store@1.0.0`"), "{error}");
-    assert!(error.to_string().contains("xcs::Capability"), "says how to grant it: {error}");
+    let error = expect_kind(
+        load_wat(&host(), &fixtures::importing("acme:kv/store@1.0.0")).await,
+        ErrorKind::Capability,
+    );
+    assert!(
+        error.to_string().contains("`acme:kv/store@1.0.0`"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("xcs::Capability"),
+        "says how to grant it: {error}"
+    );
 
-    let granted = Host::builder().grant(Capability::new("acme:kv/store@1.0.0")).build().unwrap();
-    let operator = load_wat(&granted, &fixtures::importing("acme:kv/store@1.0.0")).await.unwrap();
-    assert_eq!(operator.call(&json!([]), &Limits::default()).await.unwrap(), serde_json::Value::Null);
+    let granted = Host::builder()
+        .grant(Capability::new("acme:kv/store@1.0.0"))
+        .build()
+        .unwrap();
+    let operator = load_wat(&granted, &fixtures::importing("acme:kv/store@1.0.0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        operator.call(&json!([]), &Limits::default()).await.unwrap(),
+        serde_json::Value::Null
+    );
 }
 
 #[tokio::test]
 async fn other_contract_version_is_refused() {
-    let error = expect_kind(load_wat(&host(), &fixtures::importing("xcs:operator/host@0.2.0")).await, ErrorKind::Capability);
-    assert!(error.to_string().contains("this host implements xcs:operator/host@0.1.0"), "{error}");
+    let error = expect_kind(
+        load_wat(&host(), &fixtures::importing("xcs:operator/host@0.2.0")).await,
+        ErrorKind::Capability,
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("this host implements xcs:operator/host@0.1.0"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -88,8 +176,18 @@ async fn metadata_that_traps_or_loops_fails_the_load_cleanly() {
         .default_limits(Limits::default().timeout(Duration::from_millis(300)))
         .build()
         .unwrap();
-    expect_kind(load_wat(&host, &fixtures::metadata_runs("unreachable")).await, ErrorKind::Trap);
-    expect_kind(load_wat(&host, &fixtures::metadata_runs("(loop $l (br $l)) unreachable")).await, ErrorKind::Timeout);
+    expect_kind(
+        load_wat(&host, &fixtures::metadata_runs("unreachable")).await,
+        ErrorKind::Trap,
+    );
+    expect_kind(
+        load_wat(
+            &host,
+            &fixtures::metadata_runs("(loop $l (br $l)) unreachable"),
+        )
+        .await,
+        ErrorKind::Timeout,
+    );
     assert_healthy(&host).await;
 }
 
@@ -104,13 +202,27 @@ async fn same_bytes_compile_once() {
         assert_eq!(operator.unwrap().digest(), again.digest());
     }
     assert!(again.digest().starts_with("sha256:") && again.digest().len() == 7 + 64);
-    assert_eq!(host.compilations(), 1, "ten concurrent loads and one more compiled once");
+    assert_eq!(
+        host.compilations(),
+        1,
+        "ten concurrent loads and one more compiled once"
+    );
 }
 
 #[tokio::test]
 async fn inspect_reports_imports() {
     let operator = crate::util::load(&host(), xcs_tests::CHATTY).await;
     let imports = operator.imports();
-    assert!(imports.iter().any(|import| import == "xcs:operator/host@0.1.0"), "{imports:?}");
-    assert!(imports.iter().all(|import| !import.starts_with("wasi:sockets")), "{imports:?}");
+    assert!(
+        imports
+            .iter()
+            .any(|import| import == "xcs:operator/host@0.1.0"),
+        "{imports:?}"
+    );
+    assert!(
+        imports
+            .iter()
+            .all(|import| !import.starts_with("wasi:sockets")),
+        "{imports:?}"
+    );
 }

@@ -1,8 +1,8 @@
 //! Integration tests of xcs against real operator components (built from
 //! `operators/` by the build script) and inline WAT fixtures.
 
-mod util;
 mod fixtures;
+mod util;
 
 mod concurrency;
 mod limits;

@@ -24,8 +24,14 @@ async fn upper() {
     let upper = load(&host(), xcs_tests::UPPER).await;
     assert_eq!(upper.metadata().name, "upper");
     assert!(upper.metadata().deterministic);
-    assert_eq!(upper.signature().to_string(), "func(text: string) -> result<string, error>");
-    let output = upper.call(&json!(["grüße, world"]), &Limits::default()).await.unwrap();
+    assert_eq!(
+        upper.signature().to_string(),
+        "func(text: string) -> result<string, error>"
+    );
+    let output = upper
+        .call(&json!(["grüße, world"]), &Limits::default())
+        .await
+        .unwrap();
     assert_eq!(output, json!("GRÜSSE, WORLD"));
 }
 
@@ -33,25 +39,55 @@ async fn upper() {
 async fn word_count() {
     let op = load(&host(), xcs_tests::WORD_COUNT).await;
     assert_eq!(op.metadata().name, "word-count");
-    let output = op.call(&json!({"text": "the quick  brown\tfox\n"}), &Limits::default()).await.unwrap();
+    let output = op
+        .call(
+            &json!({"text": "the quick  brown\tfox\n"}),
+            &Limits::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(output, json!(4));
-    assert_eq!(op.call(&json!({"text": ""}), &Limits::default()).await.unwrap(), json!(0));
+    assert_eq!(
+        op.call(&json!({"text": ""}), &Limits::default())
+            .await
+            .unwrap(),
+        json!(0)
+    );
 }
 
 #[tokio::test]
 async fn sum() {
     let op = load(&host(), xcs_tests::SUM).await;
-    assert_eq!(op.signature().to_string(), "func(xs: list<s64>) -> result<s64, error>");
-    assert_eq!(op.call(&json!({"xs": [1, -2, 40]}), &Limits::default()).await.unwrap(), json!(39));
-    let overflow = op.call(&json!({"xs": [i64::MAX, 1]}), &Limits::default()).await;
+    assert_eq!(
+        op.signature().to_string(),
+        "func(xs: list<s64>) -> result<s64, error>"
+    );
+    assert_eq!(
+        op.call(&json!({"xs": [1, -2, 40]}), &Limits::default())
+            .await
+            .unwrap(),
+        json!(39)
+    );
+    let overflow = op
+        .call(&json!({"xs": [i64::MAX, 1]}), &Limits::default())
+        .await;
     let error = expect_kind(overflow, ErrorKind::Operator);
-    assert!(matches!(error, xcs::Error::Operator { ref code, retryable: false, .. } if code == "invalid-input"), "{error}");
+    assert!(
+        matches!(error, xcs::Error::Operator { ref code, retryable: false, .. } if code == "invalid-input"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn sort() {
     let op = load(&host(), xcs_tests::SORT).await;
-    let output = op.call(&json!({"items": ["pear", "apple", "fig"]}), &Limits::default()).await.unwrap();
+    let output = op
+        .call(
+            &json!({"items": ["pear", "apple", "fig"]}),
+            &Limits::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(output, json!(["apple", "fig", "pear"]));
 }
 
@@ -62,8 +98,14 @@ async fn stats() {
         op.signature().to_string(),
         "func(xs: list<f64>) -> result<record { count: u32, mean: f64, min: f64, max: f64 }, error>"
     );
-    let output = op.call(&json!({"xs": [1.0, 2.0, 6.0]}), &Limits::default()).await.unwrap();
-    assert_eq!(output, json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0}));
+    let output = op
+        .call(&json!({"xs": [1.0, 2.0, 6.0]}), &Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        output,
+        json!({"count": 3, "mean": 3.0, "min": 1.0, "max": 6.0})
+    );
     let empty = op.call(&json!({"xs": []}), &Limits::default()).await;
     expect_kind(empty, ErrorKind::Operator);
 }
@@ -73,15 +115,27 @@ async fn noop() {
     let op = load(&host(), xcs_tests::NOOP).await;
     assert!(op.signature().params.is_empty());
     assert_eq!(op.signature().result, None);
-    assert_eq!(op.call(&json!([]), &Limits::default()).await.unwrap(), Value::Null);
-    assert_eq!(op.call(&Value::Null, &Limits::default()).await.unwrap(), Value::Null);
+    assert_eq!(
+        op.call(&json!([]), &Limits::default()).await.unwrap(),
+        Value::Null
+    );
+    assert_eq!(
+        op.call(&Value::Null, &Limits::default()).await.unwrap(),
+        Value::Null
+    );
 }
 
 #[tokio::test]
 async fn factorial() {
     let op = load(&host(), xcs_tests::FACTORIAL).await;
-    assert_eq!(op.call(&json!([20]), &Limits::default()).await.unwrap(), json!(2_432_902_008_176_640_000u64));
-    expect_kind(op.call(&json!([21]), &Limits::default()).await, ErrorKind::Operator);
+    assert_eq!(
+        op.call(&json!([20]), &Limits::default()).await.unwrap(),
+        json!(2_432_902_008_176_640_000u64)
+    );
+    expect_kind(
+        op.call(&json!([21]), &Limits::default()).await,
+        ErrorKind::Operator,
+    );
 }
 
 #[tokio::test]
@@ -104,7 +158,12 @@ async fn hog() {
     let limits = quick().max_memory_bytes(32 << 20);
     let error = expect_kind(op.call(&json!([]), &limits).await, ErrorKind::Memory);
     match error {
-        xcs::Error::Memory { what, requested, limit, .. } => {
+        xcs::Error::Memory {
+            what,
+            requested,
+            limit,
+            ..
+        } => {
             assert_eq!((what, limit), ("linear memory", 32 << 20));
             assert!(requested > limit);
         }
@@ -117,7 +176,10 @@ async fn hog() {
 async fn deep() {
     let host = host();
     let op = load(&host, xcs_tests::DEEP).await;
-    expect_kind(op.call(&json!([]), &quick()).await, ErrorKind::StackOverflow);
+    expect_kind(
+        op.call(&json!([]), &quick()).await,
+        ErrorKind::StackOverflow,
+    );
     assert_healthy(&host).await;
 }
 
@@ -127,7 +189,9 @@ async fn panic() {
     let op = load(&host, xcs_tests::PANIC).await;
     let error = expect_kind(op.call(&json!([]), &quick()).await, ErrorKind::Trap);
     assert!(
-        error.to_string().contains("panic fixture: this operator always panics"),
+        error
+            .to_string()
+            .contains("panic fixture: this operator always panics"),
         "the panic message is carried: {error}"
     );
     assert_healthy(&host).await;
@@ -137,7 +201,11 @@ async fn panic() {
 async fn counter() {
     let op = load(&host(), xcs_tests::COUNTER).await;
     for _ in 0..5 {
-        assert_eq!(op.call(&json!([]), &Limits::default()).await.unwrap(), json!(1), "every call starts fresh");
+        assert_eq!(
+            op.call(&json!([]), &Limits::default()).await.unwrap(),
+            json!(1),
+            "every call starts fresh"
+        );
     }
 }
 
@@ -147,18 +215,40 @@ async fn entropy() {
     assert!(!op.metadata().deterministic);
     let first = op.call(&json!([]), &Limits::default()).await.unwrap();
     let second = op.call(&json!([]), &Limits::default()).await.unwrap();
-    assert_eq!(first, second, "same seed, same randomness and clock readings");
+    assert_eq!(
+        first, second,
+        "same seed, same randomness and clock readings"
+    );
     assert_eq!(first["random"].as_array().map(Vec::len), Some(16));
-    assert!(first["wall-clock-ns"].as_u64().unwrap() >= 1_704_067_200_000_000_000, "virtual wall clock starts in 2024");
-    let reseeded = op.call(&json!([]), &Limits::default().seed(7)).await.unwrap();
-    assert_ne!(first["random"], reseeded["random"], "another seed, other random bytes");
+    assert!(
+        first["wall-clock-ns"].as_u64().unwrap() >= 1_704_067_200_000_000_000,
+        "virtual wall clock starts in 2024"
+    );
+    let reseeded = op
+        .call(&json!([]), &Limits::default().seed(7))
+        .await
+        .unwrap();
+    assert_ne!(
+        first["random"], reseeded["random"],
+        "another seed, other random bytes"
+    );
 }
 
 #[tokio::test]
 async fn flaky() {
     let op = load(&host(), xcs_tests::FLAKY).await;
-    assert_eq!(op.call(&json!({"key": 9, "failure-percent": 0}), &Limits::default()).await.unwrap(), json!(9));
-    let always = op.call(&json!({"key": 9, "failure-percent": 100}), &Limits::default()).await;
+    assert_eq!(
+        op.call(&json!({"key": 9, "failure-percent": 0}), &Limits::default())
+            .await
+            .unwrap(),
+        json!(9)
+    );
+    let always = op
+        .call(
+            &json!({"key": 9, "failure-percent": 100}),
+            &Limits::default(),
+        )
+        .await;
     let error = expect_kind(always, ErrorKind::Operator);
     assert!(error.is_retryable());
     // The outcome is a function of (input, seed): the same call twice agrees.
@@ -170,7 +260,10 @@ async fn flaky() {
         assert_eq!(once, twice, "key {key}");
         failures += u32::from(!once);
     }
-    assert!((5..=25).contains(&failures), "about 30% of 50 fail: {failures}");
+    assert!(
+        (5..=25).contains(&failures),
+        "about 30% of 50 fail: {failures}"
+    );
 }
 
 #[tokio::test]
@@ -192,8 +285,15 @@ async fn chatty() {
     let sent = output.value.as_u64().unwrap();
     assert_eq!(sent, 100_000);
     let kept = messages.load(Ordering::Relaxed);
-    assert!(kept > 0 && kept <= 10_000 / 50, "at most the budget's worth is kept: {kept}");
-    assert_eq!(kept + output.stats.log_messages_dropped, sent, "every message is kept or counted as dropped");
+    assert!(
+        kept > 0 && kept <= 10_000 / 50,
+        "at most the budget's worth is kept: {kept}"
+    );
+    assert_eq!(
+        kept + output.stats.log_messages_dropped,
+        sent,
+        "every message is kept or counted as dropped"
+    );
 }
 
 #[tokio::test]
@@ -215,15 +315,59 @@ async fn wait() {
     });
     let host = Host::builder().grant(latency).build().unwrap();
     let op = load(&host, xcs_tests::WAIT).await;
-    assert!(op.imports().iter().any(|import| import == "xcs:examples/latency@0.1.0"));
+    assert!(
+        op.imports()
+            .iter()
+            .any(|import| import == "xcs:examples/latency@0.1.0")
+    );
     let (input, limits) = (json!({"ms": 50}), Limits::default());
     let calls = (0..8).map(|_| op.call(&input, &limits));
     for output in futures::future::join_all(calls).await {
         assert_eq!(output.unwrap(), json!(50));
     }
-    assert_eq!(peak.load(Ordering::SeqCst), 8, "the async capability let all eight calls wait at once");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        8,
+        "the async capability let all eight calls wait at once"
+    );
+
+    // A synchronous capability works the same way; its failure traps the
+    // guest and names the capability.
+    let host = Host::builder()
+        .grant(
+            Capability::new("xcs:examples/latency@0.1.0").func("sleep", |(ms,): (u32,)| {
+                if ms > 100 {
+                    Err(format!("{ms} ms is too long").into())
+                } else {
+                    Ok(())
+                }
+            }),
+        )
+        .build()
+        .unwrap();
+    let op = load(&host, xcs_tests::WAIT).await;
+    assert_eq!(
+        op.call(&json!([5]), &Limits::default()).await.unwrap(),
+        json!(5)
+    );
+    let error = expect_kind(
+        op.call(&json!([500]), &Limits::default()).await,
+        ErrorKind::Trap,
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("capability `xcs:examples/latency@0.1.0#sleep` failed: 500 ms is too long"),
+        "{error}"
+    );
 
     // Without the grant, the operator does not load.
-    let error = expect_kind(crate::util::host().load(xcs_tests::WAIT).await, ErrorKind::Capability);
-    assert!(error.to_string().contains("xcs:examples/latency@0.1.0"), "{error}");
+    let error = expect_kind(
+        crate::util::host().load(xcs_tests::WAIT).await,
+        ErrorKind::Capability,
+    );
+    assert!(
+        error.to_string().contains("xcs:examples/latency@0.1.0"),
+        "{error}"
+    );
 }

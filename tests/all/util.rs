@@ -9,7 +9,8 @@ use xcs::{Error, ErrorKind, Host, Limits, Operator};
 /// cached by digest, so each operator compiles once per test binary.
 pub fn host() -> Host {
     static HOST: OnceLock<Host> = OnceLock::new();
-    HOST.get_or_init(|| Host::builder().build().expect("default host builds")).clone()
+    HOST.get_or_init(|| Host::builder().build().expect("default host builds"))
+        .clone()
 }
 
 /// Loads a built operator by its path constant.

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
-use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker, ResourceTable, Val};
+use wasmtime::component::{
+    Component, ComponentExportIndex, Instance, InstancePre, Linker, ResourceTable, Val,
+};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use xcs::{Host, Limits, Operator};
@@ -43,7 +45,8 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Plan {
-        let quick = std::env::var_os("XCS_BENCH_QUICK").is_some_and(|value| !value.is_empty() && value != "0");
+        let quick = std::env::var_os("XCS_BENCH_QUICK")
+            .is_some_and(|value| !value.is_empty() && value != "0");
         if quick {
             Plan {
                 call_rounds: 5,
@@ -90,7 +93,12 @@ impl Samples {
     fn summary(&self) -> String {
         let (low, median, high) = (self.quantile(0.25), self.median(), self.quantile(0.75));
         if median >= 1000.0 {
-            format!("{:.2} ms ({:.2}–{:.2})", median / 1e3, low / 1e3, high / 1e3)
+            format!(
+                "{:.2} ms ({:.2}–{:.2})",
+                median / 1e3,
+                low / 1e3,
+                high / 1e3
+            )
         } else {
             format!("{median:.2} µs ({low:.2}–{high:.2})")
         }
@@ -146,7 +154,8 @@ struct Bare {
 
 impl Bare {
     fn new(engine: Engine, bytes: &[u8]) -> Result<Bare> {
-        let component = Component::from_binary(&engine, bytes).context("compiling for the baseline")?;
+        let component =
+            Component::from_binary(&engine, bytes).context("compiling for the baseline")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
         // `types` only holds types: an empty instance satisfies the import.
@@ -156,11 +165,17 @@ impl Bare {
         linker
             .instance("xcs:operator/host@0.1.0")?
             .func_new("log", |_store, _type, _params, _results| Ok(()))?;
-        let pre = linker.instantiate_pre(&component).context("pre-instantiating")?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .context("pre-instantiating")?;
         let invoke = component
             .get_export_index(None, "invoke")
             .context("the component exports `invoke`")?;
-        Ok(Bare { engine, pre, invoke })
+        Ok(Bare {
+            engine,
+            pre,
+            invoke,
+        })
     }
 
     fn store(&self) -> Result<Store<BareState>> {
@@ -184,8 +199,14 @@ impl Bare {
     }
 }
 
-async fn invoke(store: &mut Store<BareState>, instance: Instance, index: &ComponentExportIndex) -> Result<Val> {
-    let func = instance.get_func(&mut *store, index).context("`invoke` export")?;
+async fn invoke(
+    store: &mut Store<BareState>,
+    instance: Instance,
+    index: &ComponentExportIndex,
+) -> Result<Val> {
+    let func = instance
+        .get_func(&mut *store, index)
+        .context("`invoke` export")?;
     let mut results = [Val::Bool(false)];
     func.call_async(&mut *store, &[], &mut results).await?;
     let [result] = results;
@@ -246,7 +267,8 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
     }
 
     let batch = plan.calls_per_batch;
-    let (mut xcs_samples, mut bare_samples, mut reused_samples) = (Samples::default(), Samples::default(), Samples::default());
+    let (mut xcs_samples, mut bare_samples, mut reused_samples) =
+        (Samples::default(), Samples::default(), Samples::default());
     for round in 0..plan.call_rounds {
         for variant in 0..3 {
             match (round + variant) % 3 {
@@ -289,13 +311,19 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
     let mut disk_populate = Samples::default();
     {
         let populating = Host::builder().cache_dir(cache_dir).build()?;
-        time_batch!(disk_populate, 1, populating.load_bytes(bytes.to_vec(), "noop.wasm").await?);
+        time_batch!(
+            disk_populate,
+            1,
+            populating.load_bytes(bytes.to_vec(), "noop.wasm").await?
+        );
     }
     let mut disk_hit = Samples::default();
     for _ in 0..plan.disk_hits {
         let fresh_host = Host::builder().cache_dir(cache_dir).build()?;
         let copy = bytes.to_vec();
-        time_batch!(disk_hit, 1, fresh_host.load_bytes(copy.clone(), "noop.wasm").await?);
+        let started = Instant::now();
+        fresh_host.load_bytes(copy, "noop.wasm").await?;
+        disk_hit.push_batch(started.elapsed(), 1);
     }
 
     Ok(Results {
@@ -327,7 +355,10 @@ fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
     println!("# xcs call benchmark");
     println!();
     println!("- machine: {cores} cores (nproc), {}", cpu_model());
-    println!("- operator: noop ({} bytes), wasmtime 48, same engine settings on both sides", bytes.len());
+    println!(
+        "- operator: noop ({} bytes), wasmtime 48, same engine settings on both sides",
+        bytes.len()
+    );
     println!(
         "- calls: {} interleaved rounds × {} calls per variant; medians of batch means (p25–p75)",
         plan.call_rounds, plan.calls_per_batch
@@ -343,7 +374,11 @@ fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
     let row = |name: &str, samples: &Samples, ratio: String| {
         println!("| {name} | {} | {ratio} |", samples.summary());
     };
-    row("bare wasmtime call: fresh store + instantiate + invoke", &results.bare_call, "1.00 (baseline)".into());
+    row(
+        "bare wasmtime call: fresh store + instantiate + invoke",
+        &results.bare_call,
+        "1.00 (baseline)".into(),
+    );
     row(
         "xcs `Operator::call(&json!([]))`, fresh sandbox",
         &results.xcs_call,
@@ -357,9 +392,17 @@ fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
     let compile = results.compile.median();
     let load_ratio = |samples: &Samples, target: &str| {
         let median = samples.median();
-        format!("{:.5} ({:.0}× faster{target})", median / compile, compile / median)
+        format!(
+            "{:.5} ({:.0}× faster{target})",
+            median / compile,
+            compile / median
+        )
     };
-    row("`Component::from_binary`, fresh compile, no cache", &results.compile, "1.00 (baseline)".into());
+    row(
+        "`Component::from_binary`, fresh compile, no cache",
+        &results.compile,
+        "1.00 (baseline)".into(),
+    );
     row(
         "`Host::load_bytes`, in-memory hit (sha256 + lookup)",
         &results.memory_hit,
@@ -384,8 +427,10 @@ fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
 
 fn run() -> Result<()> {
     let plan = Plan::from_env();
-    let bytes = std::fs::read(xcs_tests::NOOP).with_context(|| format!("reading {}", xcs_tests::NOOP))?;
-    let cache_dir: PathBuf = std::env::temp_dir().join(format!("xcs-bench-cache-{}", std::process::id()));
+    let bytes =
+        std::fs::read(xcs_tests::NOOP).with_context(|| format!("reading {}", xcs_tests::NOOP))?;
+    let cache_dir: PathBuf =
+        std::env::temp_dir().join(format!("xcs-bench-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache_dir);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
