@@ -31,7 +31,12 @@ async fn run(path: &str) -> anyhow::Result<(serde_json::Value, u64)> {
     });
     let host = Host::builder().grant(latency).build()?;
     let wait = host.load(path).await?;
-    println!("{} {}: {}", wait.metadata().name, wait.metadata().version, wait.signature());
+    println!(
+        "{} {}: {}",
+        wait.metadata().name,
+        wait.metadata().version,
+        wait.signature()
+    );
 
     let limits = Limits::default().timeout(Duration::from_secs(1));
     let output = wait.call(&json!({ "ms": 20 }), &limits).await?;
