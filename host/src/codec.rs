@@ -72,7 +72,7 @@ impl std::fmt::Display for Path<'_> {
 
 /// Describes a JSON value briefly, for messages: its JSON type, and the
 /// value itself when it is a short scalar.
-fn describe(value: &Value) -> String {
+pub(crate) fn describe(value: &Value) -> String {
     match value {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("bool {b}"),
@@ -524,6 +524,30 @@ fn encode(
             Val::Flags(set)
         }
     })
+}
+
+/// Checks that `value` fits `ty` (used for graph literals and inputs).
+pub(crate) fn check_value(ty: &WitType, value: &Value) -> Result<(), CodecError> {
+    let mut budget = Budget {
+        used: 0,
+        limit: u64::MAX,
+    };
+    encode(ty, value, &Path::Root, &mut budget).map(drop)
+}
+
+impl std::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodecError::Mismatch {
+                path,
+                expected,
+                found,
+            } => write!(f, "{path}: expected {expected}, found {found}"),
+            CodecError::TooLarge { size, limit } => {
+                write!(f, "at least {size} bytes, over the limit of {limit}")
+            }
+        }
+    }
 }
 
 /// Converts a value the guest returned into JSON, refusing it once it

@@ -145,6 +145,36 @@ pub enum Error {
         guest_stderr: String,
     },
 
+    /// The graph has problems, found before anything ran.
+    #[error("{message}")]
+    Graph {
+        /// Every problem, each naming its node.
+        problems: Vec<crate::graph::GraphProblem>,
+        /// All the problems in words, one per line.
+        message: String,
+    },
+
+    /// A graph node failed; the kind is the cause's.
+    #[error("node `{node}`{}: {source}", element.map(|index| format!(" (element {index})")).unwrap_or_default())]
+    Node {
+        /// The node's id.
+        node: String,
+        /// For a map node, the index of the element whose call failed.
+        element: Option<usize>,
+        /// Why it failed.
+        source: Box<Error>,
+    },
+
+    /// The graph ran past its deadline; running guests were interrupted and
+    /// pending nodes cancelled.
+    #[error("graph timed out after {}{}", humanize(*timeout), if running.is_empty() { String::new() } else { format!("; still running: {}", running.join(", ")) })]
+    GraphTimeout {
+        /// The graph deadline.
+        timeout: Duration,
+        /// The nodes that were still running.
+        running: Vec<String>,
+    },
+
     /// Reading a file failed.
     #[error("I/O error on {}", path.display())]
     Io {
@@ -214,6 +244,8 @@ pub enum ErrorKind {
     StackOverflow,
     /// `trap`
     Trap,
+    /// `graph`
+    Graph,
     /// `io`
     Io,
     /// `config`
@@ -233,6 +265,7 @@ impl ErrorKind {
         ErrorKind::Memory,
         ErrorKind::StackOverflow,
         ErrorKind::Trap,
+        ErrorKind::Graph,
         ErrorKind::Io,
         ErrorKind::Config,
     ];
@@ -250,6 +283,7 @@ impl ErrorKind {
             ErrorKind::Memory => "memory",
             ErrorKind::StackOverflow => "stack-overflow",
             ErrorKind::Trap => "trap",
+            ErrorKind::Graph => "graph",
             ErrorKind::Io => "io",
             ErrorKind::Config => "config",
         }
@@ -276,6 +310,9 @@ impl Error {
             Error::Memory { .. } => ErrorKind::Memory,
             Error::StackOverflow { .. } => ErrorKind::StackOverflow,
             Error::Trap { .. } => ErrorKind::Trap,
+            Error::Graph { .. } => ErrorKind::Graph,
+            Error::Node { source, .. } => source.kind(),
+            Error::GraphTimeout { .. } => ErrorKind::Timeout,
             Error::Io { .. } => ErrorKind::Io,
             Error::Config { .. } => ErrorKind::Config,
         }
@@ -286,13 +323,11 @@ impl Error {
     /// Only an [`Error::Operator`] with its `retryable` flag set is; every
     /// other failure is a property of the operator or its input.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::Operator {
-                retryable: true,
-                ..
-            }
-        )
+        match self {
+            Error::Operator { retryable, .. } => *retryable,
+            Error::Node { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 }
 

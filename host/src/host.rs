@@ -35,17 +35,26 @@ pub struct Host {
 impl fmt::Debug for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Host")
-            .field("default_limits", &self.inner.default_limits)
+            .field("default_limits", &self.inner.runtime.default_limits)
             .field(
                 "max_concurrent_instances",
-                &self.inner.max_concurrent_instances,
+                &self.inner.runtime.max_concurrent_instances,
             )
-            .field("granted", &self.inner.granted)
+            .field("granted", &self.inner.runtime.granted)
             .finish_non_exhaustive()
     }
 }
 
 pub(crate) struct HostInner {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) operators: moka::future::Cache<[u8; 32], Operator>,
+    pub(crate) compilations: AtomicU64,
+}
+
+/// What calls need, shared by the host and every operator it loaded (the
+/// operators do not hold the host: a dropped host frees its cache of
+/// loaded operators, and the ticker stops with the last operator).
+pub(crate) struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<StoreState>,
     pub(crate) default_limits: Limits,
@@ -55,12 +64,12 @@ pub(crate) struct HostInner {
     pub(crate) log_sink: Option<LogSink>,
     pub(crate) instance_slots: Arc<Semaphore>,
     pub(crate) max_concurrent_instances: u32,
-    pub(crate) operators: moka::future::Cache<[u8; 32], Operator>,
-    pub(crate) compilations: AtomicU64,
+    pub(crate) max_concurrency: usize,
+    pub(crate) scheduler_slots: Arc<Semaphore>,
     ticker: Ticker,
 }
 
-impl Drop for HostInner {
+impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker.stop();
     }
@@ -120,7 +129,7 @@ impl Host {
     /// The limits used by [`Operator::call`] when the caller has none of
     /// its own.
     pub fn default_limits(&self) -> &Limits {
-        &self.inner.default_limits
+        &self.inner.runtime.default_limits
     }
 
     /// How many components this host has compiled: loads that were not
@@ -177,6 +186,7 @@ pub struct HostBuilder {
     consume_fuel: bool,
     epoch_tick: Duration,
     max_concurrent_instances: u32,
+    max_concurrency: usize,
     max_memory_bytes_per_instance: u64,
     max_wasm_stack: usize,
     cache_dir: CacheDir,
@@ -214,6 +224,7 @@ impl Default for HostBuilder {
             consume_fuel: true,
             epoch_tick: Duration::from_millis(10),
             max_concurrent_instances: 1000,
+            max_concurrency: std::thread::available_parallelism().map_or(1, usize::from),
             max_memory_bytes_per_instance: 4 << 30,
             max_wasm_stack: 512 << 10,
             cache_dir: CacheDir::Default,
@@ -250,6 +261,13 @@ impl HostBuilder {
     /// pooling allocator. Calls beyond it wait for a slot. Default: 1000.
     pub fn max_concurrent_instances(mut self, count: u32) -> Self {
         self.max_concurrent_instances = count;
+        self
+    }
+
+    /// How many graph-node guests run at once across every graph this host
+    /// runs: the one scheduler bound. Default: the available parallelism.
+    pub fn max_concurrency(mut self, max: usize) -> Self {
+        self.max_concurrency = max.max(1);
         self
     }
 
@@ -381,19 +399,48 @@ impl HostBuilder {
         let ticker = Ticker::start(&engine, self.epoch_tick)?;
         Ok(Host {
             inner: Arc::new(HostInner {
-                engine,
-                linker,
-                default_limits: self.default_limits,
-                consume_fuel: self.consume_fuel,
-                max_wasm_stack: self.max_wasm_stack,
-                granted,
-                log_sink: self.log_sink,
-                instance_slots: Arc::new(Semaphore::new(slots as usize)),
-                max_concurrent_instances: slots,
+                runtime: Arc::new(Runtime {
+                    engine,
+                    linker,
+                    default_limits: self.default_limits,
+                    consume_fuel: self.consume_fuel,
+                    max_wasm_stack: self.max_wasm_stack,
+                    granted,
+                    log_sink: self.log_sink,
+                    instance_slots: Arc::new(Semaphore::new(slots as usize)),
+                    max_concurrent_instances: slots,
+                    max_concurrency: self.max_concurrency,
+                    scheduler_slots: Arc::new(Semaphore::new(self.max_concurrency)),
+                    ticker,
+                }),
                 operators: moka::future::Cache::new(self.operator_cache_capacity),
                 compilations: AtomicU64::new(0),
-                ticker,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Host;
+
+    #[tokio::test]
+    async fn a_dropped_host_is_freed_with_its_operators() {
+        let host = Host::builder().no_disk_cache().build().expect("host");
+        let bytes = wat::parse_str(crate::__doc_fixture::DOUBLE_WAT).expect("fixture");
+        let operator = host.load_bytes(bytes, "double.wat").await.expect("loads");
+        let runtime = Arc::downgrade(&host.inner.runtime);
+        drop(host);
+        assert!(
+            runtime.upgrade().is_some(),
+            "a live operator keeps what its calls need"
+        );
+        drop(operator);
+        assert!(
+            runtime.upgrade().is_none(),
+            "nothing is left once host and operators are gone"
+        );
     }
 }

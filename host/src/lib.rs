@@ -48,6 +48,7 @@
 mod capability;
 mod codec;
 mod error;
+pub mod graph;
 mod host;
 mod limits;
 mod operator;
@@ -57,7 +58,7 @@ mod types;
 pub use capability::Capability;
 pub use error::{BoxError, Error, ErrorKind};
 pub use host::{CACHE_DIR_ENV, Host, HostBuilder};
-pub use limits::{DEFAULT_SEED, Limits};
+pub use limits::{DEFAULT_SEED, Limits, parse_size};
 pub use operator::{CallOutput, Metadata, Operator};
 pub use sandbox::{CallStats, LogLevel, LogRecord};
 pub use types::{Param, Signature, WitType};

@@ -161,3 +161,38 @@ impl Limits {
         self.seed
     }
 }
+
+/// Parses a size: `4096`, `512B`, `64KiB`, `32MiB`, `1GiB` (binary), or
+/// `10KB`, `10MB`, `1GB` (decimal).
+///
+/// ```
+/// assert_eq!(xcs::parse_size("32MiB"), Ok(32 << 20));
+/// assert!(xcs::parse_size("32 parsecs").is_err());
+/// ```
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 32MiB"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}

@@ -64,13 +64,13 @@ struct LimitArgs {
     #[arg(long)]
     fuel: Option<u64>,
     /// Linear-memory cap, e.g. 32MiB.
-    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    #[arg(long, value_parser = xcs::parse_size, default_value = "64MiB")]
     memory: u64,
     /// Input size cap (canonical size; the JSON text may be at most 4x this).
-    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    #[arg(long, value_parser = xcs::parse_size, default_value = "64MiB")]
     max_input: u64,
     /// Output size cap.
-    #[arg(long, value_parser = parse_bytes, default_value = "16MiB")]
+    #[arg(long, value_parser = xcs::parse_size, default_value = "16MiB")]
     max_output: u64,
     /// Seed of the sandbox's randomness and clocks.
     #[arg(long, default_value_t = xcs::DEFAULT_SEED)]
@@ -89,35 +89,6 @@ impl LimitArgs {
     }
 }
 
-/// Parses `4096`, `64KiB`, `32MiB`, `1GiB`, `10MB` (decimal), `512B`.
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 32MiB"))?;
-    let multiplier: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ));
-        }
-    };
-    number
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
 /// The exit code for each error kind (the README lists them).
 fn exit_code(kind: ErrorKind) -> u8 {
     match kind {
@@ -129,6 +100,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Fuel => 7,
         ErrorKind::Memory => 8,
         ErrorKind::StackOverflow | ErrorKind::Trap => 9,
+        ErrorKind::Graph => 11,
         _ => 1,
     }
 }
@@ -302,12 +274,12 @@ mod tests {
 
     #[test]
     fn sizes_parse() {
-        assert_eq!(parse_bytes("32MiB"), Ok(32 << 20));
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert_eq!(parse_bytes("10MB"), Ok(10_000_000));
-        assert!(parse_bytes("ten").is_err());
-        assert!(parse_bytes("1XB").is_err());
-        assert!(parse_bytes("99999999999GiB").is_err());
+        assert_eq!(xcs::parse_size("32MiB"), Ok(32 << 20));
+        assert_eq!(xcs::parse_size("4096"), Ok(4096));
+        assert_eq!(xcs::parse_size("10MB"), Ok(10_000_000));
+        assert!(xcs::parse_size("ten").is_err());
+        assert!(xcs::parse_size("1XB").is_err());
+        assert!(xcs::parse_size("99999999999GiB").is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Val};
 
 use crate::codec::{self, CodecError};
 use crate::error::{self, Error};
-use crate::host::Host;
+use crate::host::{Host, Runtime};
 use crate::limits::Limits;
 use crate::sandbox::{CallStats, Sandbox, StoreState, bindings};
 use crate::types::{Param, Signature, WitType};
@@ -70,7 +70,7 @@ pub struct Operator {
 }
 
 struct OperatorInner {
-    host: Host,
+    runtime: Arc<Runtime>,
     name: Arc<str>,
     metadata: Metadata,
     signature: Signature,
@@ -104,6 +104,10 @@ impl Operator {
     /// The operator's metadata.
     pub fn metadata(&self) -> &Metadata {
         &self.inner.metadata
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.inner.runtime
     }
 
     /// The operator's name (from its metadata).
@@ -216,7 +220,7 @@ impl Operator {
     }
 
     async fn run(&self, args: Vec<Val>, limits: &Limits) -> Result<CallOutput, Error> {
-        let host = &self.inner.host.inner;
+        let host = &*self.inner.runtime;
         // Wait for a pool slot; the permit is released after the store (and
         // with it the slot) is dropped, as locals drop in reverse order.
         let _permit = host
@@ -408,6 +412,23 @@ pub(crate) fn clone_error(error: &Error) -> Error {
         Error::Config { message } => Error::Config {
             message: message.clone(),
         },
+        Error::Graph { problems, message } => Error::Graph {
+            problems: problems.clone(),
+            message: message.clone(),
+        },
+        Error::Node {
+            node,
+            element,
+            source,
+        } => Error::Node {
+            node: node.clone(),
+            element: *element,
+            source: Box::new(clone_error(source)),
+        },
+        Error::GraphTimeout { timeout, running } => Error::GraphTimeout {
+            timeout: *timeout,
+            running: running.clone(),
+        },
     }
 }
 
@@ -462,14 +483,15 @@ pub(crate) async fn load(
     host.inner
         .compilations
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let engine = host.inner.engine.clone();
+    let runtime = host.inner.runtime.clone();
+    let engine = runtime.engine.clone();
     let compiled = tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
         .await
         .map_err(|join| invalid(format!("compilation did not finish: {join}"), None))?;
     let component =
         compiled.map_err(|error| invalid("invalid component".into(), error::boxed(error)))?;
 
-    let engine = &host.inner.engine;
+    let engine = &runtime.engine;
     let component_type = component.component_type();
 
     // Imports: the contract's own interfaces, the inert WASI the sandbox
@@ -485,8 +507,7 @@ pub(crate) async fn load(
         if PROVIDED_WASI.contains(&unversioned) {
             continue;
         }
-        if host
-            .inner
+        if runtime
             .granted
             .iter()
             .any(|granted| granted == name || granted == unversioned)
@@ -581,8 +602,7 @@ pub(crate) async fn load(
         .get_export_index(None, "invoke")
         .ok_or_else(|| contract("`invoke` export has no index".into(), None))?;
 
-    let pre = host
-        .inner
+    let pre = runtime
         .linker
         .instantiate_pre(&component)
         .map_err(|error| {
@@ -595,9 +615,9 @@ pub(crate) async fn load(
         .map_err(|error| contract("no valid `metadata` export".into(), error::boxed(error)))?;
 
     // Ask the guest for its metadata, in a sandbox under the host's limits.
-    let limits = host.inner.default_limits.clone();
+    let limits = runtime.default_limits.clone();
     let mut sandbox = Sandbox::new(
-        &host.inner,
+        &runtime,
         Arc::from(format!("{source_name} (metadata)")),
         &limits,
     )?;
@@ -627,7 +647,7 @@ pub(crate) async fn load(
     Ok(Operator {
         inner: Arc::new(OperatorInner {
             name: Arc::from(metadata.name.as_str()),
-            host,
+            runtime,
             metadata,
             signature,
             imports,

@@ -17,7 +17,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::error::Error;
-use crate::host::HostInner;
+use crate::host::Runtime;
 use crate::limits::Limits;
 
 pub(crate) mod bindings {
@@ -402,7 +402,7 @@ pub(crate) struct Sandbox {
 
 impl Sandbox {
     pub(crate) fn new(
-        host: &HostInner,
+        host: &Runtime,
         operator: Arc<str>,
         limits: &Limits,
     ) -> Result<Sandbox, Error> {

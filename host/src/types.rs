@@ -127,6 +127,56 @@ impl WitType {
         })
     }
 
+    /// Whether a value of this type can be passed where `consumer` is
+    /// expected: the same type, or a lossless numeric widening (`u32` →
+    /// `s64` or `f64`, `f32` → `f64`, ...), also inside lists, options,
+    /// tuples, records and results.
+    pub fn can_feed(&self, consumer: &WitType) -> bool {
+        use WitType::*;
+        if self == consumer {
+            return true;
+        }
+        match (self, consumer) {
+            (U8, U16 | U32 | U64 | S16 | S32 | S64 | F32 | F64)
+            | (U16, U32 | U64 | S32 | S64 | F32 | F64)
+            | (U32, U64 | S64 | F64)
+            | (S8, S16 | S32 | S64 | F32 | F64)
+            | (S16, S32 | S64 | F32 | F64)
+            | (S32, S64 | F64)
+            | (F32, F64) => true,
+            (List(a), List(b)) | (Option(a), Option(b)) => a.can_feed(b),
+            (Tuple(a), Tuple(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.can_feed(b))
+            }
+            (Record(a), Record(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .zip(b)
+                        .all(|((name_a, a), (name_b, b))| name_a == name_b && a.can_feed(b))
+            }
+            (
+                Result {
+                    ok: ok_a,
+                    err: err_a,
+                },
+                Result {
+                    ok: ok_b,
+                    err: err_b,
+                },
+            ) => {
+                let side =
+                    |a: &std::option::Option<Box<WitType>>,
+                     b: &std::option::Option<Box<WitType>>| match (a, b) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => a.can_feed(b),
+                        _ => false,
+                    };
+                side(ok_a, ok_b) && side(err_a, err_b)
+            }
+            _ => false,
+        }
+    }
+
     /// The short name of the type's family, used in validation messages
     /// (`list<s64>` is "list", a record is "record").
     pub(crate) fn family(&self) -> &'static str {
@@ -254,6 +304,20 @@ fn display<S: serde::Serializer>(ty: &WitType, serializer: S) -> Result<S::Ok, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn widening_feeds_narrowing_does_not() {
+        use WitType::*;
+        assert!(U32.can_feed(&F64));
+        assert!(List(Box::new(U32)).can_feed(&List(Box::new(F64))));
+        assert!(!F64.can_feed(&U32));
+        assert!(!S64.can_feed(&F64), "not every s64 is an f64");
+        assert!(!U64.can_feed(&S64));
+        assert!(!String.can_feed(&Char));
+        let record = |ty: WitType| Record(vec![("n".into(), ty)]);
+        assert!(record(U8).can_feed(&record(U16)));
+        assert!(!record(U16).can_feed(&record(U8)));
+    }
 
     #[test]
     fn prints_wit_syntax() {

@@ -1,0 +1,301 @@
+//! Graphs of operator calls: one representation built by a Rust builder or
+//! a TOML file, checked before anything runs, run by a dataflow scheduler.
+//!
+//! A [`Graph`] is a list of [`Node`]s and named outputs. Each node calls one
+//! operator; each of its parameters is bound to a [`Source`]: a graph input,
+//! another node's output (or a field of it, when it is a record), or a
+//! literal. A *map* node applies its operator to every element of the list
+//! bound to one parameter, in parallel, and outputs the list of results.
+//!
+//! [`Graph::check`] resolves operators and reports every problem at once
+//! (unknown operators, duplicate ids, dangling references, missing or extra
+//! parameters, cycles, literals and edges whose types do not fit) as one
+//! [`Error::Graph`](crate::Error::Graph). The resulting [`Plan`] runs with
+//! [`Plan::run`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::host::Host;
+use crate::limits::Limits;
+use crate::operator::Operator;
+
+mod check;
+mod pictures;
+mod run;
+mod spec;
+
+pub use check::Plan;
+pub use run::{NodeReport, NodeStatus, ProgressFn, RunOptions, RunReport, Span};
+
+/// Where a parameter's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The graph input of this name.
+    Input(String),
+    /// The output of another node, or one field of it when it is a record.
+    Node {
+        /// The producing node's id.
+        node: String,
+        /// A field of the producer's record output.
+        field: Option<String>,
+    },
+    /// A constant, checked against the parameter's type.
+    Literal(Value),
+}
+
+impl Source {
+    /// The graph input `name`.
+    pub fn input(name: impl Into<String>) -> Self {
+        Source::Input(name.into())
+    }
+
+    /// The output of node `id`.
+    pub fn node(id: impl Into<String>) -> Self {
+        Source::Node {
+            node: id.into(),
+            field: None,
+        }
+    }
+
+    /// Field `field` of the record output of node `id`.
+    pub fn field(id: impl Into<String>, field: impl Into<String>) -> Self {
+        Source::Node {
+            node: id.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    /// A constant value.
+    pub fn literal(value: Value) -> Self {
+        Source::Literal(value)
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Input(name) => write!(f, "@input.{name}"),
+            Source::Node { node, field: None } => write!(f, "@{node}"),
+            Source::Node {
+                node,
+                field: Some(field),
+            } => write!(f, "@{node}.{field}"),
+            Source::Literal(value) => write!(f, "{value}"),
+        }
+    }
+}
+
+/// How a map node fans out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MapSpec {
+    pub(crate) param: String,
+    pub(crate) max_concurrency: Option<usize>,
+}
+
+/// One operator call in a graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub(crate) id: String,
+    pub(crate) operator: String,
+    pub(crate) args: Vec<(String, Source)>,
+    pub(crate) map: Option<MapSpec>,
+    pub(crate) limits: Option<Limits>,
+}
+
+impl Node {
+    /// A node `id` that calls the operator known as `operator` in the
+    /// [`Operators`] the graph is checked against.
+    pub fn new(id: impl Into<String>, operator: impl Into<String>) -> Self {
+        Node {
+            id: id.into(),
+            operator: operator.into(),
+            args: Vec::new(),
+            map: None,
+            limits: None,
+        }
+    }
+
+    /// Binds parameter `param` to `source`.
+    pub fn arg(mut self, param: impl Into<String>, source: Source) -> Self {
+        self.args.push((param.into(), source));
+        self
+    }
+
+    /// Makes this a map node: the operator is applied to every element of
+    /// the list bound to `param`, at most `max_concurrency` at once (default:
+    /// the run's bound), and the node outputs the list of results in order.
+    pub fn map_over(mut self, param: impl Into<String>, max_concurrency: Option<usize>) -> Self {
+        self.map = Some(MapSpec {
+            param: param.into(),
+            max_concurrency,
+        });
+        self
+    }
+
+    /// Limits for this node's calls, instead of the run's.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The operator's key.
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+}
+
+/// A graph of operator calls; see the [module docs](self).
+///
+/// ```
+/// use xcs::graph::{Graph, Node, Source};
+/// let graph = Graph::new()
+///     .node(Node::new("counts", "word-count").arg("text", Source::input("docs")).map_over("text", None))
+///     .node(Node::new("summary", "stats").arg("xs", Source::node("counts")))
+///     .output("mean", Source::field("summary", "mean"));
+/// assert_eq!(graph.nodes().len(), 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Graph {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) outputs: Vec<(String, Source)>,
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Graph::default()
+    }
+
+    /// Adds a node.
+    pub fn node(mut self, node: Node) -> Self {
+        self.nodes.push(node);
+        self
+    }
+
+    /// Adds the graph output `name`.
+    pub fn output(mut self, name: impl Into<String>, source: Source) -> Self {
+        self.outputs.push((name.into(), source));
+        self
+    }
+
+    /// The nodes, in the order they were added.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Parses a graph from TOML (the format is in the README):
+    ///
+    /// ```
+    /// let graph = xcs::graph::Graph::from_toml(r#"
+    ///     [[node]]
+    ///     id = "shout"
+    ///     operator = "upper"
+    ///     args = { text = "@input.text" }
+    ///
+    ///     [outputs]
+    ///     loud = "@shout"
+    /// "#)?;
+    /// assert_eq!(graph.nodes()[0].operator(), "upper");
+    /// # Ok::<(), xcs::Error>(())
+    /// ```
+    pub fn from_toml(text: &str) -> Result<Graph, Error> {
+        spec::parse(text)
+    }
+}
+
+/// The operators a graph may call, by key (usually the operator's name; a
+/// TOML graph may also name a `.wasm` path).
+#[derive(Debug, Clone, Default)]
+pub struct Operators {
+    pub(crate) by_key: BTreeMap<String, Operator>,
+}
+
+impl Operators {
+    /// No operators.
+    pub fn new() -> Self {
+        Operators::default()
+    }
+
+    /// Adds `operator` under its metadata name.
+    pub fn with(mut self, operator: Operator) -> Self {
+        self.insert(operator.name().to_owned(), operator);
+        self
+    }
+
+    /// Adds `operator` under `key`.
+    pub fn insert(&mut self, key: impl Into<String>, operator: Operator) {
+        self.by_key.insert(key.into(), operator);
+    }
+
+    /// The operator under `key`.
+    pub fn get(&self, key: &str) -> Option<&Operator> {
+        self.by_key.get(key)
+    }
+
+    /// Loads the operators `graph` names: a key ending in `.wasm` is a path
+    /// relative to `base`; any other key is looked up as `<dir>/<key>.wasm`.
+    /// A key with no file is left out (the check reports it as unknown).
+    pub async fn load_for(
+        host: &Host,
+        graph: &Graph,
+        dir: &Path,
+        base: &Path,
+    ) -> Result<Operators, Error> {
+        let mut operators = Operators::new();
+        for node in &graph.nodes {
+            if operators.by_key.contains_key(&node.operator) {
+                continue;
+            }
+            let path = if node.operator.ends_with(".wasm") {
+                base.join(&node.operator)
+            } else {
+                dir.join(format!("{}.wasm", node.operator))
+            };
+            if path.is_file() {
+                let operator = host.load(&path).await?;
+                operators.insert(node.operator.clone(), operator);
+            }
+        }
+        Ok(operators)
+    }
+}
+
+/// One problem a graph has, as found by [`Graph::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphProblem {
+    /// The node concerned, when there is one.
+    pub node: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for GraphProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            Some(node) => write!(f, "node `{node}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+pub(crate) fn problems_message(problems: &[GraphProblem]) -> String {
+    let mut message = match problems.len() {
+        1 => "the graph has 1 problem".to_owned(),
+        n => format!("the graph has {n} problems"),
+    };
+    for problem in problems {
+        message.push_str("\n  - ");
+        message.push_str(&problem.to_string());
+    }
+    message
+}

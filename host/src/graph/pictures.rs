@@ -1,0 +1,159 @@
+//! Pictures of a graph: Graphviz DOT, and a Chrome trace-event timeline
+//! (opens in Perfetto or chrome://tracing) of a run.
+
+use std::fmt::Write;
+
+use serde_json::{Value, json};
+
+use super::check::{Plan, Resolved};
+use super::run::{NodeStatus, RunReport};
+
+/// Quotes `text` as a DOT string.
+fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn colour(status: NodeStatus) -> &'static str {
+    match status {
+        NodeStatus::Ok => "palegreen",
+        NodeStatus::Failed => "salmon",
+        NodeStatus::Skipped => "lightgrey",
+        NodeStatus::Cancelled => "khaki",
+    }
+}
+
+impl Plan {
+    /// The graph in Graphviz DOT: nodes labelled with id and operator (and
+    /// status, coloured, when `report` is given), inputs and outputs as
+    /// ellipses, edges labelled with the parameter they feed.
+    pub fn to_dot(&self, report: Option<&RunReport>) -> String {
+        let mut dot = String::from(
+            "digraph xcs {\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fillcolor=white, fontname=\"Helvetica\"];\n",
+        );
+        let mut inputs: Vec<&str> = self.input_types.keys().map(String::as_str).collect();
+        inputs.dedup();
+        for input in &inputs {
+            let _ = writeln!(
+                dot,
+                "  {} [shape=ellipse, fillcolor=lightblue, label={}];",
+                quoted(&format!("input.{input}")),
+                quoted(input)
+            );
+        }
+        for (index, node) in self.graph.nodes.iter().enumerate() {
+            let mut label = format!("{}\n{}", node.id, node.operator);
+            if let Some(map) = &node.map {
+                let _ = write!(label, " (map over {})", map.param);
+            }
+            let mut fill = "white";
+            if let Some(node_report) = report.and_then(|report| report.nodes.get(index)) {
+                fill = colour(node_report.status);
+                let status = serde_json::to_value(node_report.status).ok();
+                let status = status.as_ref().and_then(Value::as_str).unwrap_or("?");
+                match node_report.duration() {
+                    Some(duration) => {
+                        let _ = write!(
+                            label,
+                            "\n{status} in {:.1} ms",
+                            duration.as_secs_f64() * 1e3
+                        );
+                    }
+                    None => {
+                        let _ = write!(label, "\n{status}");
+                    }
+                }
+            }
+            let _ = writeln!(
+                dot,
+                "  {} [label={}, fillcolor={fill}];",
+                quoted(&node.id),
+                quoted(&label)
+            );
+            for (param, resolved) in &self.args[index] {
+                let from = match resolved {
+                    Resolved::Input(name) => format!("input.{name}"),
+                    Resolved::Node { index, .. } => self.graph.nodes[*index].id.clone(),
+                    Resolved::Literal(_) => continue,
+                };
+                let label = match resolved {
+                    Resolved::Node {
+                        field: Some(field), ..
+                    } => format!("{field} → {param}"),
+                    _ => param.clone(),
+                };
+                let _ = writeln!(
+                    dot,
+                    "  {} -> {} [label={}];",
+                    quoted(&from),
+                    quoted(&node.id),
+                    quoted(&label)
+                );
+            }
+        }
+        for (name, resolved) in &self.outputs {
+            let output = format!("output.{name}");
+            let _ = writeln!(
+                dot,
+                "  {} [shape=ellipse, fillcolor=lightyellow, label={}];",
+                quoted(&output),
+                quoted(name)
+            );
+            let from = match resolved {
+                Resolved::Input(input) => format!("input.{input}"),
+                Resolved::Node { index, .. } => self.graph.nodes[*index].id.clone(),
+                Resolved::Literal(_) => continue,
+            };
+            let _ = writeln!(dot, "  {} -> {};", quoted(&from), quoted(&output));
+        }
+        dot.push_str("}\n");
+        dot
+    }
+}
+
+impl RunReport {
+    /// The run as Chrome trace-event JSON: one complete (`X`) event per
+    /// guest call, on one track per concurrency slot, so parallelism is
+    /// visible. Opens in <https://ui.perfetto.dev> or chrome://tracing.
+    pub fn to_timeline(&self) -> Value {
+        let mut events = vec![json!({
+            "name": "process_name", "ph": "M", "pid": 1,
+            "args": { "name": format!("xcs run (max concurrency {})", self.max_concurrency) },
+        })];
+        for slot in 0..self.max_concurrency {
+            events.push(json!({
+                "name": "thread_name", "ph": "M", "pid": 1, "tid": slot,
+                "args": { "name": format!("slot {slot}") },
+            }));
+        }
+        for node in &self.nodes {
+            for span in &node.spans {
+                let name = match span.element {
+                    Some(element) => format!("{}[{element}]", node.id),
+                    None => node.id.clone(),
+                };
+                events.push(json!({
+                    "name": name,
+                    "cat": node.operator,
+                    "ph": "X",
+                    "pid": 1,
+                    "tid": span.slot,
+                    "ts": span.start.as_secs_f64() * 1e6,
+                    "dur": span.end.saturating_sub(span.start).as_secs_f64() * 1e6,
+                    "args": { "node": node.id, "operator": node.operator, "status": node.status },
+                }));
+            }
+        }
+        json!({ "traceEvents": events, "displayTimeUnit": "ms" })
+    }
+}
