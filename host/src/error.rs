@@ -155,14 +155,14 @@ pub enum Error {
     },
 
     /// A graph node failed; the kind is the cause's.
-    #[error("node `{node}`{}: {source}", element.map(|index| format!(" (element {index})")).unwrap_or_default())]
+    #[error("node `{node}`{}: {cause}", element.map(|index| format!(" (element {index})")).unwrap_or_default())]
     Node {
         /// The node's id.
         node: String,
         /// For a map node, the index of the element whose call failed.
         element: Option<usize>,
-        /// Why it failed.
-        source: Box<Error>,
+        /// Why it failed (its kind is this error's kind).
+        cause: Box<Error>,
     },
 
     /// The graph ran past its deadline; running guests were interrupted and
@@ -311,7 +311,7 @@ impl Error {
             Error::StackOverflow { .. } => ErrorKind::StackOverflow,
             Error::Trap { .. } => ErrorKind::Trap,
             Error::Graph { .. } => ErrorKind::Graph,
-            Error::Node { source, .. } => source.kind(),
+            Error::Node { cause, .. } => cause.kind(),
             Error::GraphTimeout { .. } => ErrorKind::Timeout,
             Error::Io { .. } => ErrorKind::Io,
             Error::Config { .. } => ErrorKind::Config,
@@ -325,7 +325,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Operator { retryable, .. } => *retryable,
-            Error::Node { source, .. } => source.is_retryable(),
+            Error::Node { cause, .. } => cause.is_retryable(),
             _ => false,
         }
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
+use xcs::graph::{Graph, NodeStatus, Operators, Plan, RunOptions};
 use xcs::{Error, ErrorKind, Host, Limits};
 
 /// Run untrusted WebAssembly operators in a sandbox.
@@ -41,6 +42,50 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Check a graph file and run it; print its outputs as JSON.
+    Run {
+        /// The graph (.toml).
+        graph: PathBuf,
+        #[command(flatten)]
+        input: InputArgs,
+        #[command(flatten)]
+        graph_args: GraphArgs,
+        /// At most this many guests at once (default: available parallelism).
+        #[arg(long)]
+        max_concurrency: Option<usize>,
+        /// Graph deadline, e.g. 30s, 5m.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        timeout: Duration,
+        /// Run every node that does not depend on a failed one.
+        #[arg(long)]
+        keep_going: bool,
+        /// Write the graph, coloured by outcome, as Graphviz DOT.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
+        /// Write a Chrome trace-event timeline (Perfetto, chrome://tracing).
+        #[arg(long, value_name = "FILE")]
+        timeline: Option<PathBuf>,
+        /// Write every node's outcome and timings as JSON.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Check a graph file without running anything.
+    Check {
+        /// The graph (.toml).
+        graph: PathBuf,
+        #[command(flatten)]
+        graph_args: GraphArgs,
+        /// Write the graph as Graphviz DOT.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct GraphArgs {
+    /// Where operators named in the graph are found, as <name>.wasm.
+    #[arg(long, value_name = "DIR", default_value = "target/operators")]
+    operators: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +213,101 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 input,
                 limits,
             } => call(&operator, &input, &limits.limits()).await,
+            Command::Check {
+                graph,
+                graph_args,
+                dot,
+            } => {
+                let (plan, _host) = plan(&graph, &graph_args).await?;
+                if let Some(dot_path) = dot {
+                    write_file(&dot_path, plan.to_dot(None).as_bytes())?;
+                }
+                let inputs: Vec<String> = plan
+                    .inputs()
+                    .iter()
+                    .map(|(name, ty)| format!("{name}: {ty}"))
+                    .collect();
+                println!(
+                    "ok: {} node(s); inputs: {}",
+                    plan.graph().nodes().len(),
+                    if inputs.is_empty() {
+                        "none".into()
+                    } else {
+                        inputs.join(", ")
+                    }
+                );
+                Ok(())
+            }
+            Command::Run {
+                graph,
+                input,
+                graph_args,
+                max_concurrency,
+                timeout,
+                keep_going,
+                dot,
+                timeline,
+                report,
+            } => {
+                let (plan, _host) = plan(&graph, &graph_args).await?;
+                let inputs = read_input(&input, "graph", Limits::default().get_max_input_bytes())?;
+                let mut options = RunOptions::default()
+                    .timeout(timeout)
+                    .keep_going(keep_going);
+                if let Some(max) = max_concurrency {
+                    options = options.max_concurrency(max);
+                }
+                let progress = std::io::stderr().is_terminal().then(|| {
+                    let bar = indicatif::ProgressBar::new(plan.graph().nodes().len() as u64);
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{bar:40} {pos}/{len} nodes {elapsed}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    bar
+                });
+                if let Some(bar) = &progress {
+                    let bar = bar.clone();
+                    options =
+                        options.on_progress(move |done, _total| bar.set_position(done as u64));
+                }
+                let run = plan.run(&inputs, &options).await;
+                if let Some(bar) = progress {
+                    bar.finish_and_clear();
+                }
+                if let Some(path) = dot {
+                    write_file(&path, plan.to_dot(Some(&run)).as_bytes())?;
+                }
+                if let Some(path) = timeline {
+                    write_file(&path, serde_json::to_string(&run.to_timeline())?.as_bytes())?;
+                }
+                if let Some(path) = report {
+                    write_file(&path, serde_json::to_string_pretty(&run.nodes)?.as_bytes())?;
+                }
+                if !run.outputs.is_empty() || run.error.is_none() {
+                    println!("{}", serde_json::to_string(&run.outputs)?);
+                }
+                let unsuccessful: Vec<_> = run
+                    .nodes
+                    .iter()
+                    .filter(|node| matches!(node.status, NodeStatus::Failed | NodeStatus::Skipped))
+                    .collect();
+                if unsuccessful.len() > 1 {
+                    // Every node that did not succeed; the error line below names the first.
+                    for node in unsuccessful {
+                        if let Some((kind, message)) = &node.error {
+                            let status = if node.status == NodeStatus::Failed {
+                                "failed"
+                            } else {
+                                "skipped"
+                            };
+                            eprintln!("node `{}` {status} [{kind}]: {message}", node.id);
+                        }
+                    }
+                }
+                run.into_result().map(drop).map_err(Into::into)
+            }
         }
     })
 }
@@ -215,6 +355,29 @@ async fn call(path: &Path, input: &InputArgs, limits: &Limits) -> anyhow::Result
     let output = operator.call(&input, limits).await?;
     println!("{}", serde_json::to_string(&output)?);
     Ok(())
+}
+
+/// Reads, parses, loads the operators of, and checks a graph file.
+async fn plan(path: &Path, args: &GraphArgs) -> anyhow::Result<(Plan, Host)> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let graph = Graph::from_toml(&text)?;
+    let host = Host::builder().build()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let operators = Operators::load_for(&host, &graph, &args.operators, base).await?;
+    Ok((graph.check(&operators)?, host))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, bytes).map_err(|source| {
+        Error::Io {
+            path: path.to_owned(),
+            source,
+        }
+        .into()
+    })
 }
 
 fn read_input(args: &InputArgs, operator: &str, max_input_bytes: u64) -> anyhow::Result<Value> {

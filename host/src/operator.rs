@@ -419,11 +419,11 @@ pub(crate) fn clone_error(error: &Error) -> Error {
         Error::Node {
             node,
             element,
-            source,
+            cause,
         } => Error::Node {
             node: node.clone(),
             element: *element,
-            source: Box::new(clone_error(source)),
+            cause: Box::new(clone_error(cause)),
         },
         Error::GraphTimeout { timeout, running } => Error::GraphTimeout {
             timeout: *timeout,

@@ -5,6 +5,7 @@ mod fixtures;
 mod util;
 
 mod concurrency;
+mod graph;
 mod limits;
 mod load;
 mod operators;

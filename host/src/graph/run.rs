@@ -270,7 +270,7 @@ fn node_error(id: &str, error: Error, element: Option<usize>) -> Error {
     Error::Node {
         node: id.to_owned(),
         element,
-        source: Box::new(error),
+        cause: Box::new(error),
     }
 }
 
@@ -560,7 +560,16 @@ impl Plan {
                 }
                 Err(error) => {
                     report.status = NodeStatus::Failed;
-                    report.error = Some((error.kind().as_str().into(), error.to_string()));
+                    let message = match &error {
+                        Error::Node {
+                            cause,
+                            element: Some(element),
+                            ..
+                        } => format!("element {element}: {cause}"),
+                        Error::Node { cause, .. } => cause.to_string(),
+                        other => other.to_string(),
+                    };
+                    report.error = Some((error.kind().as_str().into(), message));
                     let failed_id = report.id.clone();
                     if options.keep_going {
                         // Everything downstream is skipped, explicitly.
