@@ -54,4 +54,16 @@ show call "$ops/entropy.wasm" --input '[]' --seed 7
 step "10. An operator that imports something the host does not grant does not load (exit code 3):"
 show call "$ops/wait.wasm" --input '{"ms": 10}'
 
+step "11. Graphs: documents -> word-count on each (a map node, in parallel) -> stats; beside it, a branch that fails."
+step "    'check' type-checks every edge before anything runs:"
+show check examples/pipeline.toml
+step "    'run' runs it as dataflow; --keep-going runs everything that does not depend on the failure:"
+mkdir -p target/demo
+show run examples/pipeline.toml --input-file examples/documents.json --keep-going \
+    --dot target/demo/pipeline.dot --timeline target/demo/timeline.json
+printf '\nThe graph, coloured by outcome (Graphviz DOT): target/demo/pipeline.dot'
+if command -v dot >/dev/null 2>&1; then
+    dot -Tsvg target/demo/pipeline.dot -o target/demo/pipeline.svg && printf ' (rendered: target/demo/pipeline.svg)'
+fi
+printf '\nThe timeline, one track per concurrency slot: target/demo/timeline.json (open in https://ui.perfetto.dev)\n'
 printf '\nThe operators are in %s/; try `%s --help`.\n' "$ops" "$xcs"
