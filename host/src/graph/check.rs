@@ -103,13 +103,13 @@ impl Checker<'_> {
                 Some(Resolved::Input(name.clone()))
             }
             Source::Literal(value) => {
-                if let Some(expected) = expected {
-                    if let Err(error) = codec::check_value(expected, value) {
-                        self.problem(
-                            consumer,
-                            format!("{what}: literal {value} does not fit: {error}"),
-                        );
-                    }
+                if let Some(expected) = expected
+                    && let Err(error) = codec::check_value(expected, value)
+                {
+                    self.problem(
+                        consumer,
+                        format!("{what}: literal {value} does not fit: {error}"),
+                    );
                 }
                 Some(Resolved::Literal(value.clone()))
             }
@@ -152,15 +152,13 @@ impl Checker<'_> {
                         },
                     },
                 };
-                if let (Some(produced), Some(expected)) = (produced, expected) {
-                    if !produced.can_feed(expected) {
-                        self.problem(
-                            consumer,
-                            format!(
-                                "{what}: `{source}` is {produced}, which cannot feed {expected}"
-                            ),
-                        );
-                    }
+                if let (Some(produced), Some(expected)) = (produced, expected)
+                    && !produced.can_feed(expected)
+                {
+                    self.problem(
+                        consumer,
+                        format!("{what}: `{source}` is {produced}, which cannot feed {expected}"),
+                    );
                 }
                 Some(Resolved::Node {
                     index,
@@ -270,10 +268,10 @@ impl Graph {
                 };
                 let what = format!("parameter `{name}`");
                 if let Some(resolved) = checker.resolve(id, &what, source, expected.as_ref()) {
-                    if let Resolved::Node { index, .. } = resolved {
-                        if !node_dependencies.contains(&index) {
-                            node_dependencies.push(index);
-                        }
+                    if let Resolved::Node { index, .. } = resolved
+                        && !node_dependencies.contains(&index)
+                    {
+                        node_dependencies.push(index);
                     }
                     resolved_args.push((name.clone(), resolved));
                 }

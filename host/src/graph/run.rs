@@ -491,10 +491,9 @@ impl Plan {
             ));
         };
 
-        for index in 0..total {
-            if waiting_on[index] == 0 {
-                spawn(index, &mut tasks, &outputs, &mut running);
-            }
+        let ready: Vec<usize> = (0..total).filter(|&index| waiting_on[index] == 0).collect();
+        for index in ready {
+            spawn(index, &mut tasks, &outputs, &mut running);
         }
 
         let deadline = tokio::time::Instant::from_std(started + options.timeout);
