@@ -513,3 +513,59 @@ async fn dot_and_timeline_parse() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_node_limits_override_the_run_limits() {
+    let ops = operators(&host()).await;
+    let plan = Graph::new()
+        .node(
+            Node::new("spin", "spin").limits(Limits::default().timeout(Duration::from_millis(100))),
+        )
+        .check(&ops)
+        .unwrap();
+    let report = plan
+        .run(
+            &Value::Null,
+            &RunOptions::default().timeout(Duration::from_secs(20)),
+        )
+        .await;
+    let spin = report.node("spin").unwrap();
+    assert_eq!(spin.status, NodeStatus::Failed);
+    assert_eq!(
+        spin.error.as_ref().map(|(kind, _)| kind.as_str()),
+        Some("timeout")
+    );
+    let error = expect_kind(report.into_result(), ErrorKind::Timeout);
+    assert_eq!(
+        error.to_string(),
+        "node `spin`: spin: timed out after 100ms"
+    );
+}
+
+/// A CPU-bound guest yields at every epoch tick: on a single-threaded
+/// runtime, a ticking task keeps running while the guest spins.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_guest_does_not_starve_other_tasks() {
+    let spin = load(&host(), xcs_tests::SPIN).await;
+    let ticks = Arc::new(AtomicU64::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let limits = Limits::default().timeout(Duration::from_millis(500));
+    expect_kind(spin.call(&Value::Null, &limits).await, ErrorKind::Timeout);
+    ticker.abort();
+    // Without yielding the ticker could not run at all until the guest
+    // stopped; with it, it runs about every 10 ms (loosely bounded: shared
+    // machines are slow, but never this slow).
+    assert!(
+        ticks.load(Ordering::Relaxed) >= 10,
+        "ticks while spinning: {}",
+        ticks.load(Ordering::Relaxed)
+    );
+}
