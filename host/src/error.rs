@@ -145,6 +145,26 @@ pub enum Error {
         guest_stderr: String,
     },
 
+    /// The operator's circuit breaker is open: the call was not attempted.
+    #[error("{operator}: circuit open after repeated failures; retry in {}", humanize(*retry_after))]
+    CircuitOpen {
+        /// The operator.
+        operator: String,
+        /// When the breaker lets a probe through.
+        retry_after: Duration,
+    },
+
+    /// The operator's bulkhead is full: the call was refused at once.
+    #[error("{operator}: overloaded ({max_in_flight} calls in flight and {max_queue} queued)")]
+    Overloaded {
+        /// The operator.
+        operator: String,
+        /// The bulkhead's bound on calls in flight.
+        max_in_flight: usize,
+        /// The bulkhead's bound on queued calls.
+        max_queue: usize,
+    },
+
     /// The graph has problems, found before anything ran.
     #[error("{message}")]
     Graph {
@@ -244,6 +264,10 @@ pub enum ErrorKind {
     StackOverflow,
     /// `trap`
     Trap,
+    /// `circuit-open`
+    CircuitOpen,
+    /// `overloaded`
+    Overloaded,
     /// `graph`
     Graph,
     /// `io`
@@ -265,6 +289,8 @@ impl ErrorKind {
         ErrorKind::Memory,
         ErrorKind::StackOverflow,
         ErrorKind::Trap,
+        ErrorKind::CircuitOpen,
+        ErrorKind::Overloaded,
         ErrorKind::Graph,
         ErrorKind::Io,
         ErrorKind::Config,
@@ -283,6 +309,8 @@ impl ErrorKind {
             ErrorKind::Memory => "memory",
             ErrorKind::StackOverflow => "stack-overflow",
             ErrorKind::Trap => "trap",
+            ErrorKind::CircuitOpen => "circuit-open",
+            ErrorKind::Overloaded => "overloaded",
             ErrorKind::Graph => "graph",
             ErrorKind::Io => "io",
             ErrorKind::Config => "config",
@@ -310,6 +338,8 @@ impl Error {
             Error::Memory { .. } => ErrorKind::Memory,
             Error::StackOverflow { .. } => ErrorKind::StackOverflow,
             Error::Trap { .. } => ErrorKind::Trap,
+            Error::CircuitOpen { .. } => ErrorKind::CircuitOpen,
+            Error::Overloaded { .. } => ErrorKind::Overloaded,
             Error::Graph { .. } => ErrorKind::Graph,
             Error::Node { cause, .. } => cause.kind(),
             Error::GraphTimeout { .. } => ErrorKind::Timeout,

@@ -1,10 +1,11 @@
 //! The host: one engine, one linker, one epoch ticker, shared by every
 //! operator and every call.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,10 +15,13 @@ use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
 
+use crate::call::{CachedResult, ResultKey};
 use crate::capability::Capability;
 use crate::error::Error;
 use crate::limits::Limits;
+use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::operator::{self, Operator};
+use crate::policy::Policy;
 use crate::sandbox::{LogRecord, LogSink, StoreState, bindings};
 
 /// Environment variable naming the on-disk compilation cache directory.
@@ -66,7 +70,30 @@ pub(crate) struct Runtime {
     pub(crate) max_concurrent_instances: u32,
     pub(crate) max_concurrency: usize,
     pub(crate) scheduler_slots: Arc<Semaphore>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) results: moka::future::Cache<ResultKey, CachedResult>,
+    pub(crate) result_ttl: Duration,
+    policies: RwLock<HashMap<String, Arc<Policy>>>,
+    default_policy: RwLock<Arc<Policy>>,
     ticker: Ticker,
+}
+
+impl Runtime {
+    /// The policy of the operator called `name`.
+    pub(crate) fn policy_for(&self, name: &str) -> Arc<Policy> {
+        let policies = self
+            .policies
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match policies.get(name) {
+            Some(policy) => policy.clone(),
+            None => self
+                .default_policy
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+        }
+    }
 }
 
 impl Drop for Runtime {
@@ -139,6 +166,27 @@ impl Host {
         self.inner.compilations.load(Ordering::Relaxed)
     }
 
+    /// Sets the policies of the operator called `name` (its metadata name),
+    /// for every call from now on, graph nodes included.
+    pub fn set_policy(&self, name: &str, policy: Policy) {
+        let runtime = &self.inner.runtime;
+        let mut policies = runtime
+            .policies
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        policies.insert(name.to_owned(), Arc::new(policy));
+    }
+
+    /// A snapshot of every operator's metrics.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.runtime.metrics.snapshot()
+    }
+
+    /// Every operator's metrics in the Prometheus (OpenMetrics) text format.
+    pub fn metrics_text(&self) -> String {
+        self.inner.runtime.metrics.text()
+    }
+
     /// Loads an operator from a `.wasm` file. See [`Host::load_bytes`].
     pub async fn load(&self, path: impl AsRef<Path>) -> Result<Operator, Error> {
         let path = path.as_ref();
@@ -193,6 +241,10 @@ pub struct HostBuilder {
     operator_cache_capacity: u64,
     capabilities: Vec<Capability>,
     log_sink: Option<LogSink>,
+    policies: HashMap<String, Arc<Policy>>,
+    default_policy: Policy,
+    result_cache_bytes: u64,
+    result_ttl: Duration,
 }
 
 impl fmt::Debug for HostBuilder {
@@ -231,6 +283,10 @@ impl Default for HostBuilder {
             operator_cache_capacity: 256,
             capabilities: Vec::new(),
             log_sink: None,
+            policies: HashMap::new(),
+            default_policy: Policy::default(),
+            result_cache_bytes: 64 << 20,
+            result_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -303,6 +359,32 @@ impl HostBuilder {
     /// digest. Default: 256.
     pub fn operator_cache_capacity(mut self, count: u64) -> Self {
         self.operator_cache_capacity = count;
+        self
+    }
+
+    /// Policies of the operator called `name` (see [`crate::policy`]).
+    pub fn policy(mut self, name: &str, policy: Policy) -> Self {
+        self.policies.insert(name.to_owned(), Arc::new(policy));
+        self
+    }
+
+    /// Policies of operators without their own. Default: [`Policy::default()`]
+    /// (no retry, breaker or bulkhead; result cache on).
+    pub fn default_policy(mut self, policy: Policy) -> Self {
+        self.default_policy = policy;
+        self
+    }
+
+    /// Bound of the result cache, in bytes of keys and JSON results.
+    /// Default: 64 MiB.
+    pub fn result_cache_bytes(mut self, bytes: u64) -> Self {
+        self.result_cache_bytes = bytes;
+        self
+    }
+
+    /// How long a cached result is served. Default: 10 minutes.
+    pub fn result_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = ttl;
         self
     }
 
@@ -397,6 +479,23 @@ impl HostBuilder {
         }
 
         let ticker = Ticker::start(&engine, self.epoch_tick)?;
+        let metrics = Arc::new(Metrics::default());
+        let results = moka::future::Cache::builder()
+            .max_capacity(self.result_cache_bytes)
+            .weigher(|key: &ResultKey, (_, value): &CachedResult| {
+                let bytes = key.key.len() + value.to_string().len();
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .time_to_live(self.result_ttl)
+            .eviction_listener({
+                let metrics = metrics.clone();
+                move |key: Arc<ResultKey>, _value, cause: moka::notification::RemovalCause| {
+                    if cause.was_evicted() {
+                        metrics.eviction(&key.operator);
+                    }
+                }
+            })
+            .build();
         Ok(Host {
             inner: Arc::new(HostInner {
                 runtime: Arc::new(Runtime {
@@ -411,6 +510,11 @@ impl HostBuilder {
                     max_concurrent_instances: slots,
                     max_concurrency: self.max_concurrency,
                     scheduler_slots: Arc::new(Semaphore::new(self.max_concurrency)),
+                    metrics,
+                    results,
+                    result_ttl: self.result_ttl,
+                    policies: RwLock::new(self.policies),
+                    default_policy: RwLock::new(Arc::new(self.default_policy)),
                     ticker,
                 }),
                 operators: moka::future::Cache::new(self.operator_cache_capacity),

@@ -45,13 +45,16 @@
 
 #![deny(missing_docs)]
 
+mod call;
 mod capability;
 mod codec;
 mod error;
 pub mod graph;
 mod host;
 mod limits;
+mod metrics;
 mod operator;
+pub mod policy;
 mod sandbox;
 mod types;
 
@@ -59,7 +62,9 @@ pub use capability::Capability;
 pub use error::{BoxError, Error, ErrorKind};
 pub use host::{CACHE_DIR_ENV, Host, HostBuilder};
 pub use limits::{DEFAULT_SEED, Limits, parse_size};
+pub use metrics::{MetricsSnapshot, OperatorMetrics};
 pub use operator::{CallOutput, Metadata, Operator};
+pub use policy::Policy;
 pub use sandbox::{CallStats, LogLevel, LogRecord};
 pub use types::{Param, Signature, WitType};
 

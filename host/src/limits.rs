@@ -29,6 +29,7 @@ pub struct Limits {
     pub(crate) max_instances: u64,
     pub(crate) max_log_bytes: u64,
     pub(crate) seed: u64,
+    pub(crate) use_result_cache: bool,
 }
 
 impl Default for Limits {
@@ -43,6 +44,7 @@ impl Default for Limits {
     /// | `max_instances` | 64 |
     /// | `max_log_bytes` | 64 KiB |
     /// | `seed` | [`DEFAULT_SEED`] |
+    /// | `use_result_cache` | on |
     fn default() -> Self {
         Limits {
             timeout: Duration::from_secs(10),
@@ -54,6 +56,7 @@ impl Default for Limits {
             max_instances: 64,
             max_log_bytes: 64 << 10,
             seed: DEFAULT_SEED,
+            use_result_cache: true,
         }
     }
 }
@@ -123,6 +126,14 @@ impl Limits {
     /// [`DEFAULT_SEED`].
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Whether this call may be answered from, and stored in, the result
+    /// cache (which only ever holds results of deterministic operators
+    /// whose policy caches). Off: the call always runs. Default: on.
+    pub fn use_result_cache(mut self, on: bool) -> Self {
+        self.use_result_cache = on;
         self
     }
 

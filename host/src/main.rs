@@ -145,6 +145,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Fuel => 7,
         ErrorKind::Memory => 8,
         ErrorKind::StackOverflow | ErrorKind::Trap => 9,
+        ErrorKind::CircuitOpen | ErrorKind::Overloaded => 10,
         ErrorKind::Graph => 11,
         _ => 1,
     }
@@ -276,17 +277,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(bar) = progress {
                     bar.finish_and_clear();
                 }
+                if run.error.is_none() || keep_going {
+                    println!("{}", serde_json::to_string(&run.outputs)?);
+                }
+                // The pictures are written even when the run failed; failing to
+                // write one is reported, but never hides the run's own outcome.
+                let mut written = Ok(());
                 if let Some(path) = dot {
-                    write_file(&path, plan.to_dot(Some(&run)).as_bytes())?;
+                    written = written.and(write_file(&path, plan.to_dot(Some(&run)).as_bytes()));
                 }
                 if let Some(path) = timeline {
-                    write_file(&path, serde_json::to_string(&run.to_timeline())?.as_bytes())?;
+                    written = written.and(write_file(
+                        &path,
+                        serde_json::to_string(&run.to_timeline())?.as_bytes(),
+                    ));
                 }
                 if let Some(path) = report {
-                    write_file(&path, serde_json::to_string_pretty(&run.nodes)?.as_bytes())?;
+                    written = written.and(write_file(
+                        &path,
+                        serde_json::to_string_pretty(&run.nodes)?.as_bytes(),
+                    ));
                 }
-                if !run.outputs.is_empty() || run.error.is_none() {
-                    println!("{}", serde_json::to_string(&run.outputs)?);
+                if run.error.is_none() {
+                    written?;
+                } else if let Err(error) = written {
+                    eprintln!("warning: {error:#}");
                 }
                 let unsuccessful: Vec<_> = run
                     .nodes

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre, Val};
 
@@ -78,6 +79,7 @@ struct OperatorInner {
     digest: String,
     pre: InstancePre<StoreState>,
     invoke: ComponentExportIndex,
+    policy_state: crate::policy::PolicyState,
 }
 
 impl fmt::Debug for Operator {
@@ -96,8 +98,10 @@ impl fmt::Debug for Operator {
 pub struct CallOutput {
     /// The `ok` value of `invoke`, as JSON (`null` when it returns nothing).
     pub value: Value,
-    /// What the call used.
+    /// What the call used (the last attempt's; zero for a cache hit).
     pub stats: CallStats,
+    /// Whether the result came from the result cache.
+    pub cached: bool,
 }
 
 impl Operator {
@@ -148,22 +152,72 @@ impl Operator {
         input: &Value,
         limits: &Limits,
     ) -> Result<CallOutput, Error> {
+        self.call_counting_attempts(input, limits).await.0
+    }
+
+    /// The policy-wrapped call (see [`crate::policy`]), with the number of
+    /// attempts it made (0 for a cache hit).
+    pub(crate) async fn call_counting_attempts(
+        &self,
+        input: &Value,
+        limits: &Limits,
+    ) -> (Result<CallOutput, Error>, u32) {
         let span =
             tracing::debug_span!("call", operator = %self.inner.name, digest = %self.inner.digest);
-        let _entered = span.enter();
         let started = Instant::now();
-        let args =
-            codec::encode_params(&self.inner.signature.params, input, limits.max_input_bytes)
-                .map_err(|error| self.codec_error(error, "input"))?;
-        drop(_entered);
-        let result = self.run(args, limits).await;
+        let policy = self.inner.runtime.policy_for(&self.inner.name);
+        let (result, attempts) = crate::call::with_policies(self, input, limits, &policy)
+            .instrument(span.clone())
+            .await;
+        self.inner.runtime.metrics.call(
+            &self.inner.name,
+            result.as_ref().map(drop).map_err(Error::kind),
+        );
         tracing::debug!(
             parent: &span,
             outcome = match &result { Ok(_) => "ok", Err(error) => error.kind().as_str() },
+            attempts,
             elapsed_us = started.elapsed().as_micros() as u64,
             "call finished"
         );
-        result
+        (result, attempts)
+    }
+
+    /// One attempt: validate the input, run the guest in a fresh sandbox.
+    pub(crate) async fn sandbox_call(
+        &self,
+        input: &Value,
+        limits: &Limits,
+    ) -> Result<CallOutput, Error> {
+        let args =
+            codec::encode_params(&self.inner.signature.params, input, limits.max_input_bytes)
+                .map_err(|error| self.codec_error(error, "input"))?;
+        let output = self.run(args, limits).await?;
+        self.inner.runtime.metrics.usage(
+            &self.inner.name,
+            output.stats.duration.as_secs_f64(),
+            output.stats.fuel_consumed,
+            output.stats.peak_memory_bytes,
+        );
+        Ok(output)
+    }
+
+    pub(crate) fn digest_ref(&self) -> &str {
+        &self.inner.digest
+    }
+
+    pub(crate) fn name_arc(&self) -> &Arc<str> {
+        &self.inner.name
+    }
+
+    /// The state of this operator's circuit breaker (closed when it has
+    /// none).
+    pub fn breaker_state(&self) -> crate::policy::BreakerState {
+        self.inner.policy_state.breaker_state()
+    }
+
+    pub(crate) fn policy_state(&self) -> &crate::policy::PolicyState {
+        &self.inner.policy_state
     }
 
     /// Calls `invoke` with Rust values: `params` serializes to the input
@@ -261,7 +315,11 @@ impl Operator {
                         .map_err(|error| self.codec_error(error, "output"))?,
                     None => Value::Null,
                 };
-                Ok(CallOutput { value, stats })
+                Ok(CallOutput {
+                    value,
+                    stats,
+                    cached: false,
+                })
             }
             Val::Result(Err(Some(error))) => Err(self.operator_error(*error)),
             other => Err(Error::Contract {
@@ -411,6 +469,22 @@ pub(crate) fn clone_error(error: &Error) -> Error {
         },
         Error::Config { message } => Error::Config {
             message: message.clone(),
+        },
+        Error::CircuitOpen {
+            operator,
+            retry_after,
+        } => Error::CircuitOpen {
+            operator: operator.clone(),
+            retry_after: *retry_after,
+        },
+        Error::Overloaded {
+            operator,
+            max_in_flight,
+            max_queue,
+        } => Error::Overloaded {
+            operator: operator.clone(),
+            max_in_flight: *max_in_flight,
+            max_queue: *max_queue,
         },
         Error::Graph { problems, message } => Error::Graph {
             problems: problems.clone(),
@@ -654,6 +728,7 @@ pub(crate) async fn load(
             digest: format!("sha256:{}", hex(&digest)),
             pre,
             invoke,
+            policy_state: crate::policy::PolicyState::default(),
         }),
     })
 }

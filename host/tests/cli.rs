@@ -432,3 +432,470 @@ fn call_with_empty_stdin_means_no_arguments() {
     run.assert_success();
     assert_eq!(run.stdout, "null\n", "{run:#?}");
 }
+
+// --- graphs: check and run -----------------------------------------------------
+
+/// The example graph and its input.
+const PIPELINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pipeline.toml");
+const DOCUMENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/documents.json");
+
+/// The operators `examples/pipeline.toml` names, with their components.
+const PIPELINE_OPERATORS: &[(&str, &str)] = &[
+    ("word-count", xcs_tests::WORD_COUNT),
+    ("stats", xcs_tests::STATS),
+    ("upper", xcs_tests::UPPER),
+    ("factorial", xcs_tests::FACTORIAL),
+];
+
+/// A graph of three problems: an unknown operator, a type mismatch (string
+/// into u64) and a cycle (`b` ↔ `c`).
+const BAD_GRAPH: &str = r#"
+[[node]]
+id = "a"
+operator = "nonexistent"
+
+[[node]]
+id = "b"
+operator = "upper"
+args = { text = "@c" }
+
+[[node]]
+id = "c"
+operator = "upper"
+args = { text = "@b" }
+
+[[node]]
+id = "d"
+operator = "factorial"
+args = { n = "@b" }
+"#;
+
+impl Scratch {
+    /// The path of `name` in the scratch directory (not created).
+    fn join(&self, name: &str) -> String {
+        self.0
+            .join(name)
+            .to_str()
+            .expect("the temp dir path is UTF-8")
+            .to_owned()
+    }
+
+    /// Makes an operators directory holding each `(name, component)` as
+    /// `<name>.wasm`; returns its path.
+    fn operators(&self, operators: &[(&str, &str)]) -> String {
+        let dir = self.join("operators");
+        std::fs::create_dir_all(&dir).expect("the operators directory can be created");
+        for (name, component) in operators {
+            std::fs::copy(component, Path::new(&dir).join(format!("{name}.wasm")))
+                .expect("the operator component can be copied");
+        }
+        dir
+    }
+}
+
+/// Reads a file `xcs` wrote.
+#[track_caller]
+fn written(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{path} was not written: {error}"))
+}
+
+/// `xcs run examples/pipeline.toml --input-file examples/documents.json`
+/// with its operators, plus `extra` flags.
+fn run_pipeline(scratch: &Scratch, extra: &[&str]) -> Run {
+    let operators = scratch.operators(PIPELINE_OPERATORS);
+    let mut args = vec![
+        "run",
+        PIPELINE,
+        "--input-file",
+        DOCUMENTS,
+        "--operators",
+        &operators,
+    ];
+    args.extend_from_slice(extra);
+    xcs_with_stdin(&args, None, scratch)
+}
+
+#[test]
+fn check_ok_prints_nodes_and_inputs_and_writes_dot() {
+    let scratch = Scratch::new();
+    let operators = scratch.operators(PIPELINE_OPERATORS);
+    let dot = scratch.join("graph.dot");
+    let run = xcs_with_stdin(
+        &["check", PIPELINE, "--operators", &operators, "--dot", &dot],
+        None,
+        &scratch,
+    );
+    run.assert_success();
+    assert_eq!(
+        run.stdout, "ok: 5 node(s); inputs: documents: list<string>\n",
+        "{run:#?}"
+    );
+    assert!(run.stderr.is_empty(), "{run:#?}");
+    let dot = written(&dot);
+    assert!(dot.contains("digraph"), "{dot}");
+    for node in ["counts", "summary", "titles", "too-big", "after-too-big"] {
+        assert!(
+            dot.contains(&format!("\"{node}\"")),
+            "{node} is missing: {dot}"
+        );
+    }
+}
+
+#[test]
+fn check_without_inputs_says_none() {
+    let scratch = Scratch::new();
+    let operators = scratch.operators(&[("noop", xcs_tests::NOOP)]);
+    let graph = scratch.file("graph.toml", b"[[node]]\nid = \"n\"\noperator = \"noop\"\n");
+    let run = xcs_with_stdin(
+        &["check", &graph, "--operators", &operators],
+        None,
+        &scratch,
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, "ok: 1 node(s); inputs: none\n", "{run:#?}");
+}
+
+#[test]
+fn check_lists_every_problem_and_exits_11() {
+    let scratch = Scratch::new();
+    let operators = scratch.operators(PIPELINE_OPERATORS);
+    let graph = scratch.file("bad.toml", BAD_GRAPH.as_bytes());
+    let run = xcs_with_stdin(
+        &["check", &graph, "--operators", &operators],
+        None,
+        &scratch,
+    );
+    run.assert_error(
+        11,
+        "graph",
+        &[
+            "  - node `a`: unknown operator `nonexistent`",
+            "  - node `d`: parameter `n`: `@b` is string, which cannot feed u64",
+        ],
+    );
+    assert_eq!(
+        run.first_stderr_line(),
+        "error[graph]: the graph has 3 problems",
+        "{run:#?}"
+    );
+    let cycle = run
+        .stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("  - cycle: "))
+        .unwrap_or_else(|| panic!("no cycle line: {run:#?}"));
+    assert!(
+        cycle.contains("b → c") || cycle.contains("c → b"),
+        "{run:#?}"
+    );
+    assert_eq!(
+        run.stderr
+            .lines()
+            .filter(|line| line.starts_with("  - "))
+            .count(),
+        3,
+        "{run:#?}"
+    );
+}
+
+/// `run` checks the graph first: the same problems, the same exit code, and
+/// nothing runs.
+#[test]
+fn run_of_a_graph_with_problems_exits_11() {
+    let scratch = Scratch::new();
+    let operators = scratch.operators(PIPELINE_OPERATORS);
+    let graph = scratch.file("bad.toml", BAD_GRAPH.as_bytes());
+    xcs_with_stdin(
+        &["run", &graph, "--operators", &operators, "--input", "{}"],
+        None,
+        &scratch,
+    )
+    .assert_error(11, "graph", &["the graph has 3 problems", "cycle: "]);
+}
+
+#[test]
+fn check_toml_syntax_error_exits_11() {
+    let scratch = Scratch::new();
+    let graph = scratch.file("syntax.toml", b"[[node]\nid = \"a\"\n");
+    let operators = scratch.operators(&[]);
+    xcs_with_stdin(
+        &["check", &graph, "--operators", &operators],
+        None,
+        &scratch,
+    )
+    .assert_error(
+        11,
+        "graph",
+        &["the graph has 1 problem", "invalid graph file", "line 1"],
+    );
+}
+
+fails! {
+    check_missing_graph_file_exits_1_io: ["check", "/nonexistent/xcs-cli-test/graph.toml"]
+        => 1, "io", ["graph.toml"];
+    run_missing_graph_file_exits_1_io: ["run", "/nonexistent/xcs-cli-test/graph.toml", "--input", "{}"]
+        => 1, "io", ["graph.toml"];
+}
+
+#[test]
+fn run_pipeline_without_keep_going_exits_5_with_nothing_on_stdout() {
+    let scratch = Scratch::new();
+    let run = run_pipeline(&scratch, &[]);
+    run.assert_error(5, "operator", &["25! overflows"]);
+    assert!(
+        run.first_stderr_line()
+            .starts_with("error[operator]: node `too-big`: "),
+        "{run:#?}"
+    );
+}
+
+#[test]
+fn run_pipeline_with_keep_going_prints_the_outputs_and_the_failures() {
+    let scratch = Scratch::new();
+    let run = run_pipeline(&scratch, &["--keep-going"]);
+    assert_eq!(run.code, 5, "{run:#?}");
+    let outputs: Value = serde_json::from_str(&run.stdout).expect("run prints its outputs as JSON");
+    assert_eq!(
+        outputs["counts"],
+        serde_json::json!([9, 5, 6, 8, 7]),
+        "{run:#?}"
+    );
+    assert_eq!(outputs["mean_words"], 7.0, "{run:#?}");
+    assert_eq!(
+        outputs["shouted"][0], "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG",
+        "{run:#?}"
+    );
+    assert_eq!(
+        outputs.as_object().map(serde_json::Map::len),
+        Some(3),
+        "{run:#?}"
+    );
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.starts_with("node `too-big` failed [operator]: ")),
+        "{run:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.starts_with("node `after-too-big` skipped")),
+        "{run:#?}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|line| line.starts_with("error[operator]: node `too-big`: ")),
+        "the last stderr line is not the error: {run:#?}"
+    );
+}
+
+/// The pictures and the report are most useful when the run failed.
+#[test]
+fn run_writes_dot_timeline_and_report_even_when_it_fails() {
+    for keep_going in [false, true] {
+        let scratch = Scratch::new();
+        let (dot, timeline, report) = (
+            scratch.join("run.dot"),
+            scratch.join("timeline.json"),
+            scratch.join("report.json"),
+        );
+        let mut args = vec![
+            "--dot",
+            dot.as_str(),
+            "--timeline",
+            timeline.as_str(),
+            "--report",
+            report.as_str(),
+        ];
+        if keep_going {
+            args.push("--keep-going");
+        }
+        let run = run_pipeline(&scratch, &args);
+        assert_eq!(run.code, 5, "{run:#?}");
+
+        let dot = written(&dot);
+        assert!(dot.contains("digraph"), "{dot}");
+        assert!(dot.contains("\"too-big\""), "{dot}");
+
+        let timeline: Value =
+            serde_json::from_str(&written(&timeline)).expect("the timeline is JSON");
+        let events = timeline["traceEvents"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no traceEvents: {timeline:#}"));
+        let calls: Vec<&Value> = events.iter().filter(|event| event["ph"] == "X").collect();
+        assert!(!calls.is_empty(), "no `X` events: {timeline:#}");
+        assert!(
+            calls.iter().all(|event| event["dur"].is_number()
+                && event["ts"].is_number()
+                && event["name"].is_string()),
+            "{timeline:#}"
+        );
+        assert!(
+            calls.iter().any(|event| event["args"]["node"] == "too-big"),
+            "the failed call is not on the timeline: {timeline:#}"
+        );
+
+        let report: Value = serde_json::from_str(&written(&report)).expect("the report is JSON");
+        let nodes = report.as_array().expect("the report lists the nodes");
+        assert_eq!(nodes.len(), 5, "{report:#}");
+        let too_big = nodes
+            .iter()
+            .find(|node| node["id"] == "too-big")
+            .expect("the report has `too-big`");
+        assert_eq!(too_big["status"], "failed", "{report:#}");
+        if keep_going {
+            let after = nodes
+                .iter()
+                .find(|node| node["id"] == "after-too-big")
+                .expect("the report has `after-too-big`");
+            assert_eq!(after["status"], "skipped", "{report:#}");
+        }
+    }
+}
+
+#[test]
+fn run_graph_deadline_exits_6() {
+    let scratch = Scratch::new();
+    let operators = scratch.operators(&[("spin", xcs_tests::SPIN)]);
+    let graph = scratch.file(
+        "spin.toml",
+        b"[[node]]\nid = \"forever\"\noperator = \"spin\"\n\n[outputs]\nx = \"@forever\"\n",
+    );
+    let started = std::time::Instant::now();
+    let run = xcs_with_stdin(
+        &[
+            "run",
+            &graph,
+            "--operators",
+            &operators,
+            "--timeout",
+            "300ms",
+        ],
+        None,
+        &scratch,
+    );
+    run.assert_error(
+        6,
+        "timeout",
+        &["graph timed out after 300ms", "still running: forever"],
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "the deadline did not stop the run: {:?}",
+        started.elapsed()
+    );
+}
+
+/// An operator given as a path ending in `.wasm` is found relative to the
+/// graph file, not to the working directory or `--operators`.
+#[test]
+fn run_operator_as_a_relative_wasm_path() {
+    let scratch = Scratch::new();
+    let components = scratch.join("components");
+    std::fs::create_dir_all(&components).expect("the directory can be created");
+    std::fs::copy(xcs_tests::UPPER, Path::new(&components).join("shout.wasm"))
+        .expect("the component can be copied");
+    let graph = scratch.file(
+        "graph.toml",
+        b"[[node]]\nid = \"loud\"\noperator = \"components/shout.wasm\"\nargs = { text = \"@input.text\" }\n\n[outputs]\nloud = \"@loud\"\n",
+    );
+    let empty = scratch.operators(&[]);
+    let run = xcs_with_stdin(
+        &[
+            "run",
+            &graph,
+            "--operators",
+            &empty,
+            "--input",
+            r#"{"text":"hi"}"#,
+        ],
+        None,
+        &scratch,
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, "{\"loud\":\"HI\"}\n", "{run:#?}");
+}
+
+#[test]
+fn run_without_a_graph_input_exits_4() {
+    let scratch = Scratch::new();
+    let operators = scratch.operators(PIPELINE_OPERATORS);
+    xcs_with_stdin(
+        &["run", PIPELINE, "--operators", &operators, "--input", "{}"],
+        None,
+        &scratch,
+    )
+    .assert_error(
+        4,
+        "validation",
+        &["$.documents", "list<string>", "missing graph input"],
+    );
+}
+
+#[test]
+fn run_with_a_mistyped_graph_input_exits_4_with_the_path() {
+    let scratch = Scratch::new();
+    let operators = scratch.operators(PIPELINE_OPERATORS);
+    xcs_with_stdin(
+        &[
+            "run",
+            PIPELINE,
+            "--operators",
+            &operators,
+            "--input",
+            r#"{"documents":["a",2]}"#,
+        ],
+        None,
+        &scratch,
+    )
+    .assert_error(4, "validation", &["$.documents[1]"]);
+}
+
+/// Without a terminal on stderr there is no progress bar: a successful run
+/// prints its outputs and nothing else. Input from piped stdin.
+#[test]
+fn run_success_prints_nothing_on_stderr() {
+    let scratch = Scratch::new();
+    let operators = scratch.operators(&[
+        ("word-count", xcs_tests::WORD_COUNT),
+        ("stats", xcs_tests::STATS),
+    ]);
+    let graph = scratch.file(
+        "graph.toml",
+        br#"
+[[node]]
+id = "counts"
+operator = "word-count"
+map = "text"
+args = { text = "@input.documents" }
+
+[[node]]
+id = "summary"
+operator = "stats"
+args = { xs = "@counts" }
+
+[outputs]
+counts = "@counts"
+max = "@summary.max"
+"#,
+    );
+    let run = xcs_with_stdin(
+        &[
+            "run",
+            &graph,
+            "--operators",
+            &operators,
+            "--max-concurrency",
+            "2",
+        ],
+        Some(r#"{"documents":["one","one two","one two three"]}"#),
+        &scratch,
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, "{\"counts\":[1,2,3],\"max\":3.0}\n", "{run:#?}");
+    assert!(
+        run.stderr.is_empty(),
+        "a successful run wrote on stderr: {run:#?}"
+    );
+}

@@ -75,7 +75,12 @@ async fn a_memory_cap_below_what_a_normal_call_needs() {
 async fn stats_report_fuel_and_memory() {
     let noop = load(&host(), xcs_tests::NOOP).await;
     let output = noop
-        .call_with_stats(&Value::Null, &Limits::default().fuel(Some(1_000_000)))
+        .call_with_stats(
+            &Value::Null,
+            &Limits::default()
+                .fuel(Some(1_000_000))
+                .use_result_cache(false),
+        )
         .await
         .unwrap();
     let fuel = output.stats.fuel_consumed.expect("the host consumes fuel");
@@ -97,7 +102,7 @@ async fn a_fuel_budget_needs_a_host_that_consumes_fuel() {
         ErrorKind::Config,
     );
     let output = noop
-        .call_with_stats(&Value::Null, &Limits::default())
+        .call_with_stats(&Value::Null, &Limits::default().use_result_cache(false))
         .await
         .unwrap();
     assert_eq!(output.stats.fuel_consumed, None);

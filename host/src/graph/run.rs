@@ -114,12 +114,31 @@ pub enum NodeStatus {
 pub struct Span {
     /// Concurrency slot it ran on (0-based; at most `max_concurrency`).
     pub slot: usize,
-    /// Start, from the start of the run.
+    /// Start, from the start of the run (milliseconds in JSON).
+    #[serde(rename = "start_ms", serialize_with = "millis_plain")]
     pub start: Duration,
-    /// End, from the start of the run.
+    /// End, from the start of the run (milliseconds in JSON).
+    #[serde(rename = "end_ms", serialize_with = "millis_plain")]
     pub end: Duration,
     /// The element index, for a map node.
     pub element: Option<usize>,
+}
+
+fn millis<S: serde::Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => serializer.serialize_f64(duration.as_secs_f64() * 1e3),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn millis_plain<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64() * 1e3)
 }
 
 /// What happened to one node.
@@ -131,11 +150,15 @@ pub struct NodeReport {
     pub operator: String,
     /// How it ended.
     pub status: NodeStatus,
-    /// When its first call started, from the start of the run.
+    /// When its first call started, from the start of the run
+    /// (milliseconds in JSON).
+    #[serde(rename = "start_ms", serialize_with = "millis")]
     pub start: Option<Duration>,
-    /// When it ended, from the start of the run.
+    /// When it ended, from the start of the run (milliseconds in JSON).
+    #[serde(rename = "end_ms", serialize_with = "millis")]
     pub end: Option<Duration>,
-    /// Guest calls made (one per element for a map node).
+    /// Guest calls made: one per element for a map node, more with
+    /// retries, none for results served from the cache.
     pub attempts: u64,
     /// Fuel consumed by its calls.
     pub fuel_consumed: Option<u64>,
@@ -219,6 +242,7 @@ struct Shared {
 
 struct CallRecord {
     span: Span,
+    attempts: u32,
     fuel: Option<u64>,
     peak_memory: u64,
 }
@@ -236,7 +260,7 @@ async fn bounded_call(
     let _host_permit = shared.host_slots.acquire().await;
     let slot = shared.slot_ids.take();
     let start = shared.started.elapsed();
-    let result = operator.call_with_stats(input, limits).await;
+    let (result, attempts) = operator.call_counting_attempts(input, limits).await;
     let end = shared.started.elapsed();
     shared.slot_ids.give(slot);
     let (fuel, peak_memory) = match &result {
@@ -253,6 +277,7 @@ async fn bounded_call(
         result,
         CallRecord {
             span,
+            attempts,
             fuel,
             peak_memory,
         },
@@ -526,7 +551,11 @@ impl Plan {
             ended += 1;
             running[outcome.index] = false;
             let report = &mut nodes[outcome.index];
-            report.attempts = outcome.calls.len() as u64;
+            report.attempts = outcome
+                .calls
+                .iter()
+                .map(|call| u64::from(call.attempts))
+                .sum();
             report.start = outcome.calls.iter().map(|call| call.span.start).min();
             report.end = Some(shared.started.elapsed());
             report.fuel_consumed = outcome.calls.iter().map(|call| call.fuel).sum();

@@ -1,0 +1,292 @@
+//! The policy stack around a call, in the order documented in
+//! [`crate::policy`]: result cache → circuit breaker → bulkhead → retry →
+//! sandbox call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::limits::Limits;
+use crate::operator::{CallOutput, Operator, clone_error};
+use crate::policy::{Policy, counts_as_failure};
+use crate::sandbox::CallStats;
+
+/// Key of the result cache: the operator (for metrics), its digest and the
+/// canonical encoding of the input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ResultKey {
+    pub(crate) operator: Arc<str>,
+    pub(crate) key: String,
+}
+
+/// A cached result and when it was stored (on tokio's clock, so expiry is
+/// testable with a paused clock).
+pub(crate) type CachedResult = (Instant, Arc<Value>);
+
+/// JSON with object keys sorted, whatever order the input had.
+fn canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(object) => {
+            let mut entries: Vec<_> = object.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (index, (key, value)) in entries.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+pub(crate) async fn with_policies(
+    operator: &Operator,
+    input: &Value,
+    limits: &Limits,
+    policy: &Policy,
+) -> (Result<CallOutput, Error>, u32) {
+    let runtime = operator.runtime();
+    let cacheable = policy.cache && limits.use_result_cache && operator.metadata().deterministic;
+    if !cacheable {
+        return guarded(operator, input, limits, policy).await;
+    }
+    let mut key = String::with_capacity(operator.digest_ref().len() + 32);
+    key.push_str(operator.digest_ref());
+    // Limits decide whether a call succeeds: calls under other limits must
+    // not share an execution (single flight) or, in principle, a result.
+    key.push_str(&format!(
+        "\n{:?}/{:?}/{}/{}/{}\n",
+        limits.timeout,
+        limits.fuel,
+        limits.max_memory_bytes,
+        limits.max_input_bytes,
+        limits.max_output_bytes
+    ));
+    canonical(input, &mut key);
+    let key = ResultKey {
+        operator: operator.name_arc().clone(),
+        key,
+    };
+    let name = operator.name();
+    // Single flight: concurrent identical calls wait for one execution.
+    for _ in 0..2 {
+        let ran = AtomicBool::new(false);
+        let attempts = AtomicUsize::new(0);
+        let loaded = runtime
+            .results
+            .try_get_with(key.clone(), async {
+                ran.store(true, Ordering::Relaxed);
+                let (result, made) = guarded(operator, input, limits, policy).await;
+                attempts.store(made as usize, Ordering::Relaxed);
+                result.map(|output| (Instant::now(), Arc::new(output.value)))
+            })
+            .await;
+        let ran = ran.load(Ordering::Relaxed);
+        runtime.metrics.cache(name, !ran);
+        let attempts = attempts.load(Ordering::Relaxed) as u32;
+        match loaded {
+            Ok((stored, value)) => {
+                if !ran && stored.elapsed() >= runtime.result_ttl {
+                    // Expired (moka's own expiry runs on another clock):
+                    // drop it and look again, which runs the call.
+                    runtime.results.invalidate(&key).await;
+                    continue;
+                }
+                let output = CallOutput {
+                    value: Value::clone(&value),
+                    stats: CallStats::default(),
+                    cached: !ran,
+                };
+                return (Ok(output), attempts);
+            }
+            Err(shared) => {
+                let error = Arc::try_unwrap(shared).unwrap_or_else(|shared| clone_error(&shared));
+                return (Err(error), attempts.max(u32::from(ran)));
+            }
+        }
+    }
+    // Expired twice in a row: only with a zero TTL; run uncached.
+    guarded(operator, input, limits, policy).await
+}
+
+/// Circuit breaker around the bulkhead.
+async fn guarded(
+    operator: &Operator,
+    input: &Value,
+    limits: &Limits,
+    policy: &Policy,
+) -> (Result<CallOutput, Error>, u32) {
+    let Some(breaker) = &policy.breaker else {
+        return bulkheaded(operator, input, limits, policy).await;
+    };
+    let metrics = &operator.runtime().metrics;
+    let state = operator.policy_state();
+    let admission = match state.admit(breaker, Instant::now()) {
+        Ok((admission, transition)) => {
+            if let Some((from, to)) = transition {
+                metrics.transition(operator.name(), from, to);
+            }
+            admission
+        }
+        Err(retry_after) => {
+            let error = Error::CircuitOpen {
+                operator: operator.name().to_owned(),
+                retry_after,
+            };
+            return (Err(error), 0);
+        }
+    };
+    let (result, attempts) = bulkheaded(operator, input, limits, policy).await;
+    let refused = matches!(result, Err(Error::Overloaded { .. }));
+    if !refused {
+        let failed = result.as_ref().err().is_some_and(counts_as_failure);
+        if let Some((from, to)) = state.record(breaker, admission, failed, Instant::now()) {
+            metrics.transition(operator.name(), from, to);
+        }
+    }
+    (result, attempts)
+}
+
+/// Leaves the bulkhead's queue when dropped, a cancelled call included.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Bulkhead around the retries.
+async fn bulkheaded(
+    operator: &Operator,
+    input: &Value,
+    limits: &Limits,
+    policy: &Policy,
+) -> (Result<CallOutput, Error>, u32) {
+    let Some(bulkhead) = &policy.bulkhead else {
+        return retried(operator, input, limits, policy).await;
+    };
+    let state = operator.policy_state();
+    let semaphore = state.bulkhead(bulkhead);
+    let _permit = match semaphore.clone().try_acquire_owned() {
+        Ok(permit) => permit,
+        Err(_) => {
+            let queued = state.queued();
+            if queued.fetch_add(1, Ordering::AcqRel) >= bulkhead.max_queue {
+                queued.fetch_sub(1, Ordering::AcqRel);
+                let error = Error::Overloaded {
+                    operator: operator.name().to_owned(),
+                    max_in_flight: bulkhead.max_in_flight,
+                    max_queue: bulkhead.max_queue,
+                };
+                return (Err(error), 0);
+            }
+            let _queued = Queued(queued);
+            let _gauge = operator.runtime().metrics.queued(operator.name());
+            match semaphore.acquire_owned().await {
+                Ok(permit) => permit,
+                Err(_closed) => {
+                    // A semaphore replaced by a new bulkhead configuration is
+                    // dropped, never closed; a closed one would be a bug here.
+                    let error = Error::Config {
+                        message: format!("{}: bulkhead closed", operator.name()),
+                    };
+                    return (Err(error), 0);
+                }
+            }
+        }
+    };
+    retried(operator, input, limits, policy).await
+}
+
+/// Mixes the attempt number into the seed: each retry sees other
+/// randomness, reproducibly.
+fn attempt_seed(seed: u64, attempt: u32) -> u64 {
+    seed ^ u64::from(attempt).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Retries around the sandbox call, within the call's deadline.
+async fn retried(
+    operator: &Operator,
+    input: &Value,
+    limits: &Limits,
+    policy: &Policy,
+) -> (Result<CallOutput, Error>, u32) {
+    let runtime = operator.runtime();
+    let _in_flight = runtime.metrics.in_flight(operator.name());
+    let Some(retry) = &policy.retry else {
+        return (operator.sandbox_call(input, limits).await, 1);
+    };
+    let deadline = Instant::now() + limits.timeout;
+    let mut attempt = 1;
+    loop {
+        let result = if attempt == 1 {
+            operator.sandbox_call(input, limits).await
+        } else {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt_limits = limits
+                .clone()
+                .seed(attempt_seed(limits.seed, attempt))
+                .timeout(remaining);
+            operator
+                .sandbox_call(input, &attempt_limits)
+                .instrument(tracing::debug_span!("attempt", attempt))
+                .await
+        };
+        let Err(error) = &result else {
+            return (result, attempt);
+        };
+        let jitter = operator.policy_state().next_jitter();
+        match retry.next_delay(error, attempt, jitter, Instant::now(), deadline) {
+            Some(delay) => {
+                tracing::debug!(operator = operator.name(), attempt, delay_us = delay.as_micros() as u64, error = %error, "retrying");
+                runtime.metrics.retry(operator.name());
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            None => return (result, attempt),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::canonical;
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let mut a = String::new();
+        canonical(
+            &json!({"b": 1, "a": {"y": [1, {"q": 2, "p": 1}], "x": "s"}}),
+            &mut a,
+        );
+        assert_eq!(a, r#"{"a":{"x":"s","y":[1,{"p":1,"q":2}]},"b":1}"#);
+        let mut b = String::new();
+        canonical(
+            &json!({"a": {"x": "s", "y": [1, {"p": 1, "q": 2}]}, "b": 1}),
+            &mut b,
+        );
+        assert_eq!(a, b);
+    }
+}

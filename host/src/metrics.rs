@@ -1,0 +1,368 @@
+//! Per-operator metrics: a snapshot for the library, Prometheus (OpenMetrics)
+//! text for scrapers and the CLI.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::ErrorKind;
+use crate::policy::BreakerState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperatorLabel {
+    operator: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    operator: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabel {
+    operator: String,
+    from: String,
+    to: String,
+}
+
+type HistogramFamily = Family<OperatorLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to ~40 s.
+    Histogram::new(exponential_buckets(1e-5, 4.0, 12))
+}
+
+fn fuel_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e3, 10.0, 10))
+}
+
+fn memory_histogram() -> Histogram {
+    // 64 KiB to 4 GiB.
+    Histogram::new(exponential_buckets(65_536.0, 4.0, 9))
+}
+
+/// The host's metrics.
+pub(crate) struct Metrics {
+    registry: Registry,
+    operators: Mutex<BTreeSet<String>>,
+    calls: Family<OperatorLabel, Counter>,
+    outcomes: Family<OutcomeLabel, Counter>,
+    retries: Family<OperatorLabel, Counter>,
+    cache_hits: Family<OperatorLabel, Counter>,
+    cache_misses: Family<OperatorLabel, Counter>,
+    cache_evictions: Family<OperatorLabel, Counter>,
+    breaker_state: Family<OperatorLabel, Gauge>,
+    breaker_transitions: Family<TransitionLabel, Counter>,
+    in_flight: Family<OperatorLabel, Gauge>,
+    queued: Family<OperatorLabel, Gauge>,
+    latency: HistogramFamily,
+    fuel: HistogramFamily,
+    peak_memory: HistogramFamily,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("xcs");
+        let metrics = Metrics {
+            operators: Mutex::new(BTreeSet::new()),
+            calls: Family::default(),
+            outcomes: Family::default(),
+            retries: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            cache_evictions: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            in_flight: Family::default(),
+            queued: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            fuel: Family::new_with_constructor(fuel_histogram),
+            peak_memory: Family::new_with_constructor(memory_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "calls",
+            "Calls, each counted once with its final outcome",
+            metrics.calls.clone(),
+        );
+        registry.register(
+            "outcomes",
+            "Final outcomes of calls: ok, or the error kind",
+            metrics.outcomes.clone(),
+        );
+        registry.register(
+            "retries",
+            "Attempts beyond the first",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Calls answered by the result cache",
+            metrics.cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Cacheable calls that ran",
+            metrics.cache_misses.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Results evicted from the cache (size or age)",
+            metrics.cache_evictions.clone(),
+        );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+            metrics.breaker_state.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker state changes",
+            metrics.breaker_transitions.clone(),
+        );
+        registry.register("in_flight", "Calls running now", metrics.in_flight.clone());
+        registry.register(
+            "queued",
+            "Calls waiting in a bulkhead queue",
+            metrics.queued.clone(),
+        );
+        registry.register(
+            "call_duration_seconds",
+            "Wall time of calls that reached a guest",
+            metrics.latency.clone(),
+        );
+        registry.register(
+            "fuel_consumed",
+            "Fuel consumed by calls",
+            metrics.fuel.clone(),
+        );
+        registry.register(
+            "peak_memory_bytes",
+            "Peak linear memory of calls",
+            metrics.peak_memory.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+fn label(operator: &str) -> OperatorLabel {
+    OperatorLabel {
+        operator: operator.to_owned(),
+    }
+}
+
+/// A gauge increment undone on drop, so a cancelled call still leaves.
+pub(crate) struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    fn known(&self, operator: &str) {
+        let mut operators = self
+            .operators
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !operators.contains(operator) {
+            operators.insert(operator.to_owned());
+        }
+    }
+
+    pub(crate) fn call(&self, operator: &str, outcome: Result<(), ErrorKind>) {
+        self.known(operator);
+        self.calls.get_or_create(&label(operator)).inc();
+        let outcome = match outcome {
+            Ok(()) => "ok",
+            Err(kind) => kind.as_str(),
+        };
+        self.outcomes
+            .get_or_create(&OutcomeLabel {
+                operator: operator.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn retry(&self, operator: &str) {
+        self.retries.get_or_create(&label(operator)).inc();
+    }
+
+    pub(crate) fn cache(&self, operator: &str, hit: bool) {
+        let family = if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        };
+        family.get_or_create(&label(operator)).inc();
+    }
+
+    pub(crate) fn eviction(&self, operator: &str) {
+        self.cache_evictions.get_or_create(&label(operator)).inc();
+    }
+
+    pub(crate) fn transition(&self, operator: &str, from: BreakerState, to: BreakerState) {
+        self.known(operator);
+        self.breaker_transitions
+            .get_or_create(&TransitionLabel {
+                operator: operator.to_owned(),
+                from: from.as_str().to_owned(),
+                to: to.as_str().to_owned(),
+            })
+            .inc();
+        let code = match to {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
+        self.breaker_state.get_or_create(&label(operator)).set(code);
+        tracing::info!(
+            operator,
+            from = from.as_str(),
+            to = to.as_str(),
+            "circuit breaker"
+        );
+    }
+
+    pub(crate) fn in_flight(&self, operator: &str) -> GaugeGuard {
+        let gauge = self.in_flight.get_or_create(&label(operator)).clone();
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+
+    pub(crate) fn queued(&self, operator: &str) -> GaugeGuard {
+        let gauge = self.queued.get_or_create(&label(operator)).clone();
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+
+    pub(crate) fn usage(&self, operator: &str, seconds: f64, fuel: Option<u64>, peak_memory: u64) {
+        self.latency
+            .get_or_create(&label(operator))
+            .observe(seconds);
+        if let Some(fuel) = fuel {
+            self.fuel
+                .get_or_create(&label(operator))
+                .observe(fuel as f64);
+        }
+        self.peak_memory
+            .get_or_create(&label(operator))
+            .observe(peak_memory as f64);
+    }
+
+    pub(crate) fn text(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        let operators = self
+            .operators
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let counter = |family: &Family<OperatorLabel, Counter>, operator: &str| {
+            family.get_or_create(&label(operator)).get()
+        };
+        let operators = operators
+            .into_iter()
+            .map(|operator| {
+                let mut outcomes = BTreeMap::new();
+                for outcome in
+                    std::iter::once("ok").chain(ErrorKind::ALL.iter().map(|kind| kind.as_str()))
+                {
+                    let count = self
+                        .outcomes
+                        .get_or_create(&OutcomeLabel {
+                            operator: operator.clone(),
+                            outcome: outcome.to_owned(),
+                        })
+                        .get();
+                    if count > 0 {
+                        outcomes.insert(outcome.to_owned(), count);
+                    }
+                }
+                let mut breaker_transitions = 0;
+                for (from, to) in [
+                    (BreakerState::Closed, BreakerState::Open),
+                    (BreakerState::Open, BreakerState::HalfOpen),
+                    (BreakerState::HalfOpen, BreakerState::Open),
+                    (BreakerState::HalfOpen, BreakerState::Closed),
+                ] {
+                    breaker_transitions += self
+                        .breaker_transitions
+                        .get_or_create(&TransitionLabel {
+                            operator: operator.clone(),
+                            from: from.as_str().to_owned(),
+                            to: to.as_str().to_owned(),
+                        })
+                        .get();
+                }
+                let snapshot = OperatorMetrics {
+                    calls: counter(&self.calls, &operator),
+                    outcomes,
+                    retries: counter(&self.retries, &operator),
+                    cache_hits: counter(&self.cache_hits, &operator),
+                    cache_misses: counter(&self.cache_misses, &operator),
+                    cache_evictions: counter(&self.cache_evictions, &operator),
+                    breaker_transitions,
+                    in_flight: self.in_flight.get_or_create(&label(&operator)).get(),
+                    queued: self.queued.get_or_create(&label(&operator)).get(),
+                };
+                (operator, snapshot)
+            })
+            .collect();
+        MetricsSnapshot { operators }
+    }
+}
+
+/// Metrics of every operator called so far, by operator name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MetricsSnapshot {
+    /// Per operator.
+    pub operators: BTreeMap<String, OperatorMetrics>,
+}
+
+/// One operator's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct OperatorMetrics {
+    /// Calls, each counted once with its final outcome.
+    pub calls: u64,
+    /// Final outcomes: `ok`, or an error kind; they add up to `calls`.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Attempts beyond the first.
+    pub retries: u64,
+    /// Calls answered by the result cache.
+    pub cache_hits: u64,
+    /// Cacheable calls that ran.
+    pub cache_misses: u64,
+    /// Results evicted from the cache.
+    pub cache_evictions: u64,
+    /// Circuit breaker state changes.
+    pub breaker_transitions: u64,
+    /// Calls running now.
+    pub in_flight: i64,
+    /// Calls waiting in a bulkhead queue now.
+    pub queued: i64,
+}
