@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::host::Host;
 use crate::limits::Limits;
 use crate::operator::Operator;
+use crate::policy::Policy;
 
 mod check;
 mod pictures;
@@ -168,6 +169,7 @@ impl Node {
 pub struct Graph {
     pub(crate) nodes: Vec<Node>,
     pub(crate) outputs: Vec<(String, Source)>,
+    pub(crate) policies: Vec<(String, Policy)>,
 }
 
 impl Graph {
@@ -186,6 +188,19 @@ impl Graph {
     pub fn output(mut self, name: impl Into<String>, source: Source) -> Self {
         self.outputs.push((name.into(), source));
         self
+    }
+
+    /// Policies for the operator known as `operator` in this graph, set on
+    /// the host when the graph runs (they then apply to every call of that
+    /// operator on the host).
+    pub fn policy(mut self, operator: impl Into<String>, policy: Policy) -> Self {
+        self.policies.push((operator.into(), policy));
+        self
+    }
+
+    /// The graph's policies, by operator key.
+    pub fn policies(&self) -> &[(String, Policy)] {
+        &self.policies
     }
 
     /// The nodes, in the order they were added.

@@ -79,6 +79,14 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
+    pub(crate) fn set_policy(&self, name: &str, policy: Policy) {
+        let mut policies = self
+            .policies
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        policies.insert(name.to_owned(), Arc::new(policy));
+    }
+
     /// The policy of the operator called `name`.
     pub(crate) fn policy_for(&self, name: &str) -> Arc<Policy> {
         let policies = self
@@ -169,12 +177,7 @@ impl Host {
     /// Sets the policies of the operator called `name` (its metadata name),
     /// for every call from now on, graph nodes included.
     pub fn set_policy(&self, name: &str, policy: Policy) {
-        let runtime = &self.inner.runtime;
-        let mut policies = runtime
-            .policies
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        policies.insert(name.to_owned(), Arc::new(policy));
+        self.inner.runtime.set_policy(name, policy);
     }
 
     /// A snapshot of every operator's metrics.

@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use xcs::graph::{Graph, NodeStatus, Operators, Plan, RunOptions};
-use xcs::{Error, ErrorKind, Host, Limits};
+use xcs::policy::{Breaker, Bulkhead, Retry};
+use xcs::{Error, ErrorKind, Host, Limits, Policy};
 
 /// Run untrusted WebAssembly operators in a sandbox.
 #[derive(Debug, Parser)]
@@ -41,6 +42,11 @@ enum Command {
         input: InputArgs,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Write the metrics in the Prometheus text format.
+        #[arg(long, value_name = "FILE")]
+        metrics: Option<PathBuf>,
     },
     /// Check a graph file and run it; print its outputs as JSON.
     Run {
@@ -68,6 +74,9 @@ enum Command {
         /// Write every node's outcome and timings as JSON.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Write the metrics in the Prometheus text format.
+        #[arg(long, value_name = "FILE")]
+        metrics: Option<PathBuf>,
     },
     /// Check a graph file without running anything.
     Check {
@@ -79,6 +88,68 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         dot: Option<PathBuf>,
     },
+}
+
+/// Policies for the called operator (see the README for their order).
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// Attempts in all (retry on retryable errors); 1 means no retry.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    attempts: u32,
+    /// Delay before the first retry; it doubles each time, with jitter.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
+    retry_delay: Duration,
+    /// Also retry calls that timed out.
+    #[arg(long)]
+    retry_on_timeout: bool,
+    /// Also retry calls that trapped.
+    #[arg(long)]
+    retry_on_trap: bool,
+    /// Bulkhead: calls in flight at once (with --max-queue waiting).
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<usize>,
+    /// Bulkhead: calls waiting for a slot.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_queue: usize,
+    /// Circuit breaker: consecutive failures that open it.
+    #[arg(long, value_name = "N")]
+    breaker_failures: Option<u32>,
+    /// Circuit breaker: how long it stays open.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    breaker_cool_down: Duration,
+    /// Never answer from, or store in, the result cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> Policy {
+        let mut policy = Policy::new().cache(!self.no_cache);
+        if self.attempts > 1 {
+            policy = policy.retry(
+                Retry::default()
+                    .max_attempts(self.attempts)
+                    .base_delay(self.retry_delay)
+                    .on_timeout(self.retry_on_timeout)
+                    .on_trap(self.retry_on_trap),
+            );
+        }
+        if let Some(max_in_flight) = self.max_in_flight {
+            policy = policy.bulkhead(
+                Bulkhead::default()
+                    .max_in_flight(max_in_flight)
+                    .max_queue(self.max_queue),
+            );
+        }
+        if let Some(failures) = self.breaker_failures {
+            policy = policy.breaker(
+                Breaker::default()
+                    .consecutive_failures(failures)
+                    .cool_down(self.breaker_cool_down),
+            );
+        }
+        policy
+    }
 }
 
 #[derive(Debug, Args)]
@@ -213,7 +284,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 operator,
                 input,
                 limits,
-            } => call(&operator, &input, &limits.limits()).await,
+                policy,
+                metrics,
+            } => {
+                call(
+                    &operator,
+                    &input,
+                    &limits.limits(),
+                    &policy.policy(),
+                    metrics.as_deref(),
+                )
+                .await
+            }
             Command::Check {
                 graph,
                 graph_args,
@@ -249,8 +331,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dot,
                 timeline,
                 report,
+                metrics,
             } => {
-                let (plan, _host) = plan(&graph, &graph_args).await?;
+                let (plan, host) = plan(&graph, &graph_args).await?;
                 let inputs = read_input(&input, "graph", Limits::default().get_max_input_bytes())?;
                 let mut options = RunOptions::default()
                     .timeout(timeout)
@@ -303,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else if let Err(error) = written {
                     eprintln!("warning: {error:#}");
                 }
+                write_metrics(&host, metrics.as_deref(), run.error.is_none())?;
                 let unsuccessful: Vec<_> = run
                     .nodes
                     .iter()
@@ -363,13 +447,36 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn call(path: &Path, input: &InputArgs, limits: &Limits) -> anyhow::Result<()> {
-    let host = Host::builder().build()?;
+async fn call(
+    path: &Path,
+    input: &InputArgs,
+    limits: &Limits,
+    policy: &Policy,
+    metrics: Option<&Path>,
+) -> anyhow::Result<()> {
+    let host = Host::builder().default_policy(policy.clone()).build()?;
     let operator = host.load(path).await?;
     let input = read_input(input, operator.name(), limits.get_max_input_bytes())?;
-    let output = operator.call(&input, limits).await?;
-    println!("{}", serde_json::to_string(&output)?);
-    Ok(())
+    let output = operator.call(&input, limits).await;
+    if let Ok(value) = &output {
+        println!("{}", serde_json::to_string(value)?);
+    }
+    write_metrics(&host, metrics, output.is_ok())?;
+    output.map(drop).map_err(Into::into)
+}
+
+/// Writes the metrics file when asked; a failure to write it is an error
+/// only when nothing else failed.
+fn write_metrics(host: &Host, path: Option<&Path>, succeeded: bool) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    match write_file(path, host.metrics_text().as_bytes()) {
+        Err(error) if succeeded => Err(error),
+        Err(error) => {
+            eprintln!("warning: {error:#}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Reads, parses, loads the operators of, and checks a graph file.

@@ -306,6 +306,15 @@ impl Graph {
             }
         }
 
+        for (key, _) in &self.policies {
+            if !self.nodes.iter().any(|node| &node.operator == key) {
+                checker.problem(
+                    None,
+                    format!("a policy names operator `{key}`, which no node calls"),
+                );
+            }
+        }
+
         let mut dependents = vec![Vec::new(); self.nodes.len()];
         for (consumer, producers) in dependencies.iter().enumerate() {
             for &producer in producers {

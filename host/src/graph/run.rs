@@ -412,6 +412,19 @@ impl Plan {
     /// the error that ended the run.
     pub async fn run(&self, inputs: &Value, options: &RunOptions) -> RunReport {
         let started = Instant::now();
+        for (key, policy) in &self.graph.policies {
+            if let Some(position) = self
+                .graph
+                .nodes
+                .iter()
+                .position(|node| &node.operator == key)
+            {
+                let operator = &self.operators[position];
+                operator
+                    .runtime()
+                    .set_policy(operator.name(), policy.clone());
+            }
+        }
         let runtime = self
             .operators
             .first()

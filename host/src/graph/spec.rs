@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::{Graph, GraphProblem, Node, Source, problems_message};
 use crate::error::Error;
 use crate::limits::{Limits, parse_size};
+use crate::policy::{Breaker, Bulkhead, Policy, Retry};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +30,130 @@ struct GraphSpec {
     nodes: Vec<NodeSpec>,
     #[serde(default)]
     outputs: toml::Table,
+    #[serde(default)]
+    policy: std::collections::BTreeMap<String, PolicySpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySpec {
+    cache: Option<bool>,
+    retry: Option<RetrySpec>,
+    breaker: Option<BreakerSpec>,
+    bulkhead: Option<BulkheadSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrySpec {
+    attempts: Option<u32>,
+    base_delay: Option<String>,
+    multiplier: Option<f64>,
+    max_delay: Option<String>,
+    jitter: Option<f64>,
+    on_timeout: Option<bool>,
+    on_trap: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerSpec {
+    failures: Option<u32>,
+    failure_ratio: Option<f64>,
+    window: Option<u32>,
+    cool_down: Option<String>,
+    probes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkheadSpec {
+    max_in_flight: Option<usize>,
+    max_queue: Option<usize>,
+}
+
+fn duration(
+    text: Option<String>,
+    what: String,
+    problems: &mut Vec<GraphProblem>,
+) -> Option<std::time::Duration> {
+    let text = text?;
+    humantime::parse_duration(&text)
+        .map_err(|error| {
+            problems.push(GraphProblem {
+                node: None,
+                message: format!("{what} `{text}`: {error}"),
+            });
+        })
+        .ok()
+}
+
+fn policy(operator: &str, spec: PolicySpec, problems: &mut Vec<GraphProblem>) -> Policy {
+    let mut policy = Policy::new();
+    if let Some(cache) = spec.cache {
+        policy = policy.cache(cache);
+    }
+    if let Some(retry_spec) = spec.retry {
+        let mut retry = Retry::default();
+        if let Some(attempts) = retry_spec.attempts {
+            retry = retry.max_attempts(attempts);
+        }
+        if let Some(delay) = duration(
+            retry_spec.base_delay,
+            format!("policy.{operator}.retry.base_delay"),
+            problems,
+        ) {
+            retry = retry.base_delay(delay);
+        }
+        if let Some(multiplier) = retry_spec.multiplier {
+            retry = retry.multiplier(multiplier);
+        }
+        if let Some(delay) = duration(
+            retry_spec.max_delay,
+            format!("policy.{operator}.retry.max_delay"),
+            problems,
+        ) {
+            retry = retry.max_delay(delay);
+        }
+        if let Some(jitter) = retry_spec.jitter {
+            retry = retry.jitter(jitter);
+        }
+        retry = retry
+            .on_timeout(retry_spec.on_timeout.unwrap_or(false))
+            .on_trap(retry_spec.on_trap.unwrap_or(false));
+        policy = policy.retry(retry);
+    }
+    if let Some(breaker_spec) = spec.breaker {
+        let mut breaker = Breaker::default();
+        if let Some(failures) = breaker_spec.failures {
+            breaker = breaker.consecutive_failures(failures);
+        }
+        if let Some(ratio) = breaker_spec.failure_ratio {
+            breaker = breaker.failure_ratio(ratio, breaker_spec.window.unwrap_or(20));
+        }
+        if let Some(cool_down) = duration(
+            breaker_spec.cool_down,
+            format!("policy.{operator}.breaker.cool_down"),
+            problems,
+        ) {
+            breaker = breaker.cool_down(cool_down);
+        }
+        if let Some(probes) = breaker_spec.probes {
+            breaker = breaker.half_open_probes(probes);
+        }
+        policy = policy.breaker(breaker);
+    }
+    if let Some(bulkhead_spec) = spec.bulkhead {
+        let mut bulkhead = Bulkhead::default();
+        if let Some(max) = bulkhead_spec.max_in_flight {
+            bulkhead = bulkhead.max_in_flight(max);
+        }
+        if let Some(max) = bulkhead_spec.max_queue {
+            bulkhead = bulkhead.max_queue(max);
+        }
+        policy = policy.bulkhead(bulkhead);
+    }
+    policy
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +265,10 @@ pub(crate) fn parse(text: &str) -> Result<Graph, Error> {
     for (name, value) in spec.outputs {
         graph = graph.output(name, source(value));
     }
+    for (operator, policy_spec) in spec.policy {
+        let policy = policy(&operator, policy_spec, &mut problems);
+        graph = graph.policy(operator, policy);
+    }
     if problems.is_empty() {
         Ok(graph)
     } else {
@@ -208,6 +337,44 @@ mod tests {
             graph.outputs,
             vec![("counts".into(), Source::node("counts"))]
         );
+    }
+
+    #[test]
+    fn policies() {
+        let graph = parse(
+            r#"
+            [[node]]
+            id = "f"
+            operator = "flaky"
+
+            [policy.flaky]
+            cache = false
+            retry = { attempts = 4, base_delay = "5ms", jitter = 0.0, on_timeout = true }
+            breaker = { failures = 3, cool_down = "2s", probes = 2 }
+            bulkhead = { max_in_flight = 2, max_queue = 8 }
+            "#,
+        )
+        .expect("valid");
+        let expected = Policy::new()
+            .cache(false)
+            .retry(
+                Retry::default()
+                    .max_attempts(4)
+                    .base_delay(std::time::Duration::from_millis(5))
+                    .jitter(0.0)
+                    .on_timeout(true),
+            )
+            .breaker(
+                Breaker::default()
+                    .consecutive_failures(3)
+                    .cool_down(std::time::Duration::from_secs(2))
+                    .half_open_probes(2),
+            )
+            .bulkhead(Bulkhead::default().max_in_flight(2).max_queue(8));
+        assert_eq!(graph.policies(), &[("flaky".to_owned(), expected)]);
+        let error =
+            parse("[policy.x]\nretry = { attempts = 2, backoff = 3 }").expect_err("unknown key");
+        assert!(error.to_string().contains("backoff"), "{error}");
     }
 
     #[test]
