@@ -101,16 +101,19 @@ pub(crate) async fn with_policies(
             })
             .await;
         let ran = ran.load(Ordering::Relaxed);
-        runtime.metrics.cache(name, !ran);
         let attempts = attempts.load(Ordering::Relaxed) as u32;
+        if let Ok((stored, _)) = &loaded
+            && !ran
+            && stored.elapsed() >= runtime.result_ttl
+        {
+            // Expired (moka's own expiry runs on another clock): drop it
+            // and look again, which runs the call.
+            runtime.results.invalidate(&key).await;
+            continue;
+        }
+        runtime.metrics.cache(name, !ran);
         match loaded {
-            Ok((stored, value)) => {
-                if !ran && stored.elapsed() >= runtime.result_ttl {
-                    // Expired (moka's own expiry runs on another clock):
-                    // drop it and look again, which runs the call.
-                    runtime.results.invalidate(&key).await;
-                    continue;
-                }
+            Ok((_, value)) => {
                 let output = CallOutput {
                     value: Value::clone(&value),
                     stats: CallStats::default(),

@@ -9,4 +9,5 @@ mod graph;
 mod limits;
 mod load;
 mod operators;
+mod policies;
 mod validation;

@@ -1,0 +1,393 @@
+//! Policies on real operators: retries, the circuit breaker, the bulkhead,
+//! the result cache, and the metrics that count them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use xcs::policy::{Breaker, BreakerState, Bulkhead, Retry};
+use xcs::{Capability, ErrorKind, Host, Limits, Policy};
+
+use crate::util::{expect_kind, load};
+
+fn fresh_host(policy_for: &str, policy: Policy) -> Host {
+    Host::builder().policy(policy_for, policy).build().unwrap()
+}
+
+#[tokio::test]
+async fn retries_retryable_failures_in_fresh_sandboxes() {
+    let retry = Retry::default()
+        .max_attempts(5)
+        .base_delay(Duration::from_millis(1))
+        .jitter(0.0);
+    let host = fresh_host("flaky", Policy::new().retry(retry));
+    let flaky = load(&host, xcs_tests::FLAKY).await;
+    // Always failing: every attempt is made, then the last error returned.
+    let error = expect_kind(
+        flaky
+            .call(
+                &json!({"key": 1, "failure-percent": 100}),
+                &Limits::default(),
+            )
+            .await,
+        ErrorKind::Operator,
+    );
+    assert!(error.is_retryable());
+    let metrics = host.metrics().operators["flaky"].clone();
+    assert_eq!(
+        (metrics.calls, metrics.retries),
+        (1, 4),
+        "one call, four retries"
+    );
+    // Each attempt has its own seed, so a 50% failure rate mostly succeeds.
+    let mut succeeded = 0;
+    for key in 0..20u64 {
+        succeeded += u32::from(
+            flaky
+                .call(
+                    &json!({"key": key, "failure-percent": 50}),
+                    &Limits::default(),
+                )
+                .await
+                .is_ok(),
+        );
+    }
+    assert!(succeeded >= 18, "{succeeded} of 20");
+}
+
+#[tokio::test]
+async fn non_retryable_failures_are_not_retried() {
+    let host = fresh_host(
+        "factorial",
+        Policy::new().retry(Retry::default().max_attempts(4)),
+    );
+    let factorial = load(&host, xcs_tests::FACTORIAL).await;
+    expect_kind(
+        factorial.call(&json!([25]), &Limits::default()).await,
+        ErrorKind::Operator,
+    );
+    let spin = load(&host, xcs_tests::SPIN).await;
+    host.set_policy(
+        "spin",
+        Policy::new().retry(Retry::default().max_attempts(4)),
+    );
+    let limits = Limits::default().timeout(Duration::from_millis(100));
+    expect_kind(spin.call(&Value::Null, &limits).await, ErrorKind::Timeout);
+    let metrics = host.metrics();
+    assert_eq!(metrics.operators["factorial"].retries, 0);
+    assert_eq!(
+        metrics.operators["spin"].retries, 0,
+        "timeouts are retried only when asked"
+    );
+}
+
+#[tokio::test]
+async fn retries_never_run_past_the_deadline() {
+    // Timeouts retried, but the whole call keeps one 300 ms deadline.
+    let retry = Retry::default()
+        .max_attempts(10)
+        .base_delay(Duration::from_millis(50))
+        .jitter(0.0)
+        .on_timeout(true);
+    let host = fresh_host("spin", Policy::new().retry(retry));
+    let spin = load(&host, xcs_tests::SPIN).await;
+    let started = std::time::Instant::now();
+    expect_kind(
+        spin.call(
+            &Value::Null,
+            &Limits::default().timeout(Duration::from_millis(300)),
+        )
+        .await,
+        ErrorKind::Timeout,
+    );
+    let retries = host.metrics().operators["spin"].retries;
+    assert!(retries < 9, "the deadline cut the retries short: {retries}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_breaker_opens_fails_fast_and_probes_after_its_cool_down() {
+    let breaker = Breaker::default()
+        .consecutive_failures(3)
+        .cool_down(Duration::from_millis(200));
+    let host = fresh_host("factorial", Policy::new().breaker(breaker).cache(false));
+    let factorial = load(&host, xcs_tests::FACTORIAL).await;
+    for _ in 0..3 {
+        expect_kind(
+            factorial.call(&json!([25]), &Limits::default()).await,
+            ErrorKind::Operator,
+        );
+    }
+    assert_eq!(factorial.breaker_state(), BreakerState::Open);
+    let error = expect_kind(
+        factorial.call(&json!([5]), &Limits::default()).await,
+        ErrorKind::CircuitOpen,
+    );
+    assert!(error.to_string().contains("circuit open"), "{error}");
+    // Bad input is the caller's fault: it does not count against the operator.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        factorial
+            .call(&json!([5]), &Limits::default())
+            .await
+            .unwrap(),
+        json!(120),
+        "the probe succeeds"
+    );
+    assert_eq!(factorial.breaker_state(), BreakerState::Closed);
+    let metrics = host.metrics().operators["factorial"].clone();
+    assert_eq!(
+        metrics.breaker_transitions, 3,
+        "closed → open → half-open → closed"
+    );
+    assert_eq!(metrics.outcomes.get("circuit-open"), Some(&1));
+    let text = host.metrics_text();
+    assert!(
+        text.contains(
+            r#"xcs_breaker_transitions_total{operator="factorial",from="closed",to="open"} 1"#
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_bulkhead_refuses_at_once() {
+    let latency = Capability::new("xcs:examples/latency@0.1.0").func_async(
+        "sleep",
+        |(ms,): (u32,)| async move {
+            tokio::time::sleep(Duration::from_millis(ms.into())).await;
+            Ok(())
+        },
+    );
+    let bulkhead = Bulkhead::default().max_in_flight(2).max_queue(3);
+    let host = Host::builder()
+        .grant(latency)
+        .policy("wait", Policy::new().bulkhead(bulkhead))
+        .build()
+        .unwrap();
+    let wait = load(&host, xcs_tests::WAIT).await;
+    let calls = (0..10).map(|_| {
+        let wait = wait.clone();
+        tokio::spawn(async move { wait.call(&json!([200]), &Limits::default()).await })
+    });
+    let results: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let ok = results.iter().filter(|result| result.is_ok()).count();
+    let overloaded = results
+        .iter()
+        .filter(|result| matches!(result, Err(xcs::Error::Overloaded { .. })))
+        .count();
+    assert_eq!(
+        (ok, overloaded),
+        (5, 5),
+        "2 in flight + 3 queued run; the rest are refused"
+    );
+    let metrics = host.metrics().operators["wait"].clone();
+    assert_eq!(
+        (metrics.in_flight, metrics.queued),
+        (0, 0),
+        "gauges return to zero"
+    );
+    assert_eq!(metrics.outcomes.get("overloaded"), Some(&5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_identical_calls_run_once() {
+    let host = Host::builder().build().unwrap();
+    let burn = load(&host, xcs_tests::BURN).await;
+    assert!(burn.metadata().deterministic);
+    let calls = (0..100).map(|_| {
+        let burn = burn.clone();
+        tokio::spawn(async move {
+            burn.call_with_stats(&json!([2_000_000]), &Limits::default())
+                .await
+        })
+    });
+    let outputs: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().unwrap())
+        .collect();
+    assert!(
+        outputs
+            .windows(2)
+            .all(|pair| pair[0].value == pair[1].value)
+    );
+    assert_eq!(
+        outputs.iter().filter(|output| !output.cached).count(),
+        1,
+        "one execution"
+    );
+    let metrics = host.metrics().operators["burn"].clone();
+    assert_eq!(
+        (metrics.calls, metrics.cache_misses, metrics.cache_hits),
+        (100, 1, 99)
+    );
+    // Opting out runs the guest.
+    let uncached = burn
+        .call_with_stats(
+            &json!([2_000_000]),
+            &Limits::default().use_result_cache(false),
+        )
+        .await
+        .unwrap();
+    assert!(!uncached.cached && uncached.stats.fuel_consumed.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn cached_results_expire() {
+    let host = Host::builder()
+        .result_cache_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let upper = load(&host, xcs_tests::UPPER).await;
+    let (input, limits) = (json!(["ttl"]), Limits::default());
+    let call = || upper.call_with_stats(&input, &limits);
+    assert!(!call().await.unwrap().cached);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(call().await.unwrap().cached, "fresh for 60 s");
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert!(!call().await.unwrap().cached, "expired after 60 s");
+    let metrics = host.metrics().operators["upper"].clone();
+    assert_eq!((metrics.cache_hits, metrics.cache_misses), (1, 2));
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded_by_bytes() {
+    let host = Host::builder().result_cache_bytes(4_096).build().unwrap();
+    let upper = load(&host, xcs_tests::UPPER).await;
+    let text = "x".repeat(200);
+    for n in 0..200 {
+        upper
+            .call(&json!([format!("{text}{n}")]), &Limits::default())
+            .await
+            .unwrap();
+    }
+    // Eviction notices are delivered by the cache's housekeeping, which runs
+    // as calls go on.
+    for n in 0..200 {
+        if host.metrics().operators["upper"].cache_evictions > 0 {
+            break;
+        }
+        upper
+            .call(&json!([format!("again {n}")]), &Limits::default())
+            .await
+            .unwrap();
+    }
+    assert!(host.metrics().operators["upper"].cache_evictions > 0);
+}
+
+#[tokio::test]
+async fn non_deterministic_operators_are_never_cached() {
+    let host = Host::builder().build().unwrap();
+    let entropy = load(&host, xcs_tests::ENTROPY).await;
+    for _ in 0..3 {
+        assert!(
+            !entropy
+                .call_with_stats(&Value::Null, &Limits::default())
+                .await
+                .unwrap()
+                .cached
+        );
+    }
+    let metrics = host.metrics().operators["entropy"].clone();
+    assert_eq!(
+        (metrics.calls, metrics.cache_hits, metrics.cache_misses),
+        (3, 0, 0)
+    );
+}
+
+#[tokio::test]
+async fn metrics_match_what_happened() {
+    let host = Host::builder().build().unwrap();
+    let sum = load(&host, xcs_tests::SUM).await;
+    sum.call(&json!([[1, 2]]), &Limits::default())
+        .await
+        .unwrap();
+    sum.call(&json!([[1, 2]]), &Limits::default())
+        .await
+        .unwrap();
+    expect_kind(
+        sum.call(&json!([["x"]]), &Limits::default()).await,
+        ErrorKind::Validation,
+    );
+    expect_kind(
+        sum.call(&json!([[i64::MAX, 1]]), &Limits::default()).await,
+        ErrorKind::Operator,
+    );
+    let metrics = host.metrics().operators["sum"].clone();
+    assert_eq!(metrics.calls, 4);
+    assert_eq!(
+        metrics.outcomes,
+        [
+            ("ok".to_owned(), 2),
+            ("operator".to_owned(), 1),
+            ("validation".to_owned(), 1)
+        ]
+        .into_iter()
+        .collect()
+    );
+    assert_eq!((metrics.cache_hits, metrics.cache_misses), (1, 3));
+    let text = host.metrics_text();
+    for line in [
+        r#"xcs_calls_total{operator="sum"} 4"#,
+        r#"xcs_outcomes_total{operator="sum",outcome="ok"} 2"#,
+        r#"xcs_call_duration_seconds_count{operator="sum"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn graph_policies_apply_to_their_operator() {
+    let host = Host::builder().build().unwrap();
+    let flaky = load(&host, xcs_tests::FLAKY).await;
+    let graph = xcs::graph::Graph::from_toml(
+        r#"
+        [[node]]
+        id = "f"
+        operator = "flaky"
+        args = { key = 3, failure-percent = 100 }
+
+        [policy.flaky]
+        retry = { attempts = 3, base_delay = "1ms" }
+        "#,
+    )
+    .unwrap();
+    let plan = graph
+        .check(&xcs::graph::Operators::new().with(flaky))
+        .unwrap();
+    let report = plan
+        .run(&Value::Null, &xcs::graph::RunOptions::default())
+        .await;
+    assert_eq!(report.node("f").unwrap().attempts, 3);
+    expect_kind(report.into_result(), ErrorKind::Operator);
+    assert_eq!(host.metrics().operators["flaky"].retries, 2);
+}
+
+/// Counts calls of a capability, to prove a cache hit reaches no guest.
+#[tokio::test]
+async fn capability_calls_count() {
+    let sleeps = Arc::new(AtomicU64::new(0));
+    let latency = Capability::new("xcs:examples/latency@0.1.0").func("sleep", {
+        let sleeps = sleeps.clone();
+        move |(_ms,): (u32,)| {
+            sleeps.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    });
+    let host = Host::builder().grant(latency).build().unwrap();
+    let wait = load(&host, xcs_tests::WAIT).await;
+    for _ in 0..3 {
+        wait.call(&json!([1]), &Limits::default()).await.unwrap();
+    }
+    assert_eq!(
+        sleeps.load(Ordering::Relaxed),
+        3,
+        "`wait` is not deterministic: every call runs"
+    );
+}
