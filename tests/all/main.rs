@@ -4,6 +4,7 @@
 mod fixtures;
 mod util;
 
+mod chaos;
 mod concurrency;
 mod graph;
 mod limits;
