@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::check::{Plan, Resolved};
 use crate::codec;
@@ -518,15 +519,19 @@ impl Plan {
                     map.max_concurrency.unwrap_or(max_concurrency).max(1),
                 )
             });
-            tasks.spawn(run_node(
-                shared.clone(),
-                index,
-                node.id.clone(),
-                self.operators[index].clone(),
-                input,
-                map,
-                limits,
-            ));
+            let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
+            tasks.spawn(
+                run_node(
+                    shared.clone(),
+                    index,
+                    node.id.clone(),
+                    self.operators[index].clone(),
+                    input,
+                    map,
+                    limits,
+                )
+                .instrument(span),
+            );
         };
 
         let ready: Vec<usize> = (0..total).filter(|&index| waiting_on[index] == 0).collect();
