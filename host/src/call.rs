@@ -86,7 +86,6 @@ pub(crate) async fn with_policies(
         operator: operator.name_arc().clone(),
         key,
     };
-    let name = operator.name();
     // Single flight: concurrent identical calls wait for one execution.
     for _ in 0..2 {
         let ran = AtomicBool::new(false);
@@ -111,7 +110,7 @@ pub(crate) async fn with_policies(
             runtime.results.invalidate(&key).await;
             continue;
         }
-        runtime.metrics.cache(name, !ran);
+        operator.metrics().cache(!ran);
         match loaded {
             Ok((_, value)) => {
                 let output = CallOutput {
@@ -204,7 +203,7 @@ async fn bulkheaded(
                 return (Err(error), 0);
             }
             let _queued = Queued(queued);
-            let _gauge = operator.runtime().metrics.queued(operator.name());
+            let _gauge = operator.metrics().queued();
             match semaphore.acquire_owned().await {
                 Ok(permit) => permit,
                 Err(_closed) => {
@@ -234,8 +233,7 @@ async fn retried(
     limits: &Limits,
     policy: &Policy,
 ) -> (Result<CallOutput, Error>, u32) {
-    let runtime = operator.runtime();
-    let _in_flight = runtime.metrics.in_flight(operator.name());
+    let _in_flight = operator.metrics().in_flight();
     let Some(retry) = &policy.retry else {
         return (operator.sandbox_call(input, limits).await, 1);
     };
@@ -262,7 +260,7 @@ async fn retried(
         match retry.next_delay(error, attempt, jitter, Instant::now(), deadline) {
             Some(delay) => {
                 tracing::debug!(operator = operator.name(), attempt, delay_us = delay.as_micros() as u64, error = %error, "retrying");
-                runtime.metrics.retry(operator.name());
+                operator.metrics().retry();
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }

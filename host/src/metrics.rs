@@ -176,7 +176,105 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// One operator's metric handles, looked up once when it is loaded, so a
+/// call only touches atomics (no label hashing or allocation).
+#[derive(Clone)]
+pub(crate) struct OperatorHandles {
+    calls: Counter,
+    /// `ok` first, then one per [`ErrorKind::ALL`].
+    outcomes: Vec<Counter>,
+    retries: Counter,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    in_flight: Gauge,
+    queued: Gauge,
+    latency: Histogram,
+    fuel: Histogram,
+    peak_memory: Histogram,
+}
+
+impl std::fmt::Debug for OperatorHandles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorHandles").finish_non_exhaustive()
+    }
+}
+
+impl OperatorHandles {
+    pub(crate) fn call(&self, outcome: Result<(), ErrorKind>) {
+        self.calls.inc();
+        let index = match outcome {
+            Ok(()) => 0,
+            Err(kind) => {
+                1 + ErrorKind::ALL
+                    .iter()
+                    .position(|known| *known == kind)
+                    .unwrap_or(0)
+            }
+        };
+        self.outcomes[index].inc();
+    }
+
+    pub(crate) fn retry(&self) {
+        self.retries.inc();
+    }
+
+    pub(crate) fn cache(&self, hit: bool) {
+        if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        }
+        .inc();
+    }
+
+    pub(crate) fn in_flight(&self) -> GaugeGuard {
+        self.in_flight.inc();
+        GaugeGuard(self.in_flight.clone())
+    }
+
+    pub(crate) fn queued(&self) -> GaugeGuard {
+        self.queued.inc();
+        GaugeGuard(self.queued.clone())
+    }
+
+    pub(crate) fn usage(&self, seconds: f64, fuel: Option<u64>, peak_memory: u64) {
+        self.latency.observe(seconds);
+        if let Some(fuel) = fuel {
+            self.fuel.observe(fuel as f64);
+        }
+        self.peak_memory.observe(peak_memory as f64);
+    }
+}
+
 impl Metrics {
+    /// The handles of `operator`'s metrics (and it is known from now on).
+    pub(crate) fn handles(&self, operator: &str) -> OperatorHandles {
+        self.known(operator);
+        let outcome = |outcome: &str| {
+            self.outcomes
+                .get_or_create(&OutcomeLabel {
+                    operator: operator.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        OperatorHandles {
+            calls: self.calls.get_or_create(&label(operator)).clone(),
+            outcomes: std::iter::once("ok")
+                .chain(ErrorKind::ALL.iter().map(|kind| kind.as_str()))
+                .map(outcome)
+                .collect(),
+            retries: self.retries.get_or_create(&label(operator)).clone(),
+            cache_hits: self.cache_hits.get_or_create(&label(operator)).clone(),
+            cache_misses: self.cache_misses.get_or_create(&label(operator)).clone(),
+            in_flight: self.in_flight.get_or_create(&label(operator)).clone(),
+            queued: self.queued.get_or_create(&label(operator)).clone(),
+            latency: self.latency.get_or_create(&label(operator)).clone(),
+            fuel: self.fuel.get_or_create(&label(operator)).clone(),
+            peak_memory: self.peak_memory.get_or_create(&label(operator)).clone(),
+        }
+    }
+
     fn known(&self, operator: &str) {
         let mut operators = self
             .operators
@@ -185,34 +283,6 @@ impl Metrics {
         if !operators.contains(operator) {
             operators.insert(operator.to_owned());
         }
-    }
-
-    pub(crate) fn call(&self, operator: &str, outcome: Result<(), ErrorKind>) {
-        self.known(operator);
-        self.calls.get_or_create(&label(operator)).inc();
-        let outcome = match outcome {
-            Ok(()) => "ok",
-            Err(kind) => kind.as_str(),
-        };
-        self.outcomes
-            .get_or_create(&OutcomeLabel {
-                operator: operator.to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .inc();
-    }
-
-    pub(crate) fn retry(&self, operator: &str) {
-        self.retries.get_or_create(&label(operator)).inc();
-    }
-
-    pub(crate) fn cache(&self, operator: &str, hit: bool) {
-        let family = if hit {
-            &self.cache_hits
-        } else {
-            &self.cache_misses
-        };
-        family.get_or_create(&label(operator)).inc();
     }
 
     pub(crate) fn eviction(&self, operator: &str) {
@@ -240,32 +310,6 @@ impl Metrics {
             to = to.as_str(),
             "circuit breaker"
         );
-    }
-
-    pub(crate) fn in_flight(&self, operator: &str) -> GaugeGuard {
-        let gauge = self.in_flight.get_or_create(&label(operator)).clone();
-        gauge.inc();
-        GaugeGuard(gauge)
-    }
-
-    pub(crate) fn queued(&self, operator: &str) -> GaugeGuard {
-        let gauge = self.queued.get_or_create(&label(operator)).clone();
-        gauge.inc();
-        GaugeGuard(gauge)
-    }
-
-    pub(crate) fn usage(&self, operator: &str, seconds: f64, fuel: Option<u64>, peak_memory: u64) {
-        self.latency
-            .get_or_create(&label(operator))
-            .observe(seconds);
-        if let Some(fuel) = fuel {
-            self.fuel
-                .get_or_create(&label(operator))
-                .observe(fuel as f64);
-        }
-        self.peak_memory
-            .get_or_create(&label(operator))
-            .observe(peak_memory as f64);
     }
 
     pub(crate) fn text(&self) -> String {

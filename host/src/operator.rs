@@ -80,6 +80,7 @@ struct OperatorInner {
     pre: InstancePre<StoreState>,
     invoke: ComponentExportIndex,
     policy_state: crate::policy::PolicyState,
+    metrics: crate::metrics::OperatorHandles,
 }
 
 impl fmt::Debug for Operator {
@@ -169,10 +170,9 @@ impl Operator {
         let (result, attempts) = crate::call::with_policies(self, input, limits, &policy)
             .instrument(span.clone())
             .await;
-        self.inner.runtime.metrics.call(
-            &self.inner.name,
-            result.as_ref().map(drop).map_err(Error::kind),
-        );
+        self.inner
+            .metrics
+            .call(result.as_ref().map(drop).map_err(Error::kind));
         tracing::debug!(
             parent: &span,
             outcome = match &result { Ok(_) => "ok", Err(error) => error.kind().as_str() },
@@ -193,8 +193,7 @@ impl Operator {
             codec::encode_params(&self.inner.signature.params, input, limits.max_input_bytes)
                 .map_err(|error| self.codec_error(error, "input"))?;
         let output = self.run(args, limits).await?;
-        self.inner.runtime.metrics.usage(
-            &self.inner.name,
+        self.inner.metrics.usage(
             output.stats.duration.as_secs_f64(),
             output.stats.fuel_consumed,
             output.stats.peak_memory_bytes,
@@ -214,6 +213,10 @@ impl Operator {
     /// none).
     pub fn breaker_state(&self) -> crate::policy::BreakerState {
         self.inner.policy_state.breaker_state()
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::OperatorHandles {
+        &self.inner.metrics
     }
 
     pub(crate) fn policy_state(&self) -> &crate::policy::PolicyState {
@@ -718,6 +721,7 @@ pub(crate) async fn load(
     };
     let signature = Signature { params, result };
     tracing::debug!(operator = %metadata.name, %signature, "loaded");
+    let metrics = runtime.metrics.handles(&metadata.name);
     Ok(Operator {
         inner: Arc::new(OperatorInner {
             name: Arc::from(metadata.name.as_str()),
@@ -729,6 +733,7 @@ pub(crate) async fn load(
             pre,
             invoke,
             policy_state: crate::policy::PolicyState::default(),
+            metrics,
         }),
     })
 }

@@ -263,7 +263,9 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
     // cache directory is left alone), default limits.
     let host = Host::builder().no_disk_cache().build()?;
     let noop = host.load_bytes(bytes.to_vec(), "noop.wasm").await?;
-    let limits = Limits::default();
+    // A fresh sandbox every call: the result cache would answer `noop` (it is
+    // deterministic) without running it.
+    let limits = Limits::default().use_result_cache(false);
     let input = json!([]);
 
     let bare = Bare::new(bare_engine(None)?, bytes)?;
