@@ -899,3 +899,77 @@ max = "@summary.max"
         "a successful run wrote on stderr: {run:#?}"
     );
 }
+
+// --- policies and metrics ------------------------------------------------------
+
+#[test]
+fn call_retries_with_attempts_and_writes_metrics() {
+    let scratch = Scratch::new();
+    let metrics = scratch.join("metrics.prom");
+    let run = call(
+        xcs_tests::FLAKY,
+        r#"{"key": 1, "failure-percent": 100}"#,
+        &[
+            "--attempts",
+            "3",
+            "--retry-delay",
+            "1ms",
+            "--metrics",
+            &metrics,
+        ],
+    );
+    run.assert_error(5, "operator", &["(retryable)"]);
+    let text = written(&metrics);
+    assert!(
+        text.contains(r#"xcs_retries_total{operator="flaky"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"xcs_outcomes_total{operator="flaky",outcome="operator"} 1"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn call_metrics_on_success() {
+    let scratch = Scratch::new();
+    let metrics = scratch.join("metrics.prom");
+    let run = call(
+        xcs_tests::UPPER,
+        r#"["hi"]"#,
+        &[
+            "--no-cache",
+            "--max-in-flight",
+            "2",
+            "--breaker-failures",
+            "3",
+            "--metrics",
+            &metrics,
+        ],
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, "\"HI\"\n");
+    let text = written(&metrics);
+    assert!(
+        text.contains(r#"xcs_calls_total{operator="upper"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("xcs_call_duration_seconds_bucket"), "{text}");
+}
+
+#[test]
+fn run_writes_metrics() {
+    let scratch = Scratch::new();
+    let metrics = scratch.join("metrics.prom");
+    let run = run_pipeline(&scratch, &["--keep-going", "--metrics", &metrics]);
+    assert_eq!(run.code, 5, "{run:#?}");
+    let text = written(&metrics);
+    assert!(
+        text.contains(r#"xcs_calls_total{operator="word-count"} 5"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"xcs_outcomes_total{operator="factorial",outcome="operator"} 1"#),
+        "{text}"
+    );
+}
