@@ -371,3 +371,27 @@ async fn wait() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn burn() {
+    let host = host();
+    let op = load(&host, xcs_tests::BURN).await;
+    assert!(op.metadata().deterministic);
+    assert_eq!(
+        op.signature().to_string(),
+        "func(iterations: u64) -> result<u64, error>"
+    );
+    let once = op.call(&json!([1000]), &Limits::default()).await.unwrap();
+    let uncached = Limits::default().use_result_cache(false);
+    let twice = op.call(&json!([1000]), &uncached).await.unwrap();
+    assert_eq!(once, twice, "the same input gives the same output");
+    let other = op.call(&json!([1001]), &Limits::default()).await.unwrap();
+    assert_ne!(once, other, "one more round changes the output");
+    // A budget far below what 10^12 rounds need stops the loop.
+    let limits = quick().fuel(Some(5_000_000));
+    expect_kind(
+        op.call(&json!([1_000_000_000_000u64]), &limits).await,
+        ErrorKind::Fuel,
+    );
+    assert_healthy(&host).await;
+}

@@ -1,0 +1,491 @@
+//! What the graph scheduler buys and what it costs, each against a
+//! baseline measured in the same run:
+//!
+//! 1. latency-bound fan-out: 100 `wait` nodes sleeping on an async
+//!    capability, against one node alone and against the same graph run
+//!    one node at a time;
+//! 2. CPU-bound width: 8 `burn` nodes on 2 runtime workers, run two at a
+//!    time against one at a time;
+//! 3. scheduler overhead: a graph of 10,000 `noop` nodes, per node, minus
+//!    one direct `Operator::call` of `noop`.
+//!
+//! `cargo bench -p xcs-tests --bench graph` prints a markdown table of
+//! medians. `XCS_BENCH_QUICK=1` runs a few iterations only (a smoke run).
+//!
+//! The variants of each section are interleaved round by round, so that a
+//! noisy neighbour slows every variant alike instead of one of them.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use xcs::graph::{Graph, Node, NodeStatus, Plan, RunOptions, Source};
+use xcs::{Capability, Host, Limits, Operator};
+
+/// Nodes of the latency fan-out.
+const FAN_OUT_WIDTH: usize = 100;
+/// What each `wait` node sleeps on the latency capability.
+const SLEEP_MS: u32 = 20;
+/// Nodes of the CPU-bound graph.
+const BURN_WIDTH: usize = 8;
+/// What one `burn` call should take, alone, on this machine.
+const BURN_TARGET: Duration = Duration::from_millis(30);
+/// Runtime workers, and the concurrency of the CPU-bound graph's parallel run.
+const WORKERS: usize = 2;
+
+/// How much work one run does.
+struct Workload {
+    /// Interleaved rounds of the fan-out section.
+    fan_out_rounds: usize,
+    /// Runs of the fan-out graph and of the single node per round (the
+    /// sequential graph runs once per round: it takes 100 sleeps).
+    fast_runs_per_round: usize,
+    /// Interleaved rounds of the CPU-bound section.
+    burn_rounds: usize,
+    /// Nodes of the overhead graph.
+    noop_nodes: usize,
+    /// Interleaved rounds of the overhead section.
+    noop_rounds: usize,
+    /// Direct calls of `noop` per round.
+    direct_calls_per_round: usize,
+}
+
+impl Workload {
+    fn from_env() -> Workload {
+        let quick = std::env::var_os("XCS_BENCH_QUICK")
+            .is_some_and(|value| !value.is_empty() && value != "0");
+        if quick {
+            Workload {
+                fan_out_rounds: 2,
+                fast_runs_per_round: 2,
+                burn_rounds: 2,
+                noop_nodes: 1_000,
+                noop_rounds: 2,
+                direct_calls_per_round: 200,
+            }
+        } else {
+            Workload {
+                fan_out_rounds: 7,
+                fast_runs_per_round: 5,
+                burn_rounds: 15,
+                noop_nodes: 10_000,
+                noop_rounds: 9,
+                direct_calls_per_round: 2_000,
+            }
+        }
+    }
+}
+
+/// Times in microseconds, one per run (or per node, or per call).
+#[derive(Default)]
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn push(&mut self, elapsed: Duration, operations: usize) {
+        self.0.push(elapsed.as_secs_f64() * 1e6 / operations as f64);
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        let mut sorted = self.0.clone();
+        sorted.sort_by(f64::total_cmp);
+        match sorted.len() {
+            0 => f64::NAN,
+            len => sorted[((len - 1) as f64 * q).round() as usize],
+        }
+    }
+
+    fn median(&self) -> f64 {
+        self.quantile(0.5)
+    }
+
+    /// `median (p25–p75)`, in µs or ms.
+    fn summary(&self) -> String {
+        let (low, median, high) = (self.quantile(0.25), self.median(), self.quantile(0.75));
+        if median >= 1000.0 {
+            format!(
+                "{:.2} ms ({:.2}–{:.2})",
+                median / 1e3,
+                low / 1e3,
+                high / 1e3
+            )
+        } else {
+            format!("{median:.2} µs ({low:.2}–{high:.2})")
+        }
+    }
+}
+
+/// Runs `plan` once, checking that every node succeeded; returns the wall
+/// time and the run's concurrency bound.
+async fn timed_run(plan: &Plan, options: &RunOptions) -> Result<(Duration, usize)> {
+    let started = Instant::now();
+    let report = plan.run(&Value::Null, options).await;
+    let elapsed = started.elapsed();
+    if let Some(error) = report.error {
+        return Err(error).context("the graph run failed");
+    }
+    let failed = report
+        .nodes
+        .iter()
+        .filter(|node| node.status != NodeStatus::Ok)
+        .count();
+    ensure!(failed == 0, "{failed} nodes did not end `ok`");
+    Ok((elapsed, report.max_concurrency))
+}
+
+/// `width` independent nodes calling `operator` with `args`.
+fn independent(width: usize, operator: &str, args: &[(&str, Value)]) -> Graph {
+    (0..width).fold(Graph::new(), |graph, n| {
+        let node = args.iter().fold(Node::new(format!("n{n}"), operator), {
+            |node, (param, value)| node.arg(*param, Source::literal(value.clone()))
+        });
+        graph.node(node)
+    })
+}
+
+/// Counts latency-capability calls in flight, and the most at once.
+#[derive(Default)]
+struct InFlight {
+    now: AtomicU64,
+    peak: AtomicU64,
+}
+
+struct FanOut {
+    graph: Samples,
+    single: Samples,
+    sequential: Samples,
+    peak_in_flight: u64,
+}
+
+async fn fan_out(workload: &Workload) -> Result<FanOut> {
+    let in_flight = Arc::new(InFlight::default());
+    let latency = Capability::new("xcs:examples/latency@0.1.0").func_async("sleep", {
+        let in_flight = in_flight.clone();
+        move |(ms,): (u32,)| {
+            let in_flight = in_flight.clone();
+            async move {
+                let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+                in_flight.peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(ms.into())).await;
+                in_flight.now.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    });
+    let host = Host::builder()
+        .no_disk_cache()
+        .grant(latency)
+        .max_concurrency(FAN_OUT_WIDTH)
+        .build()?;
+    let wait = host.load(xcs_tests::WAIT).await?;
+    let operators = xcs::graph::Operators::new().with(wait);
+    let args = [("ms", json!(SLEEP_MS))];
+    let wide = independent(FAN_OUT_WIDTH, "wait", &args).check(&operators)?;
+    let single = independent(1, "wait", &args).check(&operators)?;
+    let parallel = RunOptions::default();
+    let sequential = RunOptions::default().max_concurrency(1);
+
+    // Warm-up: every pool slot the wide run needs has been touched.
+    timed_run(&wide, &parallel).await?;
+    timed_run(&single, &parallel).await?;
+    in_flight.peak.store(0, Ordering::SeqCst);
+
+    let mut results = FanOut {
+        graph: Samples::default(),
+        single: Samples::default(),
+        sequential: Samples::default(),
+        peak_in_flight: 0,
+    };
+    for round in 0..workload.fan_out_rounds {
+        for variant in 0..3 {
+            match (round + variant) % 3 {
+                0 => {
+                    for _ in 0..workload.fast_runs_per_round {
+                        let (elapsed, bound) = timed_run(&wide, &parallel).await?;
+                        ensure!(bound == FAN_OUT_WIDTH, "the wide run had bound {bound}");
+                        results.graph.push(elapsed, 1);
+                    }
+                }
+                1 => {
+                    for _ in 0..workload.fast_runs_per_round {
+                        results
+                            .single
+                            .push(timed_run(&single, &parallel).await?.0, 1);
+                    }
+                }
+                _ => results
+                    .sequential
+                    .push(timed_run(&wide, &sequential).await?.0, 1),
+            }
+        }
+    }
+    results.peak_in_flight = in_flight.peak.load(Ordering::SeqCst);
+    Ok(results)
+}
+
+struct Cpu {
+    iterations: u64,
+    one_call: Samples,
+    parallel: Samples,
+    sequential: Samples,
+}
+
+/// How many `burn` iterations take about [`BURN_TARGET`] on this machine.
+async fn calibrate(burn: &Operator) -> Result<u64> {
+    let probe = 2_000_000_u64;
+    let limits = Limits::default();
+    let mut times = Samples::default();
+    for _ in 0..5 {
+        let started = Instant::now();
+        burn.call(&json!([probe]), &limits).await?;
+        times.push(started.elapsed(), 1);
+    }
+    let per_iteration_us = times.median() / probe as f64;
+    Ok((BURN_TARGET.as_secs_f64() * 1e6 / per_iteration_us) as u64)
+}
+
+async fn cpu_bound(workload: &Workload, host: &Host) -> Result<Cpu> {
+    let burn = host.load(xcs_tests::BURN).await?;
+    let iterations = calibrate(&burn).await?;
+    let operators = xcs::graph::Operators::new().with(burn.clone());
+    let plan =
+        independent(BURN_WIDTH, "burn", &[("iterations", json!(iterations))]).check(&operators)?;
+    let parallel = RunOptions::default().max_concurrency(WORKERS);
+    let sequential = RunOptions::default().max_concurrency(1);
+    timed_run(&plan, &parallel).await?;
+
+    let limits = Limits::default();
+    let input = json!([iterations]);
+    let mut results = Cpu {
+        iterations,
+        one_call: Samples::default(),
+        parallel: Samples::default(),
+        sequential: Samples::default(),
+    };
+    for round in 0..workload.burn_rounds {
+        for variant in 0..3 {
+            match (round + variant) % 3 {
+                0 => {
+                    let (elapsed, bound) = timed_run(&plan, &parallel).await?;
+                    ensure!(bound == WORKERS, "the parallel run had bound {bound}");
+                    results.parallel.push(elapsed, 1);
+                }
+                1 => results
+                    .sequential
+                    .push(timed_run(&plan, &sequential).await?.0, 1),
+                _ => {
+                    let started = Instant::now();
+                    burn.call(&input, &limits).await?;
+                    results.one_call.push(started.elapsed(), 1);
+                }
+            }
+        }
+    }
+    Ok(results)
+}
+
+struct Overhead {
+    direct_call: Samples,
+    sequential_per_node: Samples,
+    default_per_node: Samples,
+    default_bound: usize,
+}
+
+/// `calls` direct calls of `noop`, one after the other, on a runtime
+/// worker (where the graph's calls run too); the mean time per call.
+async fn direct_calls(noop: &Operator, calls: usize) -> Result<Duration> {
+    let noop = noop.clone();
+    tokio::spawn(async move {
+        let limits = Limits::default();
+        let input = json!([]);
+        let started = Instant::now();
+        for _ in 0..calls {
+            noop.call(&input, &limits).await?;
+        }
+        Ok(started.elapsed() / calls as u32)
+    })
+    .await?
+}
+
+async fn overhead(workload: &Workload, host: &Host) -> Result<Overhead> {
+    let noop = host.load(xcs_tests::NOOP).await?;
+    let operators = xcs::graph::Operators::new().with(noop.clone());
+    let nodes = workload.noop_nodes;
+    let plan = independent(nodes, "noop", &[]).check(&operators)?;
+    let sequential = RunOptions::default().max_concurrency(1);
+    let default = RunOptions::default();
+    direct_calls(&noop, 200).await?;
+    let (_, default_bound) = timed_run(&plan, &default).await?;
+
+    let mut results = Overhead {
+        direct_call: Samples::default(),
+        sequential_per_node: Samples::default(),
+        default_per_node: Samples::default(),
+        default_bound,
+    };
+    for round in 0..workload.noop_rounds {
+        for variant in 0..3 {
+            match (round + variant) % 3 {
+                0 => results
+                    .sequential_per_node
+                    .push(timed_run(&plan, &sequential).await?.0, nodes),
+                1 => results
+                    .default_per_node
+                    .push(timed_run(&plan, &default).await?.0, nodes),
+                _ => results.direct_call.push(
+                    direct_calls(&noop, workload.direct_calls_per_round).await?,
+                    1,
+                ),
+            }
+        }
+    }
+    Ok(results)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_report(workload: &Workload, fan: &FanOut, cpu: &Cpu, overhead: &Overhead) {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!("# xcs graph benchmark");
+    println!();
+    println!("- machine: {cores} cores (nproc), {}", cpu_model());
+    println!("- tokio multi-thread runtime, {WORKERS} workers; medians (p25–p75)");
+    println!(
+        "- fan-out: {} rounds; {FAN_OUT_WIDTH} `wait` nodes × {SLEEP_MS} ms, host bound {FAN_OUT_WIDTH}; \
+         most sleeps in flight at once: {}",
+        workload.fan_out_rounds, fan.peak_in_flight
+    );
+    println!(
+        "- CPU-bound: {} rounds; {BURN_WIDTH} `burn` nodes × {} iterations (~{} ms alone)",
+        workload.burn_rounds,
+        cpu.iterations,
+        BURN_TARGET.as_millis()
+    );
+    println!(
+        "- overhead: {} rounds; {} `noop` nodes; {} direct calls per round",
+        workload.noop_rounds, workload.noop_nodes, workload.direct_calls_per_round
+    );
+    println!();
+    println!("| measurement | median | ratio |");
+    println!("|---|---|---|");
+    let row = |name: &str, samples: &Samples, ratio: String| {
+        println!("| {name} | {} | {ratio} |", samples.summary());
+    };
+
+    let single = fan.single.median();
+    row(
+        "one `wait` node alone (graph of 1)",
+        &fan.single,
+        "1.00 (baseline)".into(),
+    );
+    row(
+        &format!("{FAN_OUT_WIDTH} `wait` nodes, host bound {FAN_OUT_WIDTH}"),
+        &fan.graph,
+        format!(
+            "{:.2} × one node (target ≤ 1.20)",
+            fan.graph.median() / single
+        ),
+    );
+    row(
+        &format!("{FAN_OUT_WIDTH} `wait` nodes, `max_concurrency(1)`"),
+        &fan.sequential,
+        format!(
+            "{:.1}× slower than the fan-out (target ≥ 80×)",
+            fan.sequential.median() / fan.graph.median()
+        ),
+    );
+
+    let sequential = cpu.sequential.median();
+    row(
+        "one direct `burn` call (reference)",
+        &cpu.one_call,
+        format!(
+            "{:.2} × {BURN_WIDTH} = {:.2} ms",
+            cpu.one_call.median() / 1e3,
+            cpu.one_call.median() * BURN_WIDTH as f64 / 1e3
+        ),
+    );
+    row(
+        &format!("{BURN_WIDTH} `burn` nodes, `max_concurrency(1)`"),
+        &cpu.sequential,
+        "1.00 (baseline)".into(),
+    );
+    row(
+        &format!("{BURN_WIDTH} `burn` nodes, `max_concurrency({WORKERS})`"),
+        &cpu.parallel,
+        format!(
+            "{:.2}× speed-up (target ≥ 1.90)",
+            sequential / cpu.parallel.median()
+        ),
+    );
+
+    let direct = overhead.direct_call.median();
+    row(
+        "one direct `noop` call (sequential)",
+        &overhead.direct_call,
+        "baseline".into(),
+    );
+    row(
+        &format!(
+            "{} `noop` nodes, `max_concurrency(1)`, per node",
+            workload.noop_nodes
+        ),
+        &overhead.sequential_per_node,
+        format!(
+            "+{:.2} µs per node over the call (target ≤ 20)",
+            overhead.sequential_per_node.median() - direct
+        ),
+    );
+    row(
+        &format!(
+            "{} `noop` nodes, default bound ({}), per node",
+            workload.noop_nodes, overhead.default_bound
+        ),
+        &overhead.default_per_node,
+        format!(
+            "+{:.2} µs per node over the call",
+            overhead.default_per_node.median() - direct
+        ),
+    );
+}
+
+fn run() -> Result<()> {
+    let workload = Workload::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let (fan, cpu, overhead) = runtime.block_on(async {
+        let fan = fan_out(&workload).await.context("fan-out")?;
+        // The user's cache directory is left alone.
+        let host = Host::builder().no_disk_cache().build()?;
+        let cpu = cpu_bound(&workload, &host).await.context("CPU-bound")?;
+        let overhead = overhead(&workload, &host).await.context("overhead")?;
+        anyhow::Ok((fan, cpu, overhead))
+    })?;
+    print_report(&workload, &fan, &cpu, &overhead);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
