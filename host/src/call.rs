@@ -27,8 +27,20 @@ pub(crate) struct ResultKey {
 /// testable with a paused clock).
 pub(crate) type CachedResult = (Instant, Arc<Value>);
 
-/// JSON with object keys sorted, whatever order the input had.
-fn canonical(value: &Value, out: &mut String) {
+/// Inputs nested deeper than this are not cached: the key is built by
+/// recursion, before the input is checked against the signature.
+const MAX_KEY_DEPTH: usize = 64;
+
+/// JSON with object keys sorted, whatever order the input had; `None` when
+/// the input is nested deeper than [`MAX_KEY_DEPTH`].
+fn canonical(value: &Value, out: &mut String) -> Option<()> {
+    canonical_at(value, out, 0)
+}
+
+fn canonical_at(value: &Value, out: &mut String, depth: usize) -> Option<()> {
+    if depth > MAX_KEY_DEPTH {
+        return None;
+    }
     match value {
         Value::Object(object) => {
             let mut entries: Vec<_> = object.iter().collect();
@@ -40,7 +52,7 @@ fn canonical(value: &Value, out: &mut String) {
                 }
                 out.push_str(&Value::String(key.clone()).to_string());
                 out.push(':');
-                canonical(value, out);
+                canonical_at(value, out, depth + 1)?;
             }
             out.push('}');
         }
@@ -50,12 +62,13 @@ fn canonical(value: &Value, out: &mut String) {
                 if index > 0 {
                     out.push(',');
                 }
-                canonical(item, out);
+                canonical_at(item, out, depth + 1)?;
             }
             out.push(']');
         }
         scalar => out.push_str(&scalar.to_string()),
     }
+    Some(())
 }
 
 pub(crate) async fn with_policies(
@@ -81,7 +94,11 @@ pub(crate) async fn with_policies(
         limits.max_input_bytes,
         limits.max_output_bytes
     ));
-    canonical(input, &mut key);
+    if canonical(input, &mut key).is_none() {
+        // Too deep to key; the codec refuses or accepts it (without
+        // recursing over the JSON) when the call runs.
+        return guarded(operator, input, limits, policy).await;
+    }
     let key = ResultKey {
         operator: operator.name_arc().clone(),
         key,
@@ -281,13 +298,32 @@ mod tests {
         canonical(
             &json!({"b": 1, "a": {"y": [1, {"q": 2, "p": 1}], "x": "s"}}),
             &mut a,
-        );
+        )
+        .expect("shallow");
         assert_eq!(a, r#"{"a":{"x":"s","y":[1,{"p":1,"q":2}]},"b":1}"#);
         let mut b = String::new();
         canonical(
             &json!({"a": {"x": "s", "y": [1, {"p": 1, "q": 2}]}, "b": 1}),
             &mut b,
-        );
+        )
+        .expect("shallow");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn deep_inputs_are_not_keyed() {
+        let mut deep = serde_json::Value::Null;
+        for _ in 0..1000 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        assert_eq!(
+            canonical(&deep, &mut String::new()),
+            None,
+            "too deep to key"
+        );
+        // Tear down without recursion: a test thread's stack is small.
+        while let serde_json::Value::Array(mut items) = deep {
+            deep = items.pop().unwrap_or(serde_json::Value::Null);
+        }
     }
 }

@@ -197,9 +197,18 @@ fn integer<T: TryFrom<i128>>(
     } else if let Some(n) = number.as_u64() {
         n.into()
     } else {
-        // A float: accepted only when it is a whole number in range.
+        // A float: accepted only when it is a whole number in range, and
+        // below 2^53, so JSON parsing cannot have rounded it.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
         match number.as_f64() {
-            Some(f) if f.fract() == 0.0 && f >= range.0 as f64 && f <= range.1 as f64 => f as i128,
+            Some(f)
+                if f.fract() == 0.0
+                    && f.abs() < EXACT
+                    && f >= range.0 as f64
+                    && f <= range.1 as f64 =>
+            {
+                f as i128
+            }
             _ => return Err(mismatch(path, expected(), describe(value))),
         }
     };
@@ -884,5 +893,17 @@ mod tests {
             Err(CodecError::TooLarge { limit: 100, .. })
         ));
         assert!(decode(&big, 808).is_ok());
+    }
+
+    #[test]
+    fn integers_rounded_by_json_parsing_are_refused() {
+        for (ty, text) in [
+            (WitType::S64, "-9223372036854775809"),
+            (WitType::U64, "1e19"),
+        ] {
+            let value: Value = serde_json::from_str(text).expect("parses as a float");
+            let (_, _, found) = err(ty, value);
+            assert!(found.starts_with("number "), "{text}: {found}");
+        }
     }
 }

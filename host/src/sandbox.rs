@@ -431,6 +431,18 @@ impl Sandbox {
         };
         let mut store = Store::new(&host.engine, state);
         store.limiter(|state| &mut state.limiter);
+        // Data the guest hands the host (its result, log messages, capability
+        // arguments) becomes host values of up to ~40 bytes per element; the
+        // copy is bounded so that an output bomb is refused while it is being
+        // copied rather than after. Within [4 MiB, 128 MiB (wasmtime's
+        // default)]; an output within `max_output_bytes` then reaches the
+        // codec's own, exact check unless it is made of tiny elements.
+        let hostcall_bytes = limits
+            .max_output_bytes
+            .max(limits.max_log_bytes)
+            .saturating_mul(40)
+            .clamp(4 << 20, 128 << 20);
+        store.set_hostcall_fuel(usize::try_from(hostcall_bytes).unwrap_or(usize::MAX));
 
         let fuel_budget = match (host.consume_fuel, limits.fuel) {
             (true, budget) => {

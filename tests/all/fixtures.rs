@@ -175,3 +175,95 @@ pub fn takes_a_resource() -> String {
         metadata = metadata_export(),
     )
 }
+
+/// A component whose core module traps in its start function, so every
+/// instantiation (the load's `metadata` call included) traps.
+pub fn traps_in_start() -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (func (export "invoke") (result (result (error $error))) (canon lift (core func $i "ok2") {LIFT})))"#,
+        core = core_module(
+            "",
+            r#"(func $boom unreachable) (start $boom)
+               (func (export "ok2") (result i32) (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#
+        ),
+        metadata = metadata_export(),
+    )
+}
+
+/// `invoke() -> result<ty, error>` for a `ty` that is a string or a list:
+/// the guest runs `setup`, then returns `ok` with the pointer and length
+/// it is given, whatever its memory holds there (or does not hold).
+/// Memory at 512 holds the bytes 0xff 0xfe (not UTF-8).
+pub fn returns_pointer_and_length(ty: &str, setup: &str, pointer: u32, length: u32) -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (func (export "invoke") (result (result {ty} (error $error))) (canon lift (core func $i "give") {LIFT})))"#,
+        core = core_module(
+            "",
+            &format!(
+                r#"(data (i32.const 512) "\ff\fe")
+               (func (export "give") (result i32)
+                 {setup}
+                 (i32.store8 (i32.const 256) (i32.const 0))
+                 (i32.store (i32.const 260) (i32.const {pointer}))
+                 (i32.store (i32.const 264) (i32.const {length}))
+                 (i32.const 256))"#
+            )
+        ),
+        metadata = metadata_export(),
+    )
+}
+
+/// `invoke(pages: u32) -> result<u32, error>`: grows its memory by
+/// `pages` 64 KiB pages, writes to every one, and returns its memory size
+/// in pages (traps when the growth is refused).
+pub fn allocates_then_returns() -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (func (export "invoke") (param "pages" u32) (result (result u32 (error $error)))
+    (canon lift (core func $i "grow") {LIFT})))"#,
+        core = core_module(
+            "",
+            r#"(func (export "grow") (param $pages i32) (result i32)
+                 (local $base i32) (local $page i32)
+                 (local.set $base (memory.grow (local.get $pages)))
+                 (if (i32.eq (local.get $base) (i32.const -1)) (then unreachable))
+                 (block $done
+                   (loop $touch
+                     (br_if $done (i32.ge_u (local.get $page) (local.get $pages)))
+                     (i32.store8 (i32.mul (i32.add (local.get $base) (local.get $page)) (i32.const 65536))
+                                 (i32.const 0xa5))
+                     (local.set $page (i32.add (local.get $page) (i32.const 1)))
+                     (br $touch)))
+                 (i32.store8 (i32.const 256) (i32.const 0))
+                 (i32.store (i32.const 260) (memory.size))
+                 (i32.const 256))"#
+        ),
+        metadata = metadata_export(),
+    )
+}
+
+/// `invoke(x: list<element>) -> result<list<element>, error>` returning
+/// its argument unchanged: the guest hands back the pointer and length the
+/// host lowered the list to, so the output is the host's own lowering
+/// lifted again. `type_definitions` defines (and exports, as the component
+/// model requires of records, variants, enums and flags) the named types
+/// `element` refers to.
+pub fn identity(type_definitions: &str, element: &str) -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  {type_definitions}
+  (func (export "invoke") (param "x" (list {element})) (result (result (list {element}) (error $error)))
+    (canon lift (core func $i "echo") {LIFT})))"#,
+        core = core_module(
+            "",
+            r#"(func (export "echo") (param $pointer i32) (param $length i32) (result i32)
+                 (i32.store8 (i32.const 256) (i32.const 0))
+                 (i32.store (i32.const 260) (local.get $pointer))
+                 (i32.store (i32.const 264) (local.get $length))
+                 (i32.const 256))"#
+        ),
+        metadata = metadata_export(),
+    )
+}

@@ -39,7 +39,7 @@ async fn latency_host(max_concurrency: usize) -> (Operators, Arc<InFlight>) {
         .grant(latency)
         .max_concurrency(max_concurrency)
         .build()
-        .unwrap();
+        .expect("host builds");
     (
         operators(&host)
             .await

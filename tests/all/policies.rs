@@ -12,7 +12,10 @@ use xcs::{Capability, ErrorKind, Host, Limits, Policy};
 use crate::util::{expect_kind, load};
 
 fn fresh_host(policy_for: &str, policy: Policy) -> Host {
-    Host::builder().policy(policy_for, policy).build().unwrap()
+    Host::builder()
+        .policy(policy_for, policy)
+        .build()
+        .expect("host builds")
 }
 
 #[tokio::test]
