@@ -10,7 +10,7 @@
 //! [`Graph::check`] resolves operators and reports every problem at once
 //! (unknown operators, duplicate ids, dangling references, missing or extra
 //! parameters, cycles, literals and edges whose types do not fit) as one
-//! [`Error::Graph`](crate::Error::Graph). The resulting [`Plan`] runs with
+//! [`Error::Graph`]. The resulting [`Plan`] runs with
 //! [`Plan::run`].
 
 use std::collections::BTreeMap;
