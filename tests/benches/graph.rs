@@ -5,7 +5,8 @@
 //!    capability, against one node alone and against the same graph run
 //!    one node at a time;
 //! 2. CPU-bound width: 8 `burn` nodes on 2 runtime workers, run two at a
-//!    time against one at a time;
+//!    time against one at a time; and the same loop in native code on 2
+//!    threads against 1, which shows what speed-up a busy machine allows;
 //! 3. scheduler overhead: a graph of 10,000 `noop` nodes, per node, minus
 //!    one direct `Operator::call` of `noop`.
 //!
@@ -15,6 +16,7 @@
 //! The variants of each section are interleaved round by round, so that a
 //! noisy neighbour slows every variant alike instead of one of them.
 
+use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use xcs::graph::{Graph, Node, NodeStatus, Plan, RunOptions, Source};
-use xcs::{Capability, Host, Limits, Operator};
+use xcs::{Capability, Host, Limits, Operator, Policy};
 
 /// Nodes of the latency fan-out.
 const FAN_OUT_WIDTH: usize = 100;
@@ -117,8 +119,8 @@ impl Samples {
     }
 }
 
-/// Runs `plan` once, checking that every node succeeded; returns the wall
-/// time and the run's concurrency bound.
+/// Runs `plan` once, checking that every node succeeded in a guest call of
+/// its own; returns the wall time and the run's concurrency bound.
 async fn timed_run(plan: &Plan, options: &RunOptions) -> Result<(Duration, usize)> {
     let started = Instant::now();
     let report = plan.run(&Value::Null, options).await;
@@ -132,6 +134,15 @@ async fn timed_run(plan: &Plan, options: &RunOptions) -> Result<(Duration, usize
         .filter(|node| node.status != NodeStatus::Ok)
         .count();
     ensure!(failed == 0, "{failed} nodes did not end `ok`");
+    let uncalled = report
+        .nodes
+        .iter()
+        .filter(|node| node.attempts == 0)
+        .count();
+    ensure!(
+        uncalled == 0,
+        "{uncalled} nodes were answered without a call"
+    );
     Ok((elapsed, report.max_concurrency))
 }
 
@@ -230,6 +241,53 @@ struct Cpu {
     one_call: Samples,
     parallel: Samples,
     sequential: Samples,
+    native_iterations: u64,
+    native_parallel: Samples,
+    native_sequential: Samples,
+}
+
+/// The loop of the `burn` operator, in native code.
+fn native_burn(iterations: u64) -> u64 {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for round in 0..iterations {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state = black_box(
+            state
+                .wrapping_mul(0x2545_f491_4f6c_dd1d)
+                .wrapping_add(round),
+        );
+    }
+    state
+}
+
+/// [`BURN_WIDTH`] native chunks on `threads` OS threads: what speed-up the
+/// machine itself allows right now, whatever else runs on it.
+fn native_chunks(iterations: u64, threads: usize) -> Duration {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for first in 0..threads {
+            scope.spawn(move || {
+                for _ in (first..BURN_WIDTH).step_by(threads) {
+                    black_box(native_burn(iterations));
+                }
+            });
+        }
+    });
+    started.elapsed()
+}
+
+/// How many native iterations take about [`BURN_TARGET`].
+fn calibrate_native() -> u64 {
+    let probe = 10_000_000_u64;
+    let mut times = Samples::default();
+    for _ in 0..5 {
+        let started = Instant::now();
+        black_box(native_burn(black_box(probe)));
+        times.push(started.elapsed(), 1);
+    }
+    (BURN_TARGET.as_secs_f64() * 1e6 / (times.median() / probe as f64)) as u64
 }
 
 /// How many `burn` iterations take about [`BURN_TARGET`] on this machine.
@@ -256,6 +314,8 @@ async fn cpu_bound(workload: &Workload, host: &Host) -> Result<Cpu> {
     let sequential = RunOptions::default().max_concurrency(1);
     timed_run(&plan, &parallel).await?;
 
+    let native_iterations = calibrate_native();
+
     let limits = Limits::default();
     let input = json!([iterations]);
     let mut results = Cpu {
@@ -263,10 +323,13 @@ async fn cpu_bound(workload: &Workload, host: &Host) -> Result<Cpu> {
         one_call: Samples::default(),
         parallel: Samples::default(),
         sequential: Samples::default(),
+        native_iterations,
+        native_parallel: Samples::default(),
+        native_sequential: Samples::default(),
     };
     for round in 0..workload.burn_rounds {
-        for variant in 0..3 {
-            match (round + variant) % 3 {
+        for variant in 0..5 {
+            match (round + variant) % 5 {
                 0 => {
                     let (elapsed, bound) = timed_run(&plan, &parallel).await?;
                     ensure!(bound == WORKERS, "the parallel run had bound {bound}");
@@ -275,11 +338,18 @@ async fn cpu_bound(workload: &Workload, host: &Host) -> Result<Cpu> {
                 1 => results
                     .sequential
                     .push(timed_run(&plan, &sequential).await?.0, 1),
-                _ => {
+                2 => {
                     let started = Instant::now();
                     burn.call(&input, &limits).await?;
                     results.one_call.push(started.elapsed(), 1);
                 }
+                // Blocking the caller's thread is fine: nothing else runs.
+                3 => results
+                    .native_parallel
+                    .push(native_chunks(native_iterations, WORKERS), 1),
+                _ => results
+                    .native_sequential
+                    .push(native_chunks(native_iterations, 1), 1),
             }
         }
     }
@@ -356,11 +426,30 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn print_report(workload: &Workload, fan: &FanOut, cpu: &Cpu, overhead: &Overhead) {
+/// The 1-minute load average (Linux only): how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn print_report(
+    workload: &Workload,
+    load_before: &str,
+    fan: &FanOut,
+    cpu: &Cpu,
+    overhead: &Overhead,
+) {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!("# xcs graph benchmark");
     println!();
     println!("- machine: {cores} cores (nproc), {}", cpu_model());
+    println!(
+        "- 1-minute load average before / after: {load_before} / {} \
+         (above {cores}, other processes competed for the cores)",
+        load_average()
+    );
     println!("- tokio multi-thread runtime, {WORKERS} workers; medians (p25–p75)");
     println!(
         "- fan-out: {} rounds; {FAN_OUT_WIDTH} `wait` nodes × {SLEEP_MS} ms, host bound {FAN_OUT_WIDTH}; \
@@ -412,8 +501,7 @@ fn print_report(workload: &Workload, fan: &FanOut, cpu: &Cpu, overhead: &Overhea
         "one direct `burn` call (reference)",
         &cpu.one_call,
         format!(
-            "{:.2} × {BURN_WIDTH} = {:.2} ms",
-            cpu.one_call.median() / 1e3,
+            "× {BURN_WIDTH} = {:.2} ms",
             cpu.one_call.median() * BURN_WIDTH as f64 / 1e3
         ),
     );
@@ -428,6 +516,23 @@ fn print_report(workload: &Workload, fan: &FanOut, cpu: &Cpu, overhead: &Overhea
         format!(
             "{:.2}× speed-up (target ≥ 1.90)",
             sequential / cpu.parallel.median()
+        ),
+    );
+    let native_sequential = cpu.native_sequential.median();
+    row(
+        &format!(
+            "{BURN_WIDTH} native chunks of the same loop ({} iterations), 1 thread",
+            cpu.native_iterations
+        ),
+        &cpu.native_sequential,
+        "1.00 (machine baseline)".into(),
+    );
+    row(
+        &format!("{BURN_WIDTH} native chunks, {WORKERS} threads"),
+        &cpu.native_parallel,
+        format!(
+            "{:.2}× speed-up (what the machine allowed)",
+            native_sequential / cpu.native_parallel.median()
         ),
     );
 
@@ -463,6 +568,7 @@ fn print_report(workload: &Workload, fan: &FanOut, cpu: &Cpu, overhead: &Overhea
 
 fn run() -> Result<()> {
     let workload = Workload::from_env();
+    let load_before = load_average();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .enable_all()
@@ -470,13 +576,18 @@ fn run() -> Result<()> {
         .context("building the tokio runtime")?;
     let (fan, cpu, overhead) = runtime.block_on(async {
         let fan = fan_out(&workload).await.context("fan-out")?;
-        // The user's cache directory is left alone.
-        let host = Host::builder().no_disk_cache().build()?;
+        // The user's cache directory is left alone. `burn` and `noop` are
+        // deterministic: without this, their repeated calls would be served
+        // by the result cache instead of measured.
+        let host = Host::builder()
+            .no_disk_cache()
+            .default_policy(Policy::new().cache(false))
+            .build()?;
         let cpu = cpu_bound(&workload, &host).await.context("CPU-bound")?;
         let overhead = overhead(&workload, &host).await.context("overhead")?;
         anyhow::Ok((fan, cpu, overhead))
     })?;
-    print_report(&workload, &fan, &cpu, &overhead);
+    print_report(&workload, &load_before, &fan, &cpu, &overhead);
     Ok(())
 }
 

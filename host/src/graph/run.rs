@@ -412,6 +412,34 @@ impl Plan {
     /// to every node, and [`RunReport::into_result`] gives the outputs or
     /// the error that ended the run.
     pub async fn run(&self, inputs: &Value, options: &RunOptions) -> RunReport {
+        // Coordinate on a runtime worker rather than on the caller's thread
+        // (often a `block_on` thread outside the pool): every node's
+        // completion wakes the coordinator, and on the caller's thread each
+        // wake-up is a context switch. Measured on 100-node fan-outs: the
+        // completion tail halves and context switches drop ~10x.
+        struct AbortOnDrop(tokio::task::JoinHandle<RunReport>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                // Dropping the run cancels it, as for any future.
+                self.0.abort();
+            }
+        }
+        let plan = self.clone();
+        let (inputs, options) = (inputs.clone(), options.clone());
+        let mut coordinator = AbortOnDrop(tokio::spawn(async move {
+            plan.run_here(&inputs, &options).await
+        }));
+        match (&mut coordinator.0).await {
+            Ok(report) => report,
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Only `AbortOnDrop` aborts it, and it is still held here.
+                Err(cancelled) => unreachable!("the run's coordinator was cancelled: {cancelled}"),
+            },
+        }
+    }
+
+    async fn run_here(&self, inputs: &Value, options: &RunOptions) -> RunReport {
         let started = Instant::now();
         for (key, policy) in &self.graph.policies {
             if let Some(position) = self
