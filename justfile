@@ -53,3 +53,24 @@ doc:
 
 # Exactly what CI runs.
 ci: lint test doc
+
+# Seconds each fuzz target runs in `just fuzz` (`just fuzz_seconds=600 fuzz`).
+fuzz_seconds := "60"
+
+# Fuzz the codec and loading for `fuzz_seconds` each (nightly, cargo-fuzz; not in ci).
+fuzz:
+    cargo +nightly fuzz build --fuzz-dir fuzz --target-dir fuzz/target
+    for target in codec load; do \
+        echo "== fuzz $target: {{fuzz_seconds}} s"; \
+        cargo +nightly fuzz run --fuzz-dir fuzz --target-dir fuzz/target "$target" -- \
+            -max_total_time={{fuzz_seconds}} -print_final_stats=1 2>&1 \
+            | tee "fuzz/target/$target.log" \
+            | grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|SUMMARY)|panicked|ERROR'; \
+    done
+
+# Calls made by `just soak` (`just soak_calls=200000 soak`).
+soak_calls := "1000000"
+
+# Soak: `soak_calls` mixed good and failing calls; fails unless memory stays flat (not in ci).
+soak: setup
+    cargo run --release -p xcs-tests --bin soak -- --calls {{soak_calls}}
