@@ -9,9 +9,11 @@
 //! variants are interleaved (and their order rotated) so that a noisy
 //! neighbour slows every variant alike instead of one of them.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use wasmtime::component::{
@@ -19,6 +21,7 @@ use wasmtime::component::{
 };
 // wasmtime 48 has its own error type (anyhow's would need wasmtime's
 // `anyhow` feature, which would rebuild wasmtime for the whole workspace).
+use common::Samples;
 use wasmtime::error::Context;
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
@@ -50,9 +53,7 @@ struct Plan {
 
 impl Plan {
     fn from_env() -> Plan {
-        let quick = std::env::var_os("XCS_BENCH_QUICK")
-            .is_some_and(|value| !value.is_empty() && value != "0");
-        if quick {
+        if common::quick() {
             Plan {
                 call_rounds: 5,
                 calls_per_batch: 20,
@@ -70,44 +71,6 @@ impl Plan {
                 // with its ~4 TiB pool reservation (see `leaked_tickers`).
                 disk_hits: 15,
             }
-        }
-    }
-}
-
-/// Per-operation times in microseconds, one per batch (or per operation).
-#[derive(Default)]
-struct Samples(Vec<f64>);
-
-impl Samples {
-    fn push_batch(&mut self, elapsed: Duration, operations: usize) {
-        self.0.push(elapsed.as_secs_f64() * 1e6 / operations as f64);
-    }
-
-    fn quantile(&self, q: f64) -> f64 {
-        let mut sorted = self.0.clone();
-        sorted.sort_by(f64::total_cmp);
-        match sorted.len() {
-            0 => f64::NAN,
-            len => sorted[((len - 1) as f64 * q).round() as usize],
-        }
-    }
-
-    fn median(&self) -> f64 {
-        self.quantile(0.5)
-    }
-
-    /// `median (p25–p75)`, in µs or ms.
-    fn summary(&self) -> String {
-        let (low, median, high) = (self.quantile(0.25), self.median(), self.quantile(0.75));
-        if median >= 1000.0 {
-            format!(
-                "{:.2} ms ({:.2}–{:.2})",
-                median / 1e3,
-                low / 1e3,
-                high / 1e3
-            )
-        } else {
-            format!("{median:.2} µs ({low:.2}–{high:.2})")
         }
     }
 }
@@ -239,7 +202,7 @@ macro_rules! time_batch {
         for _ in 0..$batch {
             $op;
         }
-        $samples.push_batch(started.elapsed(), $batch);
+        $samples.push(started.elapsed(), $batch);
     }};
 }
 
@@ -319,7 +282,7 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
         for copy in copies {
             host.load_bytes(copy, "noop.wasm").await?;
         }
-        memory_hit.push_batch(started.elapsed(), batch);
+        memory_hit.push(started.elapsed(), batch);
         time_batch!(memory_hit_path, batch, host.load(xcs_tests::NOOP).await?);
     }
     drop(noop);
@@ -342,7 +305,7 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
         let copy = bytes.to_vec();
         let started = Instant::now();
         fresh_host.load_bytes(copy, "noop.wasm").await?;
-        disk_hit.push_batch(started.elapsed(), 1);
+        disk_hit.push(started.elapsed(), 1);
     }
 
     // The same on-disk entry read by bare wasmtime: what of a disk-cache

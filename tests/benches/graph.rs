@@ -16,6 +16,8 @@
 //! The variants of each section are interleaved round by round, so that a
 //! noisy neighbour slows every variant alike instead of one of them.
 
+mod common;
+
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use common::Samples;
 use serde_json::{Value, json};
 use xcs::graph::{Graph, Node, NodeStatus, Plan, RunOptions, Source};
 use xcs::{Capability, Host, Limits, Operator, Policy};
@@ -57,9 +60,7 @@ struct Workload {
 
 impl Workload {
     fn from_env() -> Workload {
-        let quick = std::env::var_os("XCS_BENCH_QUICK")
-            .is_some_and(|value| !value.is_empty() && value != "0");
-        if quick {
+        if common::quick() {
             Workload {
                 fan_out_rounds: 2,
                 fast_runs_per_round: 2,
@@ -77,44 +78,6 @@ impl Workload {
                 noop_rounds: 9,
                 direct_calls_per_round: 2_000,
             }
-        }
-    }
-}
-
-/// Times in microseconds, one per run (or per node, or per call).
-#[derive(Default)]
-struct Samples(Vec<f64>);
-
-impl Samples {
-    fn push(&mut self, elapsed: Duration, operations: usize) {
-        self.0.push(elapsed.as_secs_f64() * 1e6 / operations as f64);
-    }
-
-    fn quantile(&self, q: f64) -> f64 {
-        let mut sorted = self.0.clone();
-        sorted.sort_by(f64::total_cmp);
-        match sorted.len() {
-            0 => f64::NAN,
-            len => sorted[((len - 1) as f64 * q).round() as usize],
-        }
-    }
-
-    fn median(&self) -> f64 {
-        self.quantile(0.5)
-    }
-
-    /// `median (p25–p75)`, in µs or ms.
-    fn summary(&self) -> String {
-        let (low, median, high) = (self.quantile(0.25), self.median(), self.quantile(0.75));
-        if median >= 1000.0 {
-            format!(
-                "{:.2} ms ({:.2}–{:.2})",
-                median / 1e3,
-                low / 1e3,
-                high / 1e3
-            )
-        } else {
-            format!("{median:.2} µs ({low:.2}–{high:.2})")
         }
     }
 }
