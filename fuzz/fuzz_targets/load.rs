@@ -27,18 +27,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use wasm_smith::{Component, Config, Module};
 use xcs::ErrorKind;
-
-/// The contract's types, imported as wit-bindgen components do.
-const TYPES_IMPORT: &str = r#"
-  (import "xcs:operator/types@0.1.0" (instance $types
-    (type $metadata (record (field "name" string) (field "version" string)
-                            (field "description" string) (field "deterministic" bool)))
-    (export "metadata" (type (eq $metadata)))
-    (type $error (record (field "code" string) (field "message" string) (field "retryable" bool)))
-    (export "error" (type (eq $error)))))
-  (alias export $types "metadata" (type $metadata))
-  (alias export $types "error" (type $error))
-"#;
+use xcs::__doc_fixture::TYPES_IMPORT;
 
 /// `invoke(text: string) -> result<string, error>`, lifted from `$i`.
 const INVOKE_EXPORT: &str = r#"

@@ -76,11 +76,14 @@ pub mod capability_types {
 
 #[doc(hidden)]
 pub mod __doc_fixture {
-    //! A hand-written component used by the crate's doc example.
+    //! Hand-written components for the crate's doc example, and the WAT
+    //! pieces the workspace's tests and fuzz targets build theirs from.
 
-    /// `double(x: u32) -> result<u32, error>`, with metadata.
-    pub const DOUBLE_WAT: &str = r#"
-(component
+    /// The contract's types (`metadata`, `error`), imported the way
+    /// wit-bindgen components do; a fragment of a `(component ...)`.
+    macro_rules! types_import {
+        () => {
+            r#"
   (import "xcs:operator/types@0.1.0" (instance $types
     (type $metadata (record (field "name" string) (field "version" string)
                             (field "description" string) (field "deterministic" bool)))
@@ -89,7 +92,18 @@ pub mod __doc_fixture {
     (export "error" (type (eq $error)))))
   (alias export $types "metadata" (type $metadata))
   (alias export $types "error" (type $error))
-  (core module $m
+"#
+        };
+    }
+
+    /// `types_import!()` as a constant, for fixtures built with `format!`.
+    pub const TYPES_IMPORT: &str = types_import!();
+
+    /// `double(x: u32) -> result<u32, error>`, with metadata.
+    pub const DOUBLE_WAT: &str = concat!(
+        "(component",
+        types_import!(),
+        r#"  (core module $m
     (memory (export "memory") 1)
     (data (i32.const 16) "double")
     (data (i32.const 32) "0.1.0")
@@ -110,5 +124,6 @@ pub mod __doc_fixture {
     (canon lift (core func $i "metadata") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
   (func (export "invoke") (param "x" u32) (result (result u32 (error $error)))
     (canon lift (core func $i "invoke") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
-"#;
+"#
+    );
 }

@@ -1,16 +1,7 @@
 //! Hand-written components for cases a Rust guest cannot express.
 
-/// The contract's types, imported the way wit-bindgen components do.
-const TYPES_IMPORT: &str = r#"
-  (import "xcs:operator/types@0.1.0" (instance $types
-    (type $metadata (record (field "name" string) (field "version" string)
-                            (field "description" string) (field "deterministic" bool)))
-    (export "metadata" (type (eq $metadata)))
-    (type $error (record (field "code" string) (field "message" string) (field "retryable" bool)))
-    (export "error" (type (eq $error)))))
-  (alias export $types "metadata" (type $metadata))
-  (alias export $types "error" (type $error))
-"#;
+// The contract's types, imported the way wit-bindgen components do.
+use xcs::__doc_fixture::TYPES_IMPORT;
 
 /// Core functions every fixture module has: `metadata` (name `fixture`),
 /// a bump-allocating `realloc`, and `ok`, returning `ok` with no payload.
@@ -65,28 +56,9 @@ fn metadata_export() -> String {
 /// A component with `invoke(all: all) -> result<_, error>` where `all` is a
 /// record holding one field of every WIT value type family. The guest
 /// ignores its input: only the host's checking and lowering are exercised.
+/// (A file, because the `codec` fuzz target uses it too.)
 pub fn every_family() -> String {
-    format!(
-        r#"(component {TYPES_IMPORT} {core} {metadata}
-  (type $shape' (variant (case "circle" f64) (case "point")))
-  (export $shape "shape" (type $shape'))
-  (type $color' (enum "red" "green"))
-  (export $color "color" (type $color'))
-  (type $perms' (flags "read" "write"))
-  (export $perms "perms" (type $perms'))
-  (type $all' (record
-    (field "flag" bool) (field "small" s8) (field "byte" u8) (field "short" s16) (field "ushort" u16)
-    (field "int" s32) (field "uint" u32) (field "long" s64) (field "ulong" u64)
-    (field "ratio" f32) (field "real" f64) (field "letter" char) (field "text" string)
-    (field "items" (list u32)) (field "pair" (tuple u8 string)) (field "shape" $shape)
-    (field "color" $color) (field "maybe" (option u32)) (field "outcome" (result u32 (error string)))
-    (field "perms" $perms)))
-  (export $all "all" (type $all'))
-  (func (export "invoke") (param "all" $all) (result (result (error $error)))
-    (canon lift (core func $i "ok") {LIFT})))"#,
-        core = core_module("", ""),
-        metadata = metadata_export(),
-    )
+    include_str!("../wat/every-family.wat").to_owned()
 }
 
 /// `invoke(bytes: list<u8>) -> result<_, error>` whose guest traps as soon
