@@ -54,18 +54,51 @@ doc:
 # Exactly what CI runs.
 ci: lint test doc
 
-# Seconds each fuzz target runs in `just fuzz` (`just fuzz_seconds=600 fuzz`).
+# `just fuzz` settings, e.g. `just fuzz_seconds=600 fuzz`, or the README's
+# long run: `just fuzz_targets=load fuzz_sanitizer=none fuzz_jobs=2
+# fuzz_runs=500000 fuzz_seconds=0 fuzz`.
+# Targets to run, in order.
+fuzz_targets := "codec load"
+# Seconds each fuzzing process runs (0: no time limit).
 fuzz_seconds := "60"
+# Executions each fuzzing process makes (-1: no limit).
+fuzz_runs := "-1"
+# Fuzzing processes per target (libFuzzer's -jobs and -workers).
+fuzz_jobs := "1"
+# Sanitizer of the fuzz build: `address`, or `none` for about 2× the
+# executions per second (the build is ~25 min with ASan, 7–9 without).
+fuzz_sanitizer := "address"
+# More libFuzzer flags, e.g. `-max_len=8192`.
+fuzz_args := ""
 
-# Fuzz the codec and loading for `fuzz_seconds` each (nightly, cargo-fuzz; not in ci).
+# Fuzz each of `fuzz_targets` (nightly, cargo-fuzz; not in ci); fails on a crash.
 fuzz:
-    cargo +nightly fuzz build --fuzz-dir fuzz --target-dir fuzz/target
-    for target in codec load; do \
-        echo "== fuzz $target: {{fuzz_seconds}} s"; \
-        cargo +nightly fuzz run --fuzz-dir fuzz --target-dir fuzz/target "$target" -- \
-            -max_total_time={{fuzz_seconds}} -print_final_stats=1 2>&1 \
-            | tee "fuzz/target/$target.log" \
-            | grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|SUMMARY)|panicked|ERROR'; \
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # Cranelift built without coverage instrumentation: see the wrapper.
+    export RUSTC_WRAPPER="$PWD/fuzz/rustc-wrapper"
+    root="$PWD/fuzz"
+    dir="$root/target/{{fuzz_sanitizer}}"
+    cargo +nightly fuzz build --fuzz-dir fuzz --target-dir "$dir" -s {{fuzz_sanitizer}}
+    for target in {{fuzz_targets}}; do
+        echo "== fuzz $target: {{fuzz_jobs}} process(es), {{fuzz_seconds}} s, {{fuzz_runs}} runs each"
+        logs="$dir/logs/$target"
+        rm -rf "$logs"
+        mkdir -p "$logs" "$root/corpus/$target" "$root/artifacts/$target"
+        status=0
+        (cd "$logs" && "$dir/x86_64-unknown-linux-gnu/release/$target" "$root/corpus/$target" \
+            -artifact_prefix="$root/artifacts/$target/" \
+            -jobs={{fuzz_jobs}} -workers={{fuzz_jobs}} \
+            -max_total_time={{fuzz_seconds}} -runs={{fuzz_runs}} -print_final_stats=1 {{fuzz_args}} \
+            > libfuzzer.out 2>&1) || status=$?
+        grep -E '^(Done|stat::number_of_executed_units|stat::average_exec_per_sec|SUMMARY)|panicked|ERROR' \
+            "$logs"/fuzz-*.log || true
+        # A process that crashed, or never finished (killed), fails the run.
+        if [ "$status" -ne 0 ] || grep -qE '^SUMMARY|panicked|ERROR: libFuzzer' "$logs"/fuzz-*.log \
+            || [ "$(grep -l '^Done ' "$logs"/fuzz-*.log | wc -l)" -ne {{fuzz_jobs}} ]; then
+            echo "fuzz $target failed (exit $status): logs in $logs, inputs in $root/artifacts/$target" >&2
+            exit 1
+        fi
     done
 
 # Calls made by `just soak` (`just soak_calls=200000 soak`).
