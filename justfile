@@ -75,7 +75,9 @@ fuzz_args := ""
 fuzz:
     #!/usr/bin/env bash
     set -euo pipefail
-    # Cranelift built without coverage instrumentation: see the wrapper.
+    # Cranelift built without coverage instrumentation: see the wrapper
+    # (which runs the user's own RUSTC_WRAPPER, if any, inside it).
+    export XCS_FUZZ_INNER_WRAPPER="${RUSTC_WRAPPER:-}"
     export RUSTC_WRAPPER="$PWD/fuzz/rustc-wrapper"
     root="$PWD/fuzz"
     dir="$root/target/{{fuzz_sanitizer}}"
