@@ -7,34 +7,15 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use xcs::graph::{Graph, Node, NodeStatus, Operators, RunOptions, Source};
-use xcs::{Capability, ErrorKind, Host, Limits};
+use xcs::{ErrorKind, Host, Limits};
+use xcs_tests::latency::{self, InFlight};
 
 use crate::util::{expect_kind, host, load};
-
-/// Counts latency-capability calls in flight, and the most at once.
-#[derive(Default)]
-struct InFlight {
-    now: AtomicU64,
-    peak: AtomicU64,
-}
 
 /// A host whose `wait` operator sleeps on an async capability that counts
 /// calls in flight; graph nodes run at most `max_concurrency` at once.
 async fn latency_host(max_concurrency: usize) -> (Operators, Arc<InFlight>) {
-    let in_flight = Arc::new(InFlight::default());
-    let latency = Capability::new("xcs:examples/latency@0.1.0").func_async("sleep", {
-        let in_flight = in_flight.clone();
-        move |(ms,): (u32,)| {
-            let in_flight = in_flight.clone();
-            async move {
-                let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
-                in_flight.peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(ms.into())).await;
-                in_flight.now.fetch_sub(1, Ordering::SeqCst);
-                Ok(())
-            }
-        }
-    });
+    let (latency, in_flight) = latency::capability();
     let host = Host::builder()
         .grant(latency)
         .max_concurrency(max_concurrency)
@@ -259,7 +240,7 @@ async fn peak_in_flight_is_min_of_width_and_max_concurrency() {
         let report = plan.run(&Value::Null, &RunOptions::default()).await;
         assert!(report.error.is_none(), "{:?}", report.error);
         assert_eq!(
-            in_flight.peak.load(Ordering::SeqCst),
+            in_flight.peak(),
             width.min(max_concurrency) as u64,
             "width {width}, bound {max_concurrency}"
         );
@@ -283,7 +264,7 @@ async fn a_run_bound_below_the_host_bound_is_honoured() {
         .await
         .into_result()
         .unwrap();
-    assert_eq!(in_flight.peak.load(Ordering::SeqCst), 2);
+    assert_eq!(in_flight.peak(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,11 +316,7 @@ async fn map_preserves_order_reports_the_failing_index_and_honours_its_bound() {
         .into_result()
         .unwrap();
     assert_eq!(outputs["waits"], json!(vec![30; 10]));
-    assert_eq!(
-        in_flight.peak.load(Ordering::SeqCst),
-        3,
-        "the map's own bound"
-    );
+    assert_eq!(in_flight.peak(), 3, "the map's own bound");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,21 +298,7 @@ async fn chatty() {
 
 #[tokio::test]
 async fn wait() {
-    let in_flight = Arc::new(AtomicU64::new(0));
-    let peak = Arc::new(AtomicU64::new(0));
-    let latency = Capability::new("xcs:examples/latency@0.1.0").func_async("sleep", {
-        let (in_flight, peak) = (in_flight.clone(), peak.clone());
-        move |(ms,): (u32,)| {
-            let (in_flight, peak) = (in_flight.clone(), peak.clone());
-            async move {
-                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(ms.into())).await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                Ok(())
-            }
-        }
-    });
+    let (latency, in_flight) = xcs_tests::latency::capability();
     let host = Host::builder().grant(latency).build().unwrap();
     let op = load(&host, xcs_tests::WAIT).await;
     assert!(
@@ -326,7 +312,7 @@ async fn wait() {
         assert_eq!(output.unwrap(), json!(50));
     }
     assert_eq!(
-        peak.load(Ordering::SeqCst),
+        in_flight.peak(),
         8,
         "the async capability let all eight calls wait at once"
     );

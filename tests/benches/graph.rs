@@ -20,15 +20,13 @@ mod common;
 
 use std::hint::black_box;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use common::Samples;
 use serde_json::{Value, json};
 use xcs::graph::{Graph, Node, NodeStatus, Plan, RunOptions, Source};
-use xcs::{Capability, Host, Limits, Operator, Policy};
+use xcs::{Host, Limits, Operator, Policy};
 
 /// Nodes of the latency fan-out.
 const FAN_OUT_WIDTH: usize = 100;
@@ -119,13 +117,6 @@ fn independent(width: usize, operator: &str, args: &[(&str, Value)]) -> Graph {
     })
 }
 
-/// Counts latency-capability calls in flight, and the most at once.
-#[derive(Default)]
-struct InFlight {
-    now: AtomicU64,
-    peak: AtomicU64,
-}
-
 struct FanOut {
     graph: Samples,
     single: Samples,
@@ -134,20 +125,7 @@ struct FanOut {
 }
 
 async fn fan_out(workload: &Workload) -> Result<FanOut> {
-    let in_flight = Arc::new(InFlight::default());
-    let latency = Capability::new("xcs:examples/latency@0.1.0").func_async("sleep", {
-        let in_flight = in_flight.clone();
-        move |(ms,): (u32,)| {
-            let in_flight = in_flight.clone();
-            async move {
-                let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
-                in_flight.peak.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(ms.into())).await;
-                in_flight.now.fetch_sub(1, Ordering::SeqCst);
-                Ok(())
-            }
-        }
-    });
+    let (latency, in_flight) = xcs_tests::latency::capability();
     let host = Host::builder()
         .no_disk_cache()
         .grant(latency)
@@ -164,7 +142,7 @@ async fn fan_out(workload: &Workload) -> Result<FanOut> {
     // Warm-up: every pool slot the wide run needs has been touched.
     timed_run(&wide, &parallel).await?;
     timed_run(&single, &parallel).await?;
-    in_flight.peak.store(0, Ordering::SeqCst);
+    in_flight.reset_peak();
 
     let mut results = FanOut {
         graph: Samples::default(),
@@ -195,7 +173,7 @@ async fn fan_out(workload: &Workload) -> Result<FanOut> {
             }
         }
     }
-    results.peak_in_flight = in_flight.peak.load(Ordering::SeqCst);
+    results.peak_in_flight = in_flight.peak();
     Ok(results)
 }
 
