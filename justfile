@@ -66,7 +66,7 @@ fuzz_runs := "-1"
 # Fuzzing processes per target (libFuzzer's -jobs and -workers).
 fuzz_jobs := "1"
 # Sanitizer of the fuzz build: `address`, or `none` for about 2× the
-# executions per second (the build is ~25 min with ASan, 7–9 without).
+# executions per second (the build is ~16 min with ASan, 7–9 without).
 fuzz_sanitizer := "address"
 # More libFuzzer flags, e.g. `-max_len=8192`.
 fuzz_args := ""
