@@ -65,7 +65,7 @@ fuzz_seconds := "60"
 fuzz_runs := "-1"
 # Fuzzing processes per target (libFuzzer's -jobs and -workers).
 fuzz_jobs := "1"
-# Sanitizer of the fuzz build: `address`, or `none` for about 2× the
+# Sanitizer of the fuzz build: `address`, or `none` for 4–7× the
 # executions per second (the build is ~16 min with ASan, 7–9 without).
 fuzz_sanitizer := "address"
 # More libFuzzer flags, e.g. `-max_len=8192`.
@@ -75,8 +75,9 @@ fuzz_args := ""
 fuzz:
     #!/usr/bin/env bash
     set -euo pipefail
+    [ {{fuzz_jobs}} -ge 1 ] || { echo "fuzz_jobs must be at least 1" >&2; exit 1; }
     # Cranelift built without coverage instrumentation: see the wrapper
-    # (which runs the user's own RUSTC_WRAPPER, if any, inside it).
+    # (which runs the user's own RUSTC_WRAPPER from the environment inside it).
     export XCS_FUZZ_INNER_WRAPPER="${RUSTC_WRAPPER:-}"
     export RUSTC_WRAPPER="$PWD/fuzz/rustc-wrapper"
     root="$PWD/fuzz"
@@ -88,8 +89,10 @@ fuzz:
         rm -rf "$logs"
         mkdir -p "$logs" "$root/corpus/$target" "$root/artifacts/$target"
         status=0
-        (cd "$logs" && "$dir/x86_64-unknown-linux-gnu/release/$target" "$root/corpus/$target" \
-            -artifact_prefix="$root/artifacts/$target/" \
+        # Relative paths: libFuzzer restarts each job through the shell
+        # without quoting, so a checkout path with spaces would break.
+        (cd "$logs" && "../../x86_64-unknown-linux-gnu/release/$target" "../../../../corpus/$target" \
+            -artifact_prefix="../../../../artifacts/$target/" \
             -jobs={{fuzz_jobs}} -workers={{fuzz_jobs}} \
             -max_total_time={{fuzz_seconds}} -runs={{fuzz_runs}} -print_final_stats=1 {{fuzz_args}} \
             > libfuzzer.out 2>&1) || status=$?

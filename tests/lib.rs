@@ -48,14 +48,30 @@ pub mod latency {
             move |(ms,): (u32,)| {
                 let in_flight = in_flight.clone();
                 async move {
-                    let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
-                    in_flight.peak.fetch_max(now, Ordering::SeqCst);
+                    let _counted = Counted::new(&in_flight);
                     tokio::time::sleep(Duration::from_millis(ms.into())).await;
-                    in_flight.now.fetch_sub(1, Ordering::SeqCst);
                     Ok(())
                 }
             }
         });
         (capability, in_flight)
+    }
+
+    /// One call in flight, until dropped (also when the call is cancelled
+    /// mid-sleep, say by a deadline).
+    struct Counted<'a>(&'a InFlight);
+
+    impl<'a> Counted<'a> {
+        fn new(in_flight: &'a InFlight) -> Self {
+            let now = in_flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+            in_flight.peak.fetch_max(now, Ordering::SeqCst);
+            Counted(in_flight)
+        }
+    }
+
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.now.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }

@@ -61,6 +61,17 @@ pub fn every_family() -> String {
     include_str!("../wat/every-family.wat").to_owned()
 }
 
+/// The file keeps its own copy of the contract's types import (it is a
+/// whole component): it must not drift from the one the host's fixtures use.
+#[test]
+fn every_family_imports_the_contract_types() {
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words(&every_family()).contains(&words(TYPES_IMPORT)),
+        "tests/wat/every-family.wat and xcs::__doc_fixture::TYPES_IMPORT differ"
+    );
+}
+
 /// `invoke(bytes: list<u8>) -> result<_, error>` whose guest traps as soon
 /// as it runs (its `realloc`, called to receive the list, is `unreachable`):
 /// proves whether an input reached the guest.

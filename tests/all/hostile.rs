@@ -105,8 +105,9 @@ async fn an_output_string_of_invalid_utf8_is_a_trap() {
 }
 
 /// A list of 60 Mi bytes: lifting it would take the host 40 bytes per
-/// element, past wasmtime's own budget for what a call may make the host
-/// allocate (128 MiB), so wasmtime stops the lift first.
+/// element, far past the budget the host gives wasmtime for what a call may
+/// make it allocate (40 × the larger of the output and log limits, within
+/// 4–128 MiB: 4 MiB here), so wasmtime stops the lift first.
 #[tokio::test]
 async fn an_output_list_past_the_lifting_budget_is_refused() {
     let host = host();

@@ -304,7 +304,7 @@ async fn wait() {
     assert!(
         op.imports()
             .iter()
-            .any(|import| import == "xcs:examples/latency@0.1.0")
+            .any(|import| import == xcs_tests::latency::INTERFACE)
     );
     let (input, limits) = (json!({"ms": 50}), Limits::default());
     let calls = (0..8).map(|_| op.call(&input, &limits));
@@ -321,7 +321,7 @@ async fn wait() {
     // guest and names the capability.
     let host = Host::builder()
         .grant(
-            Capability::new("xcs:examples/latency@0.1.0").func("sleep", |(ms,): (u32,)| {
+            Capability::new(xcs_tests::latency::INTERFACE).func("sleep", |(ms,): (u32,)| {
                 if ms > 100 {
                     Err(format!("{ms} ms is too long").into())
                 } else {
@@ -353,7 +353,7 @@ async fn wait() {
         ErrorKind::Capability,
     );
     assert!(
-        error.to_string().contains("xcs:examples/latency@0.1.0"),
+        error.to_string().contains(xcs_tests::latency::INTERFACE),
         "{error}"
     );
 }
