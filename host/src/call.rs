@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::error::Error;
 use crate::limits::Limits;
 use crate::operator::{CallOutput, Operator, clone_error};
-use crate::policy::{Policy, counts_as_failure};
+use crate::policy::{Admission, Policy, verdict};
 use crate::sandbox::CallStats;
 
 /// Key of the result cache: the operator (for metrics), its digest and the
@@ -174,15 +174,34 @@ async fn guarded(
             return (Err(error), 0);
         }
     };
+    let mut admitted = Admitted {
+        state,
+        admission: Some(admission),
+    };
     let (result, attempts) = bulkheaded(operator, input, limits, policy).await;
-    let refused = matches!(result, Err(Error::Overloaded { .. }));
-    if !refused {
-        let failed = result.as_ref().err().is_some_and(counts_as_failure);
+    if let Some(failed) = verdict(&result) {
+        admitted.admission = None;
         if let Some((from, to)) = state.record(breaker, admission, failed, Instant::now()) {
             metrics.transition(operator.name(), from, to);
         }
     }
     (result, attempts)
+}
+
+/// A breaker admission whose call has not reported a verdict yet; dropped
+/// without one (a bulkhead refusal, a neutral error, a cancelled call), it
+/// gives back what it took.
+struct Admitted<'a> {
+    state: &'a crate::policy::PolicyState,
+    admission: Option<Admission>,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(admission) = self.admission.take() {
+            self.state.release(admission);
+        }
+    }
 }
 
 /// Leaves the bulkhead's queue when dropped, a cancelled call included.

@@ -328,18 +328,24 @@ impl Default for PolicyState {
     }
 }
 
-/// Whether an outcome counts against the breaker: the operator's own
-/// failures do; the caller's (bad input) and the policies' do not.
-pub(crate) fn counts_as_failure(error: &Error) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::Operator
-            | ErrorKind::Timeout
-            | ErrorKind::Fuel
-            | ErrorKind::Memory
-            | ErrorKind::StackOverflow
-            | ErrorKind::Trap
-    )
+/// What an outcome tells the breaker: `Some(true)` for the operator's own
+/// failures, `Some(false)` for a success, and `None` for the caller's
+/// (bad input) and the policies' refusals, which say nothing about the
+/// operator: they neither count as failures nor reset the count.
+pub(crate) fn verdict<T>(outcome: &Result<T, Error>) -> Option<bool> {
+    match outcome {
+        Ok(_) => Some(false),
+        Err(error) => matches!(
+            error.kind(),
+            ErrorKind::Operator
+                | ErrorKind::Timeout
+                | ErrorKind::Fuel
+                | ErrorKind::Memory
+                | ErrorKind::StackOverflow
+                | ErrorKind::Trap
+        )
+        .then_some(true),
+    }
 }
 
 impl PolicyState {
@@ -437,6 +443,23 @@ impl PolicyState {
             }
             // A call admitted before the state changed: its outcome is stale.
             _ => None,
+        }
+    }
+
+    /// Gives back what an admission took when its call ends without a
+    /// verdict (refused by the bulkhead, a neutral error, or cancelled): a
+    /// probe's slot, so that the breaker cannot stay half-open with every
+    /// slot taken by calls that will never report.
+    pub(crate) fn release(&self, admission: Admission) {
+        if admission != Admission::Probe {
+            return;
+        }
+        let mut circuit = self
+            .circuit
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Circuit::HalfOpen { probes } = &mut *circuit {
+            *probes = probes.saturating_sub(1);
         }
     }
 
@@ -614,6 +637,32 @@ mod tests {
             Some((BreakerState::HalfOpen, BreakerState::Closed))
         );
         assert_eq!(state.breaker_state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_without_a_verdict_gives_its_slot_back() {
+        let breaker = Breaker::default()
+            .consecutive_failures(1)
+            .cool_down(Duration::from_secs(1))
+            .half_open_probes(1);
+        let state = PolicyState::default();
+        let now = Instant::now();
+        state.record(&breaker, Admission::Normal, true, now);
+        let later = now + Duration::from_secs(1);
+        let (probe, _) = state.admit(&breaker, later).expect("half-open");
+        assert!(
+            state.admit(&breaker, later).is_err(),
+            "the one slot is taken"
+        );
+        state.release(probe);
+        assert_eq!(state.breaker_state(), BreakerState::HalfOpen);
+        let (probe, _) = state
+            .admit(&breaker, later)
+            .expect("the slot is free again");
+        assert_eq!(probe, Admission::Probe);
+        // A normal admission has nothing to give back.
+        state.release(Admission::Normal);
+        assert!(state.admit(&breaker, later).is_err());
     }
 
     #[test]

@@ -116,7 +116,16 @@ async fn the_breaker_opens_fails_fast_and_probes_after_its_cool_down() {
         .cool_down(Duration::from_millis(200));
     let host = fresh_host("factorial", Policy::new().breaker(breaker).cache(false));
     let factorial = load(&host, xcs_tests::FACTORIAL).await;
-    for _ in 0..3 {
+    for call in 0..3 {
+        if call == 2 {
+            // Bad input is the caller's fault: it neither counts against the
+            // operator nor resets its count of consecutive failures.
+            expect_kind(
+                factorial.call(&json!(["five"]), &Limits::default()).await,
+                ErrorKind::Validation,
+            );
+            assert_eq!(factorial.breaker_state(), BreakerState::Closed);
+        }
         expect_kind(
             factorial.call(&json!([25]), &Limits::default()).await,
             ErrorKind::Operator,
@@ -128,8 +137,14 @@ async fn the_breaker_opens_fails_fast_and_probes_after_its_cool_down() {
         ErrorKind::CircuitOpen,
     );
     assert!(error.to_string().contains("circuit open"), "{error}");
-    // Bad input is the caller's fault: it does not count against the operator.
     tokio::time::sleep(Duration::from_millis(250)).await;
+    // A probe with bad input says nothing about the operator: the breaker
+    // stays half-open and the next call probes.
+    expect_kind(
+        factorial.call(&json!(["five"]), &Limits::default()).await,
+        ErrorKind::Validation,
+    );
+    assert_eq!(factorial.breaker_state(), BreakerState::HalfOpen);
     assert_eq!(
         factorial
             .call(&json!([5]), &Limits::default())
@@ -152,6 +167,31 @@ async fn the_breaker_opens_fails_fast_and_probes_after_its_cool_down() {
         ),
         "{text}"
     );
+}
+
+/// A probe whose caller gives up (its future dropped mid-call) reports
+/// nothing; its slot must come back, or the breaker would stay half-open
+/// and refuse every call for good.
+#[tokio::test]
+async fn a_cancelled_probe_gives_its_slot_back() {
+    let breaker = Breaker::default()
+        .consecutive_failures(1)
+        .cool_down(Duration::from_millis(50))
+        .half_open_probes(1);
+    let host = fresh_host("spin", Policy::new().breaker(breaker).cache(false));
+    let spin = load(&host, xcs_tests::SPIN).await;
+    let short = Limits::default().timeout(Duration::from_millis(50));
+    expect_kind(spin.call(&Value::Null, &short).await, ErrorKind::Timeout);
+    assert_eq!(spin.breaker_state(), BreakerState::Open);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The probe would spin for 10 s; its caller stops waiting first.
+    let long = Limits::default().timeout(Duration::from_secs(10));
+    let probe = tokio::time::timeout(Duration::from_millis(50), spin.call(&Value::Null, &long));
+    assert!(probe.await.is_err(), "the probe was cancelled");
+    assert_eq!(spin.breaker_state(), BreakerState::HalfOpen);
+    // The next call is admitted as the probe (and its timeout re-opens).
+    expect_kind(spin.call(&Value::Null, &short).await, ErrorKind::Timeout);
+    assert_eq!(spin.breaker_state(), BreakerState::Open);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
