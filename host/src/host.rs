@@ -387,7 +387,7 @@ impl HostBuilder {
 
     /// How long a cached result is served. Default: 10 minutes.
     pub fn result_cache_ttl(mut self, ttl: Duration) -> Self {
-        self.result_ttl = ttl;
+        self.result_ttl = crate::limits::capped(ttl);
         self
     }
 

@@ -61,7 +61,7 @@ mod types;
 pub use capability::Capability;
 pub use error::{BoxError, Error, ErrorKind};
 pub use host::{CACHE_DIR_ENV, Host, HostBuilder};
-pub use limits::{DEFAULT_SEED, Limits, parse_size};
+pub use limits::{DEFAULT_SEED, Limits, MAX_DURATION, parse_size};
 pub use metrics::{MetricsSnapshot, OperatorMetrics};
 pub use operator::{CallOutput, Metadata, Operator};
 pub use policy::Policy;

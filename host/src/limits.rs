@@ -5,6 +5,17 @@ use std::time::Duration;
 /// The seed used when none is given: fixed, so runs are reproducible.
 pub const DEFAULT_SEED: u64 = 0x5eed_0000_0000_0001;
 
+/// The longest timeout, delay or cool-down xcs keeps: about 100 years.
+/// Longer ones (say `Duration::MAX`, or `"1000000years"` in a graph file)
+/// are taken as this, so that deadlines computed from them cannot
+/// overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `duration`, at most [`MAX_DURATION`].
+pub(crate) fn capped(duration: Duration) -> Duration {
+    duration.min(MAX_DURATION)
+}
+
 /// Limits and sandbox settings for one call.
 ///
 /// Every call runs in a fresh sandbox under these limits. Build one from
@@ -65,9 +76,9 @@ impl Limits {
     /// Wall-clock deadline for the whole call, instantiation included.
     /// A guest that runs past it is interrupted within one epoch tick
     /// (see [`HostBuilder::epoch_tick`](crate::HostBuilder::epoch_tick)).
-    /// Default: 10 s.
+    /// Default: 10 s; at most [`MAX_DURATION`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = capped(timeout);
         self
     }
 

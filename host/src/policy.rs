@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
+use crate::limits::capped;
 
 /// The policies of one operator. [`Policy::default()`] has none: no retry,
 /// no breaker, no bulkhead, and the result cache on (it only ever applies
@@ -122,9 +123,10 @@ impl Retry {
         self
     }
 
-    /// Delay before the second attempt. Default: 10 ms.
+    /// Delay before the second attempt. Default: 10 ms; at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION).
     pub fn base_delay(mut self, delay: Duration) -> Self {
-        self.base_delay = delay;
+        self.base_delay = capped(delay);
         self
     }
 
@@ -134,15 +136,21 @@ impl Retry {
         self
     }
 
-    /// Cap on one delay. Default: 1 s.
+    /// Cap on one delay. Default: 1 s; at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION).
     pub fn max_delay(mut self, delay: Duration) -> Self {
-        self.max_delay = delay;
+        self.max_delay = capped(delay);
         self
     }
 
-    /// Largest fraction of a delay taken off at random, 0 to 1. Default: 0.5.
+    /// Largest fraction of a delay taken off at random, 0 to 1 (NaN is
+    /// taken as 0). Default: 0.5.
     pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = jitter.clamp(0.0, 1.0);
+        self.jitter = if jitter.is_nan() {
+            0.0
+        } else {
+            jitter.clamp(0.0, 1.0)
+        };
         self
     }
 
@@ -206,16 +214,17 @@ impl Breaker {
         self
     }
 
-    /// Also open when at least `ratio` of the last `window` calls failed.
-    /// Default: off.
+    /// Also open when at least `ratio` (0 to 1) of the last `window` calls
+    /// failed. Default: off; a NaN ratio leaves it off.
     pub fn failure_ratio(mut self, ratio: f64, window: u32) -> Self {
-        self.failure_ratio = Some((ratio.clamp(0.0, 1.0), window.max(1)));
+        self.failure_ratio = (!ratio.is_nan()).then(|| (ratio.clamp(0.0, 1.0), window.max(1)));
         self
     }
 
-    /// How long it stays open. Default: 5 s.
+    /// How long it stays open. Default: 5 s; at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION).
     pub fn cool_down(mut self, cool_down: Duration) -> Self {
-        self.cool_down = cool_down;
+        self.cool_down = capped(cool_down);
         self
     }
 
@@ -663,6 +672,34 @@ mod tests {
         // A normal admission has nothing to give back.
         state.release(Admission::Normal);
         assert!(state.admit(&breaker, later).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_durations_and_nan_never_panic() {
+        let breaker = Breaker::default()
+            .consecutive_failures(1)
+            .cool_down(Duration::MAX)
+            .failure_ratio(f64::NAN, 4);
+        assert_eq!(breaker.failure_ratio, None, "a NaN ratio leaves it off");
+        let state = PolicyState::default();
+        let now = Instant::now();
+        assert_eq!(
+            state.record(&breaker, Admission::Normal, true, now),
+            Some((BreakerState::Closed, BreakerState::Open))
+        );
+        assert_eq!(state.admit(&breaker, now), Err(crate::MAX_DURATION));
+        let retry = Retry::default()
+            .base_delay(Duration::MAX)
+            .max_delay(Duration::MAX)
+            .multiplier(f64::NAN)
+            .jitter(f64::NAN);
+        let error = operator_error(true);
+        let far = now + crate::MAX_DURATION;
+        assert_eq!(retry.next_delay(&error, 1, 0.5, now, far), None);
+        assert_eq!(
+            retry.next_delay(&error, 1, 0.5, now, far + crate::MAX_DURATION),
+            Some(crate::MAX_DURATION)
+        );
     }
 
     #[test]

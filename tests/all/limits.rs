@@ -1,6 +1,7 @@
 //! Limits on input, output, memory and fuel; and the stats a call reports.
 
 use serde_json::{Value, json};
+use xcs::graph::{Graph, Node, Operators, RunOptions, Source};
 use xcs::{ErrorKind, Host, Limits};
 
 use crate::fixtures;
@@ -106,4 +107,25 @@ async fn a_fuel_budget_needs_a_host_that_consumes_fuel() {
         .await
         .unwrap();
     assert_eq!(output.stats.fuel_consumed, None);
+}
+
+/// A timeout of `Duration::MAX` (a user's "no limit") is capped at
+/// `MAX_DURATION` rather than overflowing the clock when the deadline is
+/// computed, for a call and for a graph run.
+#[tokio::test]
+async fn an_endless_timeout_is_capped_not_a_panic() {
+    let limits = Limits::default().timeout(std::time::Duration::MAX);
+    assert_eq!(limits.get_timeout(), xcs::MAX_DURATION);
+    let upper = load(&host(), xcs_tests::UPPER).await;
+    assert_eq!(
+        upper.call(&json!(["hi"]), &limits).await.unwrap(),
+        json!("HI")
+    );
+    let graph = Graph::new()
+        .node(Node::new("up", "upper").arg("text", Source::literal(json!("a"))))
+        .output("up", Source::node("up"));
+    let plan = graph.check(&Operators::new().with(upper)).unwrap();
+    let options = RunOptions::default().timeout(std::time::Duration::MAX);
+    let outputs = plan.run(&json!({}), &options).await.into_result().unwrap();
+    assert_eq!(outputs["up"], json!("A"));
 }

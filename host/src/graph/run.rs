@@ -68,9 +68,10 @@ impl RunOptions {
     }
 
     /// The graph deadline: when it passes, running guests are interrupted
-    /// and pending nodes cancelled. Default: 5 minutes.
+    /// and pending nodes cancelled. Default: 5 minutes; at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = crate::limits::capped(timeout);
         self
     }
 

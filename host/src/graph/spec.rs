@@ -88,6 +88,20 @@ fn duration(
         .ok()
 }
 
+/// `value` when it is a finite number; NaN and infinities are a problem.
+fn finite(value: Option<f64>, what: String, problems: &mut Vec<GraphProblem>) -> Option<f64> {
+    let value = value?;
+    if value.is_finite() {
+        Some(value)
+    } else {
+        problems.push(GraphProblem {
+            node: None,
+            message: format!("{what} is {value}, not a finite number"),
+        });
+        None
+    }
+}
+
 fn policy(operator: &str, spec: PolicySpec, problems: &mut Vec<GraphProblem>) -> Policy {
     let mut policy = Policy::new();
     if let Some(cache) = spec.cache {
@@ -105,7 +119,11 @@ fn policy(operator: &str, spec: PolicySpec, problems: &mut Vec<GraphProblem>) ->
         ) {
             retry = retry.base_delay(delay);
         }
-        if let Some(multiplier) = retry_spec.multiplier {
+        if let Some(multiplier) = finite(
+            retry_spec.multiplier,
+            format!("policy.{operator}.retry.multiplier"),
+            problems,
+        ) {
             retry = retry.multiplier(multiplier);
         }
         if let Some(delay) = duration(
@@ -115,7 +133,11 @@ fn policy(operator: &str, spec: PolicySpec, problems: &mut Vec<GraphProblem>) ->
         ) {
             retry = retry.max_delay(delay);
         }
-        if let Some(jitter) = retry_spec.jitter {
+        if let Some(jitter) = finite(
+            retry_spec.jitter,
+            format!("policy.{operator}.retry.jitter"),
+            problems,
+        ) {
             retry = retry.jitter(jitter);
         }
         retry = retry
@@ -128,7 +150,11 @@ fn policy(operator: &str, spec: PolicySpec, problems: &mut Vec<GraphProblem>) ->
         if let Some(failures) = breaker_spec.failures {
             breaker = breaker.consecutive_failures(failures);
         }
-        if let Some(ratio) = breaker_spec.failure_ratio {
+        if let Some(ratio) = finite(
+            breaker_spec.failure_ratio,
+            format!("policy.{operator}.breaker.failure_ratio"),
+            problems,
+        ) {
             breaker = breaker.failure_ratio(ratio, breaker_spec.window.unwrap_or(20));
         }
         if let Some(cool_down) = duration(
@@ -375,6 +401,18 @@ mod tests {
         let error =
             parse("[policy.x]\nretry = { attempts = 2, backoff = 3 }").expect_err("unknown key");
         assert!(error.to_string().contains("backoff"), "{error}");
+        let error = parse(
+            "[policy.x]\nretry = { jitter = nan, multiplier = inf }\nbreaker = { failure_ratio = -nan }",
+        )
+        .expect_err("not finite");
+        assert!(
+            error.to_string().starts_with("the graph has 3 problems"),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("policy.x.retry.jitter is NaN"),
+            "{error}"
+        );
     }
 
     #[test]
