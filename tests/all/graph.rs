@@ -538,10 +538,10 @@ async fn a_spinning_guest_does_not_starve_other_tasks() {
     expect_kind(spin.call(&Value::Null, &limits).await, ErrorKind::Timeout);
     ticker.abort();
     // Without yielding the ticker could not run at all until the guest
-    // stopped; with it, it runs about every 10 ms (loosely bounded: shared
-    // machines are slow, but never this slow).
+    // stopped, and it is aborted before it could run after: 0 ticks. Two
+    // ticks prove it ran, twice, while the guest spun (no rate asserted).
     assert!(
-        ticks.load(Ordering::Relaxed) >= 10,
+        ticks.load(Ordering::Relaxed) >= 2,
         "ticks while spinning: {}",
         ticks.load(Ordering::Relaxed)
     );

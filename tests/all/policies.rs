@@ -70,43 +70,72 @@ async fn non_retryable_failures_are_not_retried() {
         factorial.call(&json!([25]), &Limits::default()).await,
         ErrorKind::Operator,
     );
-    let spin = load(&host, xcs_tests::SPIN).await;
+    // Traps are retried only when asked.
+    let panic = load(&host, xcs_tests::PANIC).await;
     host.set_policy(
-        "spin",
-        Policy::new().retry(Retry::default().max_attempts(4)),
+        "panic",
+        Policy::new()
+            .retry(Retry::default().max_attempts(4))
+            .cache(false),
     );
-    let limits = Limits::default().timeout(Duration::from_millis(100));
-    expect_kind(spin.call(&Value::Null, &limits).await, ErrorKind::Timeout);
+    expect_kind(
+        panic.call(&json!([]), &Limits::default()).await,
+        ErrorKind::Trap,
+    );
     let metrics = host.metrics();
     assert_eq!(metrics.operators["factorial"].retries, 0);
     assert_eq!(
-        metrics.operators["spin"].retries, 0,
-        "timeouts are retried only when asked"
+        metrics.operators["panic"].retries, 0,
+        "traps are not retried"
+    );
+    host.set_policy(
+        "panic",
+        Policy::new()
+            .retry(
+                Retry::default()
+                    .max_attempts(4)
+                    .base_delay(Duration::from_millis(1))
+                    .on_trap(true),
+            )
+            .cache(false),
+    );
+    expect_kind(
+        panic.call(&json!([]), &Limits::default()).await,
+        ErrorKind::Trap,
+    );
+    assert_eq!(
+        host.metrics().operators["panic"].retries,
+        3,
+        "with on_trap, every attempt is made"
     );
 }
 
 #[tokio::test]
 async fn retries_never_run_past_the_deadline() {
-    // Timeouts retried, but the whole call keeps one 300 ms deadline.
+    // Up to 10 attempts, 50 ms doubling delays, one 300 ms deadline for
+    // the whole call: after delays of 50 and 100 ms, the next (200 ms)
+    // would end past the deadline, so it is not waited for.
     let retry = Retry::default()
         .max_attempts(10)
         .base_delay(Duration::from_millis(50))
-        .jitter(0.0)
-        .on_timeout(true);
-    let host = fresh_host("spin", Policy::new().retry(retry));
-    let spin = load(&host, xcs_tests::SPIN).await;
-    let started = std::time::Instant::now();
+        .max_delay(Duration::from_secs(10))
+        .jitter(0.0);
+    let host = fresh_host("flaky", Policy::new().retry(retry).cache(false));
+    let flaky = load(&host, xcs_tests::FLAKY).await;
     expect_kind(
-        spin.call(
-            &Value::Null,
-            &Limits::default().timeout(Duration::from_millis(300)),
-        )
-        .await,
-        ErrorKind::Timeout,
+        flaky
+            .call(
+                &json!({"key": 1, "failure-percent": 100}),
+                &Limits::default().timeout(Duration::from_millis(300)),
+            )
+            .await,
+        ErrorKind::Operator,
     );
-    let retries = host.metrics().operators["spin"].retries;
-    assert!(retries < 9, "the deadline cut the retries short: {retries}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let retries = host.metrics().operators["flaky"].retries;
+    assert!(
+        (1..=2).contains(&retries),
+        "the deadline cut 9 retries down to at most 2: {retries}"
+    );
 }
 
 #[tokio::test]

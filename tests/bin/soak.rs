@@ -298,11 +298,14 @@ async fn soak(args: &Args) -> anyhow::Result<bool> {
     }
     let elapsed = run.started.elapsed();
 
-    let samples = run
+    let mut samples = run
         .samples
         .lock()
         .map_err(|_| anyhow::anyhow!("a worker panicked while sampling"))?
         .clone();
+    // Workers push samples as they finish calls, not strictly in order of
+    // the call count; the table's intervals need them sorted.
+    samples.sort_by_key(|sample| sample.calls);
     println!("\n|     calls | elapsed s | RSS MiB | calls/s (interval) |");
     println!("|----------:|----------:|--------:|-------------------:|");
     let stride = (samples.len() / args.table_rows.max(1)).max(1);
