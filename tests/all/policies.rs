@@ -1,13 +1,11 @@
 //! Policies on real operators: retries, the circuit breaker, the bulkhead,
 //! the result cache, and the metrics that count them.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use xcs::policy::{Breaker, BreakerState, Bulkhead, Retry};
-use xcs::{Capability, ErrorKind, Host, Limits, Policy};
+use xcs::{ErrorKind, Host, Limits, Policy};
 
 use crate::util::{expect_kind, load};
 
@@ -225,13 +223,7 @@ async fn a_cancelled_probe_gives_its_slot_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_bulkhead_refuses_at_once() {
-    let latency = Capability::new("xcs:examples/latency@0.1.0").func_async(
-        "sleep",
-        |(ms,): (u32,)| async move {
-            tokio::time::sleep(Duration::from_millis(ms.into())).await;
-            Ok(())
-        },
-    );
+    let (latency, in_flight) = xcs_tests::latency::capability();
     let bulkhead = Bulkhead::default().max_in_flight(2).max_queue(3);
     let host = Host::builder()
         .grant(latency)
@@ -258,6 +250,7 @@ async fn a_full_bulkhead_refuses_at_once() {
         (5, 5),
         "2 in flight + 3 queued run; the rest are refused"
     );
+    assert_eq!(in_flight.peak(), 2, "never more than 2 guests at once");
     let metrics = host.metrics().operators["wait"].clone();
     assert_eq!(
         (metrics.in_flight, metrics.queued),
@@ -439,27 +432,4 @@ async fn graph_policies_apply_to_their_operator() {
     assert_eq!(report.node("f").unwrap().attempts, 3);
     expect_kind(report.into_result(), ErrorKind::Operator);
     assert_eq!(host.metrics().operators["flaky"].retries, 2);
-}
-
-/// Counts calls of a capability, to prove a cache hit reaches no guest.
-#[tokio::test]
-async fn capability_calls_count() {
-    let sleeps = Arc::new(AtomicU64::new(0));
-    let latency = Capability::new("xcs:examples/latency@0.1.0").func("sleep", {
-        let sleeps = sleeps.clone();
-        move |(_ms,): (u32,)| {
-            sleeps.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        }
-    });
-    let host = Host::builder().grant(latency).build().unwrap();
-    let wait = load(&host, xcs_tests::WAIT).await;
-    for _ in 0..3 {
-        wait.call(&json!([1]), &Limits::default()).await.unwrap();
-    }
-    assert_eq!(
-        sleeps.load(Ordering::Relaxed),
-        3,
-        "`wait` is not deterministic: every call runs"
-    );
 }

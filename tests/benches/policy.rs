@@ -5,31 +5,27 @@
 //! smoke run. Batches of the variants are interleaved, so noise hits them
 //! alike; medians of batch means are reported.
 
+mod common;
+
 use std::time::Instant;
 
+use common::Samples;
 use serde_json::json;
 use xcs::policy::{Breaker, Bulkhead, Retry};
 use xcs::{Host, Limits, Operator, Policy};
 
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
-/// Mean time of one call over a batch, in microseconds.
-async fn batch(operator: &Operator, limits: &Limits, calls: usize) -> f64 {
+/// Times a batch of `calls` calls into `samples`.
+async fn batch(samples: &mut Samples, operator: &Operator, limits: &Limits, calls: usize) {
     let input = json!([]);
     let started = Instant::now();
     for _ in 0..calls {
         operator.call(&input, limits).await.expect("noop succeeds");
     }
-    started.elapsed().as_secs_f64() * 1e6 / calls as f64
+    samples.push(started.elapsed(), calls);
 }
 
 fn main() {
-    let quick =
-        std::env::var_os("XCS_BENCH_QUICK").is_some_and(|value| !value.is_empty() && value != "0");
-    let (rounds, calls) = if quick { (5, 20) } else { (61, 400) };
+    let (rounds, calls) = if common::quick() { (5, 20) } else { (61, 400) };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -50,18 +46,19 @@ fn main() {
         let limits = Limits::default();
         noop_cached.call(&json!([]), &limits).await.expect("warms the cache");
 
-        let (mut off_samples, mut on_samples, mut hit_samples) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut off_samples, mut on_samples, mut hit_samples) =
+            (Samples::default(), Samples::default(), Samples::default());
         for round in 0..rounds {
             // Rotate the order so no variant always runs first.
             for variant in 0..3 {
                 match (round + variant) % 3 {
-                    0 => off_samples.push(batch(&noop_off, &limits, calls).await),
-                    1 => on_samples.push(batch(&noop_on, &limits, calls).await),
-                    _ => hit_samples.push(batch(&noop_cached, &limits, calls * 10).await),
+                    0 => batch(&mut off_samples, &noop_off, &limits, calls).await,
+                    1 => batch(&mut on_samples, &noop_on, &limits, calls).await,
+                    _ => batch(&mut hit_samples, &noop_cached, &limits, calls * 10).await,
                 }
             }
         }
-        let (off, on, hit) = (median(&mut off_samples), median(&mut on_samples), median(&mut hit_samples));
+        let (off, on, hit) = (off_samples.median(), on_samples.median(), hit_samples.median());
         let metrics = cached.metrics().operators["noop"].clone();
         assert_eq!(metrics.cache_misses, 1, "every measured call was a hit");
 
@@ -70,10 +67,11 @@ fn main() {
         println!("- {rounds} interleaved rounds × {calls} calls ({} for cache hits); medians of batch means\n", calls * 10);
         println!("| measurement | median | ratio vs baseline |");
         println!("|---|---|---|");
-        println!("| `noop` call, every policy off (cache off) | {off:.2} µs | 1.00 (baseline) |");
-        println!("| `noop` call, retry + breaker + bulkhead on (cache off) | {on:.2} µs | {:.3} (target ≤ 1.05) |", on / off);
+        println!("| `noop` call, every policy off (cache off) | {} | 1.00 (baseline) |", off_samples.summary());
+        println!("| `noop` call, retry + breaker + bulkhead on (cache off) | {} | {:.3} (target ≤ 1.05) |", on_samples.summary(), on / off);
         println!(
-            "| `noop` result-cache hit | {hit:.3} µs | {:.4} (target ≤ 2 µs) |",
+            "| `noop` result-cache hit | {} (target ≤ 2 µs) | {:.4} |",
+            hit_samples.summary(),
             hit / off
         );
     });
