@@ -225,6 +225,7 @@ async fn bulkheaded(
     };
     let state = operator.policy_state();
     let semaphore = state.bulkhead(bulkhead);
+    let mut waited_limits = None;
     let _permit = match semaphore.clone().try_acquire_owned() {
         Ok(permit) => permit,
         Err(_) => {
@@ -240,7 +241,21 @@ async fn bulkheaded(
             }
             let _queued = Queued(queued);
             let _gauge = operator.metrics().queued();
-            match semaphore.acquire_owned().await {
+            // Time in the queue counts against the call's deadline; a call
+            // that times out there is a timeout like any other (the breaker
+            // counts it: the operator's slots are saturated).
+            let queued_at = Instant::now();
+            let acquired = tokio::time::timeout(limits.timeout, semaphore.acquire_owned()).await;
+            let Ok(acquired) = acquired else {
+                let error = Error::Timeout {
+                    operator: operator.name().to_owned(),
+                    timeout: limits.timeout,
+                };
+                return (Err(error), 0);
+            };
+            let left = limits.timeout.saturating_sub(queued_at.elapsed());
+            waited_limits = Some(limits.clone().timeout(left));
+            match acquired {
                 Ok(permit) => permit,
                 Err(_closed) => {
                     // A semaphore replaced by a new bulkhead configuration is
@@ -253,7 +268,13 @@ async fn bulkheaded(
             }
         }
     };
-    retried(operator, input, limits, policy).await
+    retried(
+        operator,
+        input,
+        waited_limits.as_ref().unwrap_or(limits),
+        policy,
+    )
+    .await
 }
 
 /// Mixes the attempt number into the seed: each retry sees other

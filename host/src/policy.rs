@@ -10,8 +10,9 @@
 //!    `circuit-open`, without queueing; it sees the outcome of the whole
 //!    call, retries included.
 //! 3. **bulkhead**: bounds calls in flight and the queue in front of them;
-//!    beyond the queue, `overloaded` at once. A call keeps its slot across
-//!    its retries, so a retry is never refused half-way.
+//!    beyond the queue, `overloaded` at once; time waiting in the queue
+//!    counts against the call's deadline. A call keeps its slot across its
+//!    retries, so a retry is never refused half-way.
 //! 4. **retry**: retryable failures (the operator's `retryable` flag; also
 //!    timeouts and traps when configured) are attempted again, each in a
 //!    fresh sandbox with its own seed, with exponential backoff and jitter,

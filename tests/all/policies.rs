@@ -260,6 +260,38 @@ async fn a_full_bulkhead_refuses_at_once() {
     assert_eq!(metrics.outcomes.get("overloaded"), Some(&5));
 }
 
+/// Waiting in the bulkhead's queue counts against the call's deadline: a
+/// call that cannot get a slot in time times out instead of running late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_in_the_bulkhead_queue_counts_against_the_deadline() {
+    let (latency, _) = xcs_tests::latency::capability();
+    let bulkhead = Bulkhead::default().max_in_flight(1).max_queue(1);
+    let host = Host::builder()
+        .grant(latency)
+        .policy("wait", Policy::new().bulkhead(bulkhead))
+        .build()
+        .unwrap();
+    let wait = load(&host, xcs_tests::WAIT).await;
+    let holder = tokio::spawn({
+        let wait = wait.clone();
+        async move { wait.call(&json!([1000]), &Limits::default()).await }
+    });
+    while host.metrics().operators["wait"].in_flight == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Its own work takes 1 ms, but the slot is busy for a second.
+    let error = expect_kind(
+        wait.call(
+            &json!([1]),
+            &Limits::default().timeout(Duration::from_millis(100)),
+        )
+        .await,
+        ErrorKind::Timeout,
+    );
+    assert!(error.to_string().contains("timed out after"), "{error}");
+    assert_eq!(holder.await.unwrap().unwrap(), json!(1000));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_identical_calls_run_once() {
     let host = Host::builder().build().unwrap();
