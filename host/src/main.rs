@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use xcs::graph::{Graph, NodeStatus, Operators, Plan, RunOptions};
-use xcs::policy::{Breaker, Bulkhead, Retry};
+use xcs::policy::Retry;
 use xcs::{Error, ErrorKind, Host, Limits, Policy};
 
 /// Run untrusted WebAssembly operators in a sandbox.
@@ -90,41 +90,29 @@ enum Command {
     },
 }
 
-/// Policies for the called operator (see the README for their order).
+/// Retries for the called operator. (A bulkhead, breaker or result cache
+/// cannot change the outcome of the one call a process makes: graphs set
+/// them in `[policy.<operator>]`.)
 #[derive(Debug, Args)]
 struct PolicyArgs {
     /// Attempts in all (retry on retryable errors); 1 means no retry.
     #[arg(long, default_value_t = 1, value_name = "N")]
     attempts: u32,
-    /// Delay before the first retry; it doubles each time, with jitter.
+    /// Delay before the first retry (with --attempts > 1); it doubles each
+    /// time, with jitter.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
     retry_delay: Duration,
-    /// Also retry calls that timed out.
+    /// Also retry calls that timed out (with --attempts > 1).
     #[arg(long)]
     retry_on_timeout: bool,
-    /// Also retry calls that trapped.
+    /// Also retry calls that trapped (with --attempts > 1).
     #[arg(long)]
     retry_on_trap: bool,
-    /// Bulkhead: calls in flight at once (with --max-queue waiting).
-    #[arg(long, value_name = "N")]
-    max_in_flight: Option<usize>,
-    /// Bulkhead: calls waiting for a slot.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    max_queue: usize,
-    /// Circuit breaker: consecutive failures that open it.
-    #[arg(long, value_name = "N")]
-    breaker_failures: Option<u32>,
-    /// Circuit breaker: how long it stays open.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
-    breaker_cool_down: Duration,
-    /// Never answer from, or store in, the result cache.
-    #[arg(long)]
-    no_cache: bool,
 }
 
 impl PolicyArgs {
     fn policy(&self) -> Policy {
-        let mut policy = Policy::new().cache(!self.no_cache);
+        let mut policy = Policy::new();
         if self.attempts > 1 {
             policy = policy.retry(
                 Retry::default()
@@ -132,20 +120,6 @@ impl PolicyArgs {
                     .base_delay(self.retry_delay)
                     .on_timeout(self.retry_on_timeout)
                     .on_trap(self.retry_on_trap),
-            );
-        }
-        if let Some(max_in_flight) = self.max_in_flight {
-            policy = policy.bulkhead(
-                Bulkhead::default()
-                    .max_in_flight(max_in_flight)
-                    .max_queue(self.max_queue),
-            );
-        }
-        if let Some(failures) = self.breaker_failures {
-            policy = policy.breaker(
-                Breaker::default()
-                    .consecutive_failures(failures)
-                    .cool_down(self.breaker_cool_down),
             );
         }
         policy

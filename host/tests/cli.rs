@@ -934,19 +934,7 @@ fn call_retries_with_attempts_and_writes_metrics() {
 fn call_metrics_on_success() {
     let scratch = Scratch::new();
     let metrics = scratch.join("metrics.prom");
-    let run = call(
-        xcs_tests::UPPER,
-        r#"["hi"]"#,
-        &[
-            "--no-cache",
-            "--max-in-flight",
-            "2",
-            "--breaker-failures",
-            "3",
-            "--metrics",
-            &metrics,
-        ],
-    );
+    let run = call(xcs_tests::UPPER, r#"["hi"]"#, &["--metrics", &metrics]);
     run.assert_success();
     assert_eq!(run.stdout, "\"HI\"\n");
     let text = written(&metrics);
