@@ -127,7 +127,10 @@ pub(crate) async fn with_policies(
             runtime.results.invalidate(&key).await;
             continue;
         }
-        operator.metrics().cache(!ran);
+        // A shared error is neither: errors are never cached.
+        if ran || loaded.is_ok() {
+            operator.metrics().cache(!ran);
+        }
         match loaded {
             Ok((_, value)) => {
                 let output = CallOutput {

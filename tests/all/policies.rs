@@ -292,6 +292,33 @@ async fn waiting_in_the_bulkhead_queue_counts_against_the_deadline() {
     assert_eq!(holder.await.unwrap().unwrap(), json!(1000));
 }
 
+/// Identical failing calls share one execution too, but an error is never
+/// cached: the callers that shared it are not counted as cache hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_failure_is_not_a_cache_hit() {
+    let host = Host::builder().build().unwrap();
+    let burn = load(&host, xcs_tests::BURN).await;
+    let limits = Limits::default().fuel(Some(100_000_000));
+    let calls = (0..20).map(|_| {
+        let (burn, limits) = (burn.clone(), limits.clone());
+        tokio::spawn(async move { burn.call(&json!([1_000_000_000]), &limits).await })
+    });
+    for joined in futures::future::join_all(calls).await {
+        expect_kind(joined.unwrap(), ErrorKind::Fuel);
+    }
+    let metrics = host.metrics().operators["burn"].clone();
+    assert_eq!(metrics.calls, 20);
+    assert_eq!(
+        metrics.cache_hits, 0,
+        "errors are never answered from the cache"
+    );
+    assert!(
+        metrics.cache_misses < 20,
+        "some calls shared one execution: {} ran",
+        metrics.cache_misses
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_identical_calls_run_once() {
     let host = Host::builder().build().unwrap();
