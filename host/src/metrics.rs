@@ -325,8 +325,13 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
+        // Reads never create a series: `Family::get`, with 0 for a series
+        // that was never written (creating it would add zero-valued
+        // samples to the Prometheus text).
         let counter = |family: &Family<OperatorLabel, Counter>, operator: &str| {
-            family.get_or_create(&label(operator)).get()
+            family
+                .get(&label(operator))
+                .map_or(0, |counter| counter.get())
         };
         let operators = operators
             .into_iter()
@@ -337,11 +342,11 @@ impl Metrics {
                 {
                     let count = self
                         .outcomes
-                        .get_or_create(&OutcomeLabel {
+                        .get(&OutcomeLabel {
                             operator: operator.clone(),
                             outcome: outcome.to_owned(),
                         })
-                        .get();
+                        .map_or(0, |counter| counter.get());
                     if count > 0 {
                         outcomes.insert(outcome.to_owned(), count);
                     }
@@ -355,12 +360,12 @@ impl Metrics {
                 ] {
                     breaker_transitions += self
                         .breaker_transitions
-                        .get_or_create(&TransitionLabel {
+                        .get(&TransitionLabel {
                             operator: operator.clone(),
                             from: from.as_str().to_owned(),
                             to: to.as_str().to_owned(),
                         })
-                        .get();
+                        .map_or(0, |counter| counter.get());
                 }
                 let snapshot = OperatorMetrics {
                     calls: counter(&self.calls, &operator),
@@ -370,8 +375,14 @@ impl Metrics {
                     cache_misses: counter(&self.cache_misses, &operator),
                     cache_evictions: counter(&self.cache_evictions, &operator),
                     breaker_transitions,
-                    in_flight: self.in_flight.get_or_create(&label(&operator)).get(),
-                    queued: self.queued.get_or_create(&label(&operator)).get(),
+                    in_flight: self
+                        .in_flight
+                        .get(&label(&operator))
+                        .map_or(0, |gauge| gauge.get()),
+                    queued: self
+                        .queued
+                        .get(&label(&operator))
+                        .map_or(0, |gauge| gauge.get()),
                 };
                 (operator, snapshot)
             })
