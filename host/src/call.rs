@@ -300,14 +300,20 @@ async fn retried(
     let deadline = Instant::now() + limits.timeout;
     let mut attempt = 1;
     loop {
-        let result = if attempt == 1 {
+        let result = if attempt == 1 && retry.attempt_timeout.is_none() {
             operator.sandbox_call(input, limits).await
         } else {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt_limits = limits
-                .clone()
-                .seed(attempt_seed(limits.seed, attempt))
-                .timeout(remaining);
+            let timeout = retry
+                .attempt_timeout
+                .map_or(remaining, |bound| bound.min(remaining));
+            // The first attempt keeps the caller's seed.
+            let seed = if attempt == 1 {
+                limits.seed
+            } else {
+                attempt_seed(limits.seed, attempt)
+            };
+            let attempt_limits = limits.clone().seed(seed).timeout(timeout);
             operator
                 .sandbox_call(input, &attempt_limits)
                 .instrument(tracing::debug_span!("attempt", attempt))

@@ -102,7 +102,11 @@ struct PolicyArgs {
     /// time, with jitter.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
     retry_delay: Duration,
-    /// Also retry calls that timed out (with --attempts > 1).
+    /// Bound on each attempt, within --timeout (with --attempts > 1).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    attempt_timeout: Option<Duration>,
+    /// Also retry attempts that timed out (with --attempts > 1; needs
+    /// --attempt-timeout to leave time for another attempt).
     #[arg(long)]
     retry_on_timeout: bool,
     /// Also retry calls that trapped (with --attempts > 1).
@@ -114,13 +118,15 @@ impl PolicyArgs {
     fn policy(&self) -> Policy {
         let mut policy = Policy::new();
         if self.attempts > 1 {
-            policy = policy.retry(
-                Retry::default()
-                    .max_attempts(self.attempts)
-                    .base_delay(self.retry_delay)
-                    .on_timeout(self.retry_on_timeout)
-                    .on_trap(self.retry_on_trap),
-            );
+            let mut retry = Retry::default()
+                .max_attempts(self.attempts)
+                .base_delay(self.retry_delay)
+                .on_timeout(self.retry_on_timeout)
+                .on_trap(self.retry_on_trap);
+            if let Some(timeout) = self.attempt_timeout {
+                retry = retry.attempt_timeout(timeout);
+            }
+            policy = policy.retry(retry);
         }
         policy
     }

@@ -97,13 +97,14 @@ pub struct Retry {
     pub(crate) multiplier: f64,
     pub(crate) max_delay: Duration,
     pub(crate) jitter: f64,
+    pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) on_timeout: bool,
     pub(crate) on_trap: bool,
 }
 
 impl Default for Retry {
     /// 3 attempts, 10 ms base delay, multiplier 2, at most 1 s, jitter 0.5,
-    /// only retryable operator errors.
+    /// no per-attempt timeout, only retryable operator errors.
     fn default() -> Self {
         Retry {
             max_attempts: 3,
@@ -111,6 +112,7 @@ impl Default for Retry {
             multiplier: 2.0,
             max_delay: Duration::from_secs(1),
             jitter: 0.5,
+            attempt_timeout: None,
             on_timeout: false,
             on_trap: false,
         }
@@ -155,7 +157,19 @@ impl Retry {
         self
     }
 
-    /// Also retry calls that timed out. Default: off.
+    /// Bounds each attempt by `timeout` as well as by what is left of the
+    /// call's deadline ([`Limits::timeout`](crate::Limits::timeout)), so
+    /// that an attempt that hangs leaves time for another. Default: none
+    /// (an attempt may use all the time left); at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(capped(timeout));
+        self
+    }
+
+    /// Also retry attempts that timed out. Default: off. Without an
+    /// [`attempt_timeout`](Self::attempt_timeout) a timed-out attempt has
+    /// used up the call's deadline, so there is no time left to retry.
     pub fn on_timeout(mut self, on: bool) -> Self {
         self.on_timeout = on;
         self

@@ -931,6 +931,35 @@ fn call_retries_with_attempts_and_writes_metrics() {
 }
 
 #[test]
+fn call_retries_timed_out_attempts_within_an_attempt_timeout() {
+    let scratch = Scratch::new();
+    let metrics = scratch.join("metrics.prom");
+    let run = call(
+        xcs_tests::SPIN,
+        "null",
+        &[
+            "--timeout",
+            "2s",
+            "--attempts",
+            "3",
+            "--retry-delay",
+            "1ms",
+            "--attempt-timeout",
+            "50ms",
+            "--retry-on-timeout",
+            "--metrics",
+            &metrics,
+        ],
+    );
+    run.assert_error(6, "timeout", &["timed out after 50ms"]);
+    let text = written(&metrics);
+    assert!(
+        text.contains(r#"xcs_retries_total{operator="spin"} 2"#),
+        "{text}"
+    );
+}
+
+#[test]
 fn call_metrics_on_success() {
     let scratch = Scratch::new();
     let metrics = scratch.join("metrics.prom");

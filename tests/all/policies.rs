@@ -108,6 +108,36 @@ async fn non_retryable_failures_are_not_retried() {
     );
 }
 
+/// A timed-out attempt is retried only with `on_timeout`, and only an
+/// `attempt_timeout` leaves it time to be: otherwise the attempt used up
+/// the call's deadline.
+#[tokio::test]
+async fn timeouts_are_retried_within_an_attempt_timeout() {
+    let host = Host::builder().build().unwrap();
+    let spin = load(&host, xcs_tests::SPIN).await;
+    let limits = Limits::default().timeout(Duration::from_secs(2));
+    let bounded = Retry::default()
+        .max_attempts(3)
+        .base_delay(Duration::from_millis(1))
+        .attempt_timeout(Duration::from_millis(50));
+    let mut retries = Vec::new();
+    for retry in [
+        bounded.clone().on_timeout(true),
+        bounded.on_timeout(false),
+        Retry::default().max_attempts(3).on_timeout(true),
+    ] {
+        host.set_policy("spin", Policy::new().retry(retry));
+        let before = host.metrics().operators["spin"].retries;
+        expect_kind(spin.call(&Value::Null, &limits).await, ErrorKind::Timeout);
+        retries.push(host.metrics().operators["spin"].retries - before);
+    }
+    assert_eq!(
+        retries,
+        [2, 0, 0],
+        "on_timeout with attempt_timeout; without on_timeout; without attempt_timeout"
+    );
+}
+
 #[tokio::test]
 async fn retries_never_run_past_the_deadline() {
     // Up to 10 attempts, 50 ms doubling delays, one 300 ms deadline for

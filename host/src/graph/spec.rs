@@ -51,6 +51,7 @@ struct RetrySpec {
     multiplier: Option<f64>,
     max_delay: Option<String>,
     jitter: Option<f64>,
+    attempt_timeout: Option<String>,
     on_timeout: Option<bool>,
     on_trap: Option<bool>,
 }
@@ -139,6 +140,13 @@ fn policy(operator: &str, spec: PolicySpec, problems: &mut Vec<GraphProblem>) ->
             problems,
         ) {
             retry = retry.jitter(jitter);
+        }
+        if let Some(timeout) = duration(
+            retry_spec.attempt_timeout,
+            format!("policy.{operator}.retry.attempt_timeout"),
+            problems,
+        ) {
+            retry = retry.attempt_timeout(timeout);
         }
         retry = retry
             .on_timeout(retry_spec.on_timeout.unwrap_or(false))
@@ -375,7 +383,7 @@ mod tests {
 
             [policy.flaky]
             cache = false
-            retry = { attempts = 4, base_delay = "5ms", jitter = 0.0, on_timeout = true }
+            retry = { attempts = 4, base_delay = "5ms", jitter = 0.0, attempt_timeout = "1s", on_timeout = true }
             breaker = { failures = 3, cool_down = "2s", probes = 2 }
             bulkhead = { max_in_flight = 2, max_queue = 8 }
             "#,
@@ -388,6 +396,7 @@ mod tests {
                     .max_attempts(4)
                     .base_delay(std::time::Duration::from_millis(5))
                     .jitter(0.0)
+                    .attempt_timeout(std::time::Duration::from_secs(1))
                     .on_timeout(true),
             )
             .breaker(
