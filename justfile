@@ -7,7 +7,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 guest_target := "target/guest"
 
 # The xcs CLI, built in the dev profile (dependencies are optimised).
-xcs := "cargo run --quiet -p xcs --"
+xcs := "cargo run --quiet -p xcs-cli --"
 
 default:
     @just --list
@@ -29,7 +29,7 @@ build-operators: setup
 
 # Build the operators and show what the sandbox does with them.
 demo: build-operators
-    cargo build --quiet -p xcs
+    cargo build --quiet -p xcs-cli
     bash examples/demo.sh
 
 # Run every test (the operators are built by the test crate's build script).

@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use tokio::runtime::Runtime;
+use xcs::policy::Policy;
 use xcs::{Error, ErrorKind, Host, Limits};
 
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
@@ -26,6 +27,8 @@ static HOST: LazyLock<Host> = LazyLock::new(|| {
     Host::builder()
         .no_disk_cache()
         .default_limits(limits())
+        // Every call runs its guest.
+        .default_policy(Policy::new().cache(false))
         // One input runs at a time; a small pool keeps the reserved address
         // space (and ASan's view of it) small.
         .max_concurrent_instances(4)
@@ -45,7 +48,6 @@ pub fn limits() -> Limits {
         .fuel(Some(2_000_000))
         .max_memory_bytes(16 << 20)
         .max_output_bytes(1 << 20)
-        .use_result_cache(false)
 }
 
 /// The process's host.

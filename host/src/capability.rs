@@ -4,14 +4,34 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use wasmtime::component::LinkerInstance;
-pub use wasmtime::component::{ComponentNamedList, ComponentType, Lift, Lower};
+use wasmtime::component::{ComponentNamedList, Lift, LinkerInstance, Lower};
 
 use crate::error::BoxError;
-use crate::sandbox::StoreState;
+use crate::store::{CapabilityFailure, StoreState};
 
-type Register =
+/// Adds one function to the linker instance of the capability's interface.
+pub(crate) type Register =
     Arc<dyn Fn(&mut LinkerInstance<'_, StoreState>) -> wasmtime::Result<()> + Send + Sync>;
+
+/// The parameters of a capability function: a tuple of Rust types that
+/// mirror the WIT parameters, e.g. `(u32, String)` for
+/// `f: func(n: u32, s: string)`.
+///
+/// Implemented for every such tuple; there is nothing to implement, only a
+/// bound to name in generic code. (Its supertraits are wasmtime's, which
+/// decide what a component value is; naming this one keeps an embedder's
+/// code free of wasmtime's paths.)
+pub trait CapabilityParams: ComponentNamedList + Lift + Send + 'static {}
+
+impl<T: ComponentNamedList + Lift + Send + 'static> CapabilityParams for T {}
+
+/// The results of a capability function: a tuple of Rust types that
+/// mirror the WIT results, `()` for none, `(u64,)` for `-> u64`.
+///
+/// Implemented for every such tuple, like [`CapabilityParams`].
+pub trait CapabilityResults: ComponentNamedList + Lower + Send + 'static {}
+
+impl<T: ComponentNamedList + Lower + Send + 'static> CapabilityResults for T {}
 
 /// A WIT interface implemented by the embedder and granted to operators.
 ///
@@ -32,6 +52,7 @@ type Register =
 ///         Ok(())
 ///     });
 /// let host = xcs::Host::builder().grant(latency).build()?;
+/// # drop(host);
 /// # Ok::<(), xcs::Error>(())
 /// ```
 #[derive(Clone)]
@@ -56,21 +77,6 @@ impl fmt::Debug for Capability {
     }
 }
 
-/// A capability function failed; the guest that called it traps.
-#[derive(Debug)]
-pub(crate) struct CapabilityFailure {
-    function: String,
-    cause: BoxError,
-}
-
-impl fmt::Display for CapabilityFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "capability `{}` failed: {}", self.function, self.cause)
-    }
-}
-
-impl std::error::Error for CapabilityFailure {}
-
 impl Capability {
     /// A capability for the WIT interface `interface`, named as components
     /// import it: `package:name/interface@version`.
@@ -86,48 +92,28 @@ impl Capability {
         &self.interface
     }
 
-    fn qualified(&self, name: &str) -> String {
-        format!("{}#{name}", self.interface)
-    }
-
     /// Adds a synchronous function. Keep it quick: it runs on the calling
     /// guest's task.
-    pub fn func<Params, Results, F>(mut self, name: &str, function: F) -> Self
+    pub fn func<Params, Results, F>(self, name: &str, function: F) -> Self
     where
-        Params: ComponentNamedList + Lift + 'static,
-        Results: ComponentNamedList + Lower + 'static,
+        Params: CapabilityParams,
+        Results: CapabilityResults,
         F: Fn(Params) -> Result<Results, BoxError> + Send + Sync + 'static,
     {
-        let function = Arc::new(function);
-        let qualified = self.qualified(name);
-        let owned_name = name.to_owned();
-        let register: Register = Arc::new(move |instance| {
-            let function = function.clone();
-            let qualified = qualified.clone();
-            instance.func_wrap(&owned_name, move |_store, params: Params| {
-                function(params).map_err(|cause| {
-                    wasmtime::Error::new(CapabilityFailure {
-                        function: qualified.clone(),
-                        cause,
-                    })
-                })
-            })
-        });
-        self.functions.push((name.to_owned(), register));
-        self
+        self.func_async(name, move |params| std::future::ready(function(params)))
     }
 
     /// Adds an asynchronous function: the guest blocks on it while other
     /// tasks keep running.
     pub fn func_async<Params, Results, F, Fut>(mut self, name: &str, function: F) -> Self
     where
-        Params: ComponentNamedList + Lift + Send + 'static,
-        Results: ComponentNamedList + Lower + Send + 'static,
+        Params: CapabilityParams,
+        Results: CapabilityResults,
         F: Fn(Params) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Results, BoxError>> + Send + 'static,
     {
         let function = Arc::new(function);
-        let qualified = self.qualified(name);
+        let qualified: Arc<str> = Arc::from(format!("{}#{name}", self.interface));
         let owned_name = name.to_owned();
         let register: Register = Arc::new(move |instance| {
             let function = function.clone();
@@ -138,7 +124,7 @@ impl Capability {
                 Box::new(async move {
                     future.await.map_err(|cause| {
                         wasmtime::Error::new(CapabilityFailure {
-                            function: qualified,
+                            function: qualified.to_string(),
                             cause,
                         })
                     })

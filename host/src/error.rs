@@ -1,11 +1,20 @@
-//! The one error type of the library.
+//! The one error type of the library, its kinds, and the problems a graph
+//! check reports (they are part of [`Error::Graph`], so they live here, at
+//! the bottom, rather than in the graph module that finds them).
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A boxed error used as an opaque cause.
+/// A boxed error: what a [`Capability`](crate::Capability) function returns
+/// when it fails.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An opaque cause kept by an [`Error`]: shared, so that errors can be
+/// cloned (a failed load or call shared by concurrent callers reaches each
+/// of them whole, cause included).
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong when loading or calling an operator.
 ///
@@ -13,7 +22,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// source it was loaded from when the name is not known yet) and, for limits,
 /// the limit that was hit. [`Error::kind`] gives the stable kebab-case kind
 /// used by the CLI's exit codes and by metrics.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The bytes are not a valid WebAssembly component.
@@ -25,7 +34,7 @@ pub enum Error {
         reason: String,
         /// The underlying parser or compiler error, when there is one.
         #[source]
-        source: Option<BoxError>,
+        source: Option<SharedError>,
     },
 
     /// The component does not follow the `xcs:operator` contract.
@@ -37,7 +46,7 @@ pub enum Error {
         reason: String,
         /// The underlying error, when there is one.
         #[source]
-        source: Option<BoxError>,
+        source: Option<SharedError>,
     },
 
     /// The component imports something the host does not grant.
@@ -165,13 +174,12 @@ pub enum Error {
         max_queue: usize,
     },
 
-    /// The graph has problems, found before anything ran.
-    #[error("{message}")]
+    /// The graph has problems, found before anything ran. The message
+    /// lists every problem, one per line.
+    #[error("{}", problems_message(problems))]
     Graph {
         /// Every problem, each naming its node.
-        problems: Vec<crate::graph::GraphProblem>,
-        /// All the problems in words, one per line.
-        message: String,
+        problems: Vec<GraphProblem>,
     },
 
     /// A graph node failed; the kind is the cause's.
@@ -202,7 +210,7 @@ pub enum Error {
         path: PathBuf,
         /// The I/O error.
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 
     /// The host or a call was configured in a way that cannot work.
@@ -211,6 +219,81 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+}
+
+impl Error {
+    /// An [`Error::Io`] on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// One problem a graph has, as found by
+/// [`Graph::check`](crate::graph::Graph::check) or the graph-file parser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphProblem {
+    /// The node concerned, when there is one.
+    pub node: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl GraphProblem {
+    /// A problem of node `node`.
+    pub(crate) fn node(node: &str, message: impl Into<String>) -> Self {
+        GraphProblem {
+            node: Some(node.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    /// A problem of the graph as a whole.
+    pub(crate) fn graph(message: impl Into<String>) -> Self {
+        GraphProblem {
+            node: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for GraphProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            Some(node) => write!(f, "node `{node}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+fn problems_message(problems: &[GraphProblem]) -> String {
+    let mut message = match problems.len() {
+        1 => "the graph has 1 problem".to_owned(),
+        n => format!("the graph has {n} problems"),
+    };
+    for problem in problems {
+        message.push_str("\n  - ");
+        message.push_str(&problem.to_string());
+    }
+    message
+}
+
+/// `a, b, c`, or `none` for no items: lists of names in messages.
+pub(crate) fn list_or_none<T: fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let mut list = String::new();
+    for item in items {
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        use fmt::Write as _;
+        let _ = write!(list, "{item}");
+    }
+    if list.is_empty() {
+        list.push_str("none");
+    }
+    list
 }
 
 fn stderr_suffix(guest_stderr: &str) -> String {
@@ -222,12 +305,8 @@ fn stderr_suffix(guest_stderr: &str) -> String {
     }
 }
 
-pub(crate) fn humanize(duration: Duration) -> String {
-    humantime_like(duration)
-}
-
 /// `1.5s`, `200ms`, `37µs`: short and exact enough for messages.
-fn humantime_like(duration: Duration) -> String {
+pub(crate) fn humanize(duration: Duration) -> String {
     let nanos = duration.as_nanos();
     if nanos >= 1_000_000_000 && nanos.is_multiple_of(1_000_000) {
         format!("{}s", duration.as_secs_f64())
@@ -318,6 +397,12 @@ impl ErrorKind {
     }
 }
 
+impl serde::Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -379,8 +464,9 @@ impl From<wasmtime::Error> for WasmtimeError {
     }
 }
 
-pub(crate) fn boxed(error: wasmtime::Error) -> Option<BoxError> {
-    Some(Box::new(WasmtimeError(error)))
+/// `error` as the cause of an [`Error`].
+pub(crate) fn cause(error: wasmtime::Error) -> Option<SharedError> {
+    Some(Arc::new(WasmtimeError(error)))
 }
 
 #[cfg(test)]

@@ -15,23 +15,24 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::host::Host;
+pub use crate::error::GraphProblem;
 use crate::limits::Limits;
 use crate::operator::Operator;
 use crate::policy::Policy;
 
 mod check;
 mod pictures;
+mod report;
 mod run;
 mod spec;
 
 pub use check::Plan;
-pub use run::{NodeReport, NodeStatus, ProgressFn, RunOptions, RunReport, Span};
+pub use report::{NodeError, NodeReport, NodeStatus, RunReport, Span, Stopped};
+pub use run::{ProgressFn, RunOptions};
 
 /// Where a parameter's value comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,9 +191,10 @@ impl Graph {
         self
     }
 
-    /// Policies for the operator known as `operator` in this graph, set on
-    /// the host when the graph runs (they then apply to every call of that
-    /// operator on the host).
+    /// Policies for the operator known as `operator` in this graph. They
+    /// apply to this graph's runs only, instead of the operator's policies
+    /// on its host, and each run keeps their state (breaker, bulkhead) for
+    /// itself; the host's policies are not changed.
     pub fn policy(mut self, operator: impl Into<String>, policy: Policy) -> Self {
         self.policies.push((operator.into(), policy));
         self
@@ -256,61 +258,4 @@ impl Operators {
     pub fn get(&self, key: &str) -> Option<&Operator> {
         self.by_key.get(key)
     }
-
-    /// Loads the operators `graph` names: a key ending in `.wasm` is a path
-    /// relative to `base`; any other key is looked up as `<dir>/<key>.wasm`.
-    /// A key with no file is left out (the check reports it as unknown).
-    pub async fn load_for(
-        host: &Host,
-        graph: &Graph,
-        dir: &Path,
-        base: &Path,
-    ) -> Result<Operators, Error> {
-        let mut operators = Operators::new();
-        for node in &graph.nodes {
-            if operators.by_key.contains_key(&node.operator) {
-                continue;
-            }
-            let path = if node.operator.ends_with(".wasm") {
-                base.join(&node.operator)
-            } else {
-                dir.join(format!("{}.wasm", node.operator))
-            };
-            if path.is_file() {
-                let operator = host.load(&path).await?;
-                operators.insert(node.operator.clone(), operator);
-            }
-        }
-        Ok(operators)
-    }
-}
-
-/// One problem a graph has, as found by [`Graph::check`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GraphProblem {
-    /// The node concerned, when there is one.
-    pub node: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for GraphProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.node {
-            Some(node) => write!(f, "node `{node}`: {}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-pub(crate) fn problems_message(problems: &[GraphProblem]) -> String {
-    let mut message = match problems.len() {
-        1 => "the graph has 1 problem".to_owned(),
-        n => format!("the graph has {n} problems"),
-    };
-    for problem in problems {
-        message.push_str("\n  - ");
-        message.push_str(&problem.to_string());
-    }
-    message
 }

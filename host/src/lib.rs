@@ -45,34 +45,39 @@
 
 #![deny(missing_docs)]
 
-mod call;
-mod capability;
-mod codec;
+// Layers, bottom up (see DESIGN.md; `tests/all/layers.rs` checks that every
+// `use crate::` points down this list):
+// vocabulary
 mod error;
-pub mod graph;
-mod host;
 mod limits;
-mod metrics;
-mod operator;
-pub mod policy;
-mod sandbox;
 mod types;
+// mechanisms
+mod codec;
+mod metrics;
+pub mod policy;
+mod slots;
+// store, capability, runtime, sandbox
+mod capability;
+mod runtime;
+mod sandbox;
+mod store;
+// operator, call
+mod call;
+mod operator;
+// graph
+pub mod graph;
+// façade
+mod host;
 
-pub use capability::Capability;
-pub use error::{BoxError, Error, ErrorKind};
+pub use capability::{Capability, CapabilityParams, CapabilityResults};
+pub use error::{BoxError, Error, ErrorKind, SharedError};
 pub use host::{CACHE_DIR_ENV, Host, HostBuilder};
 pub use limits::{DEFAULT_SEED, Limits, MAX_DURATION, parse_size};
 pub use metrics::{MetricsSnapshot, OperatorMetrics};
 pub use operator::{CallOutput, Metadata, Operator};
-pub use policy::Policy;
-pub use sandbox::{CallStats, LogLevel, LogRecord};
+pub use sandbox::CallStats;
+pub use store::{LogLevel, LogRecord};
 pub use types::{Param, Signature, WitType};
-
-/// Traits that type a [`Capability`]'s functions (re-exported from
-/// wasmtime, whose typed component values they are).
-pub mod capability_types {
-    pub use crate::capability::{ComponentNamedList, ComponentType, Lift, Lower};
-}
 
 #[doc(hidden)]
 pub mod __doc_fixture {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// The seed used when none is given: fixed, so runs are reproducible.
 pub const DEFAULT_SEED: u64 = 0x5eed_0000_0000_0001;
 
@@ -27,8 +29,11 @@ pub(crate) fn capped(duration: Duration) -> Duration {
 ///     .timeout(Duration::from_millis(200))
 ///     .fuel(Some(10_000_000))
 ///     .max_memory_bytes(32 << 20);
-/// assert_eq!(limits.get_timeout(), Duration::from_millis(200));
+/// assert_ne!(limits, xcs::Limits::default());
 /// ```
+///
+/// Like wasmtime's `StoreLimitsBuilder`, it is written, not read: the
+/// settings take effect in the calls it is given to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub(crate) timeout: Duration,
@@ -40,7 +45,6 @@ pub struct Limits {
     pub(crate) max_instances: u64,
     pub(crate) max_log_bytes: u64,
     pub(crate) seed: u64,
-    pub(crate) use_result_cache: bool,
 }
 
 impl Default for Limits {
@@ -55,7 +59,6 @@ impl Default for Limits {
     /// | `max_instances` | 64 |
     /// | `max_log_bytes` | 64 KiB |
     /// | `seed` | [`DEFAULT_SEED`] |
-    /// | `use_result_cache` | on |
     fn default() -> Self {
         Limits {
             timeout: Duration::from_secs(10),
@@ -67,7 +70,6 @@ impl Default for Limits {
             max_instances: 64,
             max_log_bytes: 64 << 10,
             seed: DEFAULT_SEED,
-            use_result_cache: true,
         }
     }
 }
@@ -139,59 +141,22 @@ impl Limits {
         self.seed = seed;
         self
     }
-
-    /// Whether this call may be answered from, and stored in, the result
-    /// cache (which only ever holds results of deterministic operators
-    /// whose policy caches). Off: the call always runs. Default: on.
-    pub fn use_result_cache(mut self, on: bool) -> Self {
-        self.use_result_cache = on;
-        self
-    }
-
-    /// The wall-clock deadline.
-    pub fn get_timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// The fuel budget, if any.
-    pub fn get_fuel(&self) -> Option<u64> {
-        self.fuel
-    }
-
-    /// The linear-memory cap in bytes.
-    pub fn get_max_memory_bytes(&self) -> u64 {
-        self.max_memory_bytes
-    }
-
-    /// The input cap in bytes.
-    pub fn get_max_input_bytes(&self) -> u64 {
-        self.max_input_bytes
-    }
-
-    /// The output cap in bytes.
-    pub fn get_max_output_bytes(&self) -> u64 {
-        self.max_output_bytes
-    }
-
-    /// The log budget in bytes.
-    pub fn get_max_log_bytes(&self) -> u64 {
-        self.max_log_bytes
-    }
-
-    /// The sandbox seed.
-    pub fn get_seed(&self) -> u64 {
-        self.seed
-    }
 }
 
 /// Parses a size: `4096`, `512B`, `64KiB`, `32MiB`, `1GiB` (binary), or
 /// `10KB`, `10MB`, `1GB` (decimal).
 ///
 /// ```
-/// assert_eq!(xcs::parse_size("32MiB"), Ok(32 << 20));
-/// assert!(xcs::parse_size("32 parsecs").is_err());
+/// assert_eq!(xcs::parse_size("32MiB")?, 32 << 20);
+/// let error = xcs::parse_size("32 parsecs").unwrap_err();
+/// assert_eq!(error.kind(), xcs::ErrorKind::Config);
+/// # Ok::<(), xcs::Error>(())
 /// ```
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, Error> {
+    parse_size_words(text).map_err(|message| Error::Config { message })
+}
+
+fn parse_size_words(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

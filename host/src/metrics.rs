@@ -73,90 +73,91 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// `metric`, registered in `registry` as `xcs_<name>` with `help`.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("xcs");
-        let metrics = Metrics {
-            operators: Mutex::new(BTreeSet::new()),
-            calls: Family::default(),
-            outcomes: Family::default(),
-            retries: Family::default(),
-            cache_hits: Family::default(),
-            cache_misses: Family::default(),
-            cache_evictions: Family::default(),
-            breaker_state: Family::default(),
-            breaker_transitions: Family::default(),
-            in_flight: Family::default(),
-            queued: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
-            fuel: Family::new_with_constructor(fuel_histogram),
-            peak_memory: Family::new_with_constructor(memory_histogram),
-            registry: Registry::default(),
-        };
-        registry.register(
-            "calls",
-            "Calls, each counted once with its final outcome",
-            metrics.calls.clone(),
-        );
-        registry.register(
-            "outcomes",
-            "Final outcomes of calls: ok, or the error kind",
-            metrics.outcomes.clone(),
-        );
-        registry.register(
-            "retries",
-            "Attempts beyond the first",
-            metrics.retries.clone(),
-        );
-        registry.register(
-            "cache_hits",
-            "Calls answered by the result cache",
-            metrics.cache_hits.clone(),
-        );
-        registry.register(
-            "cache_misses",
-            "Cacheable calls that ran",
-            metrics.cache_misses.clone(),
-        );
-        registry.register(
-            "cache_evictions",
-            "Results evicted from the cache (size or age)",
-            metrics.cache_evictions.clone(),
-        );
-        registry.register(
-            "breaker_state",
-            "Circuit breaker: 0 closed, 1 open, 2 half-open",
-            metrics.breaker_state.clone(),
-        );
-        registry.register(
-            "breaker_transitions",
-            "Circuit breaker state changes",
-            metrics.breaker_transitions.clone(),
-        );
-        registry.register("in_flight", "Calls running now", metrics.in_flight.clone());
-        registry.register(
-            "queued",
-            "Calls waiting in a bulkhead queue",
-            metrics.queued.clone(),
-        );
-        registry.register(
-            "call_duration_seconds",
-            "Wall time of calls that reached a guest",
-            metrics.latency.clone(),
-        );
-        registry.register(
-            "fuel_consumed",
-            "Fuel consumed by calls",
-            metrics.fuel.clone(),
-        );
-        registry.register(
-            "peak_memory_bytes",
-            "Peak linear memory of calls",
-            metrics.peak_memory.clone(),
-        );
+        let r = &mut registry;
+        let histograms = |constructor: fn() -> Histogram| Family::new_with_constructor(constructor);
         Metrics {
+            operators: Mutex::new(BTreeSet::new()),
+            calls: registered(
+                r,
+                "calls",
+                "Calls, each counted once with its final outcome",
+                Family::default(),
+            ),
+            outcomes: registered(
+                r,
+                "outcomes",
+                "Final outcomes of calls: ok, or the error kind",
+                Family::default(),
+            ),
+            retries: registered(r, "retries", "Attempts beyond the first", Family::default()),
+            cache_hits: registered(
+                r,
+                "cache_hits",
+                "Calls answered by the result cache",
+                Family::default(),
+            ),
+            cache_misses: registered(
+                r,
+                "cache_misses",
+                "Cacheable calls that ran",
+                Family::default(),
+            ),
+            cache_evictions: registered(
+                r,
+                "cache_evictions",
+                "Results evicted from the cache (size or age)",
+                Family::default(),
+            ),
+            breaker_state: registered(
+                r,
+                "breaker_state",
+                "Circuit breaker: 0 closed, 1 open, 2 half-open",
+                Family::default(),
+            ),
+            breaker_transitions: registered(
+                r,
+                "breaker_transitions",
+                "Circuit breaker state changes",
+                Family::default(),
+            ),
+            in_flight: registered(r, "in_flight", "Calls running now", Family::default()),
+            queued: registered(
+                r,
+                "queued",
+                "Calls waiting in a bulkhead queue",
+                Family::default(),
+            ),
+            latency: registered(
+                r,
+                "call_duration_seconds",
+                "Wall time of calls that reached a guest",
+                histograms(latency_histogram),
+            ),
+            fuel: registered(
+                r,
+                "fuel_consumed",
+                "Fuel consumed by calls",
+                histograms(fuel_histogram),
+            ),
+            peak_memory: registered(
+                r,
+                "peak_memory_bytes",
+                "Peak linear memory of calls",
+                histograms(memory_histogram),
+            ),
             registry,
-            ..metrics
         }
     }
 }
@@ -352,12 +353,7 @@ impl Metrics {
                     }
                 }
                 let mut breaker_transitions = 0;
-                for (from, to) in [
-                    (BreakerState::Closed, BreakerState::Open),
-                    (BreakerState::Open, BreakerState::HalfOpen),
-                    (BreakerState::HalfOpen, BreakerState::Open),
-                    (BreakerState::HalfOpen, BreakerState::Closed),
-                ] {
+                for (from, to) in BreakerState::TRANSITIONS {
                     breaker_transitions += self
                         .breaker_transitions
                         .get(&TransitionLabel {

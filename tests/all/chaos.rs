@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use xcs::policy::Retry;
-use xcs::{ErrorKind, Host, Limits, Policy};
+use xcs::policy::{Policy, Retry};
+use xcs::{ErrorKind, Host, Limits};
 
 use crate::util::load;
 
@@ -18,6 +18,7 @@ async fn flaky_at_30_percent_with_3_attempts_succeeds_at_least_97_percent() {
         .jitter(0.0);
     let host = Host::builder()
         .policy("flaky", Policy::new().retry(retry))
+        .default_policy(Policy::new().cache(false))
         .build()
         .unwrap();
     let flaky = load(&host, xcs_tests::FLAKY).await;
@@ -76,8 +77,7 @@ async fn a_concurrent_mix_of_every_fault_never_hurts_the_host() {
     let limits = Limits::default()
         .fuel(Some(20_000_000))
         .timeout(Duration::from_secs(5))
-        .max_memory_bytes(16 << 20)
-        .use_result_cache(false);
+        .max_memory_bytes(16 << 20);
     let names: Vec<String> = operators.keys().cloned().collect();
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..2000usize {

@@ -408,11 +408,8 @@ async fn fail_fast_cancels_and_keep_going_runs_what_it_can() {
     let downstream = report.node("downstream").unwrap();
     assert_eq!(downstream.status, NodeStatus::Skipped);
     assert_eq!(
-        downstream
-            .error
-            .as_ref()
-            .map(|(_, message)| message.as_str()),
-        Some("depends on `boom`, which failed")
+        downstream.stopped.as_ref().map(ToString::to_string),
+        Some("depends on `boom`, which failed".to_owned())
     );
     assert_eq!(report.outputs.get("slow"), Some(&json!(300)));
     expect_kind(report.into_result(), ErrorKind::Operator);
@@ -509,7 +506,7 @@ async fn per_node_limits_override_the_run_limits() {
     let spin = report.node("spin").unwrap();
     assert_eq!(spin.status, NodeStatus::Failed);
     assert_eq!(
-        spin.error.as_ref().map(|(kind, _)| kind.as_str()),
+        spin.error.as_ref().map(|error| error.kind.as_str()),
         Some("timeout")
     );
     let error = expect_kind(report.into_result(), ErrorKind::Timeout);
@@ -544,5 +541,37 @@ async fn a_spinning_guest_does_not_starve_other_tasks() {
         ticks.load(Ordering::Relaxed) >= 2,
         "ticks while spinning: {}",
         ticks.load(Ordering::Relaxed)
+    );
+}
+
+/// A panic in a node's task (here, in an embedder's capability) is not
+/// swallowed: it reaches the caller of `run`, as it would a direct call's.
+#[tokio::test]
+async fn a_panicking_capability_in_a_node_panics_the_run_not_silently() {
+    let capability = xcs::Capability::new(latency::INTERFACE).func(
+        "sleep",
+        |(_ms,): (u32,)| -> Result<(), xcs::BoxError> {
+            panic!("the embedder's capability panicked")
+        },
+    );
+    let host = Host::builder().grant(capability).build().unwrap();
+    let wait = load(&host, xcs_tests::WAIT).await;
+    let plan = Graph::new()
+        .node(Node::new("w", "wait").arg("ms", Source::literal(json!(1))))
+        .output("w", Source::node("w"))
+        .check(&Operators::new().with(wait))
+        .unwrap();
+    let run = tokio::spawn(async move { plan.run(&Value::Null, &RunOptions::default()).await });
+    let error = run.await.expect_err("the run panicked");
+    assert!(error.is_panic(), "{error}");
+    let panic = error.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(
+        message.contains("the embedder's capability panicked"),
+        "{message}"
     );
 }

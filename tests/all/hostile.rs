@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use xcs::policy::Policy;
 use xcs::{ErrorKind, Host, Limits};
 
 use crate::fixtures;
-use crate::util::{assert_healthy, expect_kind, host, load, load_wat, quick};
+use crate::util::{assert_healthy, expect_kind, host, load, load_wat, quick, uncached_host};
 
 #[tokio::test]
 async fn a_start_function_that_traps_fails_the_load_cleanly() {
@@ -172,8 +173,8 @@ fn object(key: &str, value: Value) -> Value {
 /// (see the regression test below).
 #[tokio::test]
 async fn deeply_nested_json_input_is_a_validation_error() {
-    let host = host();
-    let uncached = Limits::default().use_result_cache(false);
+    let host = uncached_host();
+    let uncached = Limits::default();
     let upper = load(&host, xcs_tests::UPPER).await;
     let input = object("text", nested_arrays(100_000));
     let error = expect_kind(upper.call(&input, &uncached).await, ErrorKind::Validation);
@@ -358,16 +359,17 @@ fn big_allocations_from_64_threads_beside_memory_hogs() {
         .enable_all()
         .build()
         .unwrap();
-    let host = Host::builder().build().unwrap();
+    let host = Host::builder()
+        .default_policy(Policy::new().cache(false))
+        .build()
+        .unwrap();
     let (allocator, hog) = runtime.block_on(async {
         let allocator = load_wat(&host, &fixtures::allocates_then_returns())
             .await
             .unwrap();
         (allocator, load(&host, xcs_tests::HOG).await)
     });
-    let uncached = Limits::default()
-        .timeout(Duration::from_secs(30))
-        .use_result_cache(false);
+    let uncached = Limits::default().timeout(Duration::from_secs(30));
     std::thread::scope(|scope| {
         let callers: Vec<_> = (0..CALLERS)
             .map(|_| {

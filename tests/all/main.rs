@@ -8,6 +8,7 @@ mod chaos;
 mod concurrency;
 mod graph;
 mod hostile;
+mod layers;
 mod limits;
 mod load;
 mod operators;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use xcs::{Capability, ErrorKind, Host, Limits};
 
-use crate::util::{assert_healthy, expect_kind, host, load, quick};
+use crate::util::{assert_healthy, expect_kind, host, load, quick, uncached_host};
 
 // Every operator must have a test below named after it.
 macro_rules! assert_test_exists {
@@ -368,8 +368,11 @@ async fn burn() {
         "func(iterations: u64) -> result<u64, error>"
     );
     let once = op.call(&json!([1000]), &Limits::default()).await.unwrap();
-    let uncached = Limits::default().use_result_cache(false);
-    let twice = op.call(&json!([1000]), &uncached).await.unwrap();
+    let uncached = load(&uncached_host(), xcs_tests::BURN).await;
+    let twice = uncached
+        .call(&json!([1000]), &Limits::default())
+        .await
+        .unwrap();
     assert_eq!(once, twice, "the same input gives the same output");
     let other = op.call(&json!([1001]), &Limits::default()).await.unwrap();
     assert_ne!(once, other, "one more round changes the output");

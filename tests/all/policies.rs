@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use xcs::policy::{Breaker, BreakerState, Bulkhead, Retry};
-use xcs::{ErrorKind, Host, Limits, Policy};
+use xcs::policy::{Breaker, BreakerState, Bulkhead, Policy, Retry};
+use xcs::{ErrorKind, Host, Limits};
 
 use crate::util::{expect_kind, load};
 
@@ -166,7 +166,8 @@ async fn retries_never_run_past_the_deadline() {
     );
 }
 
-#[tokio::test]
+/// On tokio's paused clock: the cool-down passes when the test says so.
+#[tokio::test(start_paused = true)]
 async fn the_breaker_opens_fails_fast_and_probes_after_its_cool_down() {
     let breaker = Breaker::default()
         .consecutive_failures(3)
@@ -194,7 +195,7 @@ async fn the_breaker_opens_fails_fast_and_probes_after_its_cool_down() {
         ErrorKind::CircuitOpen,
     );
     assert!(error.to_string().contains("circuit open"), "{error}");
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::advance(Duration::from_millis(250)).await;
     // A probe with bad input says nothing about the operator: the breaker
     // stays half-open and the next call probes.
     expect_kind(
@@ -228,8 +229,8 @@ async fn the_breaker_opens_fails_fast_and_probes_after_its_cool_down() {
 
 /// A probe whose caller gives up (its future dropped mid-call) reports
 /// nothing; its slot must come back, or the breaker would stay half-open
-/// and refuse every call for good.
-#[tokio::test]
+/// and refuse every call for good. On tokio's paused clock.
+#[tokio::test(start_paused = true)]
 async fn a_cancelled_probe_gives_its_slot_back() {
     let breaker = Breaker::default()
         .consecutive_failures(1)
@@ -240,11 +241,24 @@ async fn a_cancelled_probe_gives_its_slot_back() {
     let short = Limits::default().timeout(Duration::from_millis(50));
     expect_kind(spin.call(&Value::Null, &short).await, ErrorKind::Timeout);
     assert_eq!(spin.breaker_state(), BreakerState::Open);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The probe would spin for 10 s; its caller stops waiting first.
-    let long = Limits::default().timeout(Duration::from_secs(10));
-    let probe = tokio::time::timeout(Duration::from_millis(50), spin.call(&Value::Null, &long));
-    assert!(probe.await.is_err(), "the probe was cancelled");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    // The probe would spin for 10 s; its caller gives up once it is in.
+    let probe = tokio::spawn({
+        let spin = spin.clone();
+        async move {
+            let long = Limits::default().timeout(Duration::from_secs(10));
+            spin.call(&Value::Null, &long).await
+        }
+    });
+    while spin.breaker_state() != BreakerState::HalfOpen {
+        tokio::task::yield_now().await;
+    }
+    probe.abort();
+    let cancelled = probe.await.expect_err("the probe was aborted");
+    assert!(
+        cancelled.is_cancelled(),
+        "the probe was cancelled: {cancelled}"
+    );
     assert_eq!(spin.breaker_state(), BreakerState::HalfOpen);
     // The next call is admitted as the probe (and its timeout re-opens).
     expect_kind(spin.call(&Value::Null, &short).await, ErrorKind::Timeout);
@@ -382,11 +396,9 @@ async fn a_hundred_identical_calls_run_once() {
         (100, 1, 99)
     );
     // Opting out runs the guest.
+    host.set_policy("burn", Policy::new().cache(false));
     let uncached = burn
-        .call_with_stats(
-            &json!([2_000_000]),
-            &Limits::default().use_result_cache(false),
-        )
+        .call_with_stats(&json!([2_000_000]), &Limits::default())
         .await
         .unwrap();
     assert!(!uncached.cached && uncached.stats.fuel_consumed.is_some());
@@ -498,10 +510,10 @@ async fn metrics_match_what_happened() {
     assert!(!text.contains("xcs_breaker_transitions_total{"), "{text}");
 }
 
-#[tokio::test]
-async fn graph_policies_apply_to_their_operator() {
-    let host = Host::builder().build().unwrap();
-    let flaky = load(&host, xcs_tests::FLAKY).await;
+/// A graph of one `flaky` node that always fails, with a retry policy of
+/// its own (3 attempts), checked against `flaky` loaded on `host`.
+async fn always_failing_graph_with_retries(host: &Host) -> (xcs::Operator, xcs::graph::Plan) {
+    let flaky = load(host, xcs_tests::FLAKY).await;
     let graph = xcs::graph::Graph::from_toml(
         r#"
         [[node]]
@@ -515,12 +527,45 @@ async fn graph_policies_apply_to_their_operator() {
     )
     .unwrap();
     let plan = graph
-        .check(&xcs::graph::Operators::new().with(flaky))
+        .check(&xcs::graph::Operators::new().with(flaky.clone()))
         .unwrap();
+    (flaky, plan)
+}
+
+#[tokio::test]
+async fn graph_policies_apply_to_their_operator() {
+    let host = Host::builder().build().unwrap();
+    let (_, plan) = always_failing_graph_with_retries(&host).await;
     let report = plan
         .run(&Value::Null, &xcs::graph::RunOptions::default())
         .await;
     assert_eq!(report.node("f").unwrap().attempts, 3);
     expect_kind(report.into_result(), ErrorKind::Operator);
     assert_eq!(host.metrics().operators["flaky"].retries, 2);
+}
+
+/// A graph's own policy applies to its runs, and leaves the host's policy
+/// of the operator as it was: a direct call after the run is not retried.
+#[tokio::test]
+async fn graph_policies_do_not_change_the_host() {
+    let host = Host::builder().build().unwrap();
+    let (flaky, plan) = always_failing_graph_with_retries(&host).await;
+    let report = plan
+        .run(&Value::Null, &xcs::graph::RunOptions::default())
+        .await;
+    assert_eq!(report.node("f").unwrap().attempts, 3, "the run retried");
+    expect_kind(
+        flaky
+            .call(
+                &json!({"key": 3, "failure-percent": 100}),
+                &Limits::default(),
+            )
+            .await,
+        ErrorKind::Operator,
+    );
+    assert_eq!(
+        host.metrics().operators["flaky"].retries,
+        2,
+        "only the run's calls were retried"
+    );
 }

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use xcs::{Error, ErrorKind, Limits};
 
 use crate::fixtures;
-use crate::util::{host, load_wat};
+use crate::util::{host, load_wat, uncached_host};
 
 /// Cases per property: each compiles a component, so keep them modest.
 const CASES: u32 = 256;
@@ -490,8 +490,8 @@ fn fail(error: impl std::fmt::Debug, case: &str) -> TestCaseError {
 #[test]
 fn values_of_random_types_round_trip_through_a_guest() {
     let runtime = runtime();
-    let host = host();
-    let limits = Limits::default().use_result_cache(false);
+    let host = uncached_host();
+    let limits = Limits::default();
     check(CASES, &any_typed_list(), |(ty, values)| {
         let input = json!({ "x": values });
         let case = describe_case(&ty, &input);
@@ -512,8 +512,8 @@ fn values_of_random_types_round_trip_through_a_guest() {
 #[test]
 fn a_wrong_value_anywhere_is_refused_with_its_path() {
     let runtime = runtime();
-    let host = host();
-    let limits = Limits::default().use_result_cache(false);
+    let host = uncached_host();
+    let limits = Limits::default();
     let strategy = (any_typed_list(), any::<Index>(), any::<Index>());
     check(CASES, &strategy, |((ty, values), place, wrong)| {
         let mut input = json!({ "x": values });

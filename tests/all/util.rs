@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
+use xcs::policy::Policy;
 use xcs::{Error, ErrorKind, Host, Limits, Operator};
 
 /// One host for the tests that do not configure their own: loads are
@@ -11,6 +12,20 @@ pub fn host() -> Host {
     static HOST: OnceLock<Host> = OnceLock::new();
     HOST.get_or_init(|| Host::builder().build().expect("default host builds"))
         .clone()
+}
+
+/// A host whose operators' results are never cached: every call runs its
+/// guest (the result cache would answer a deterministic operator's repeated
+/// input without running it).
+pub fn uncached_host() -> Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| {
+        Host::builder()
+            .default_policy(Policy::new().cache(false))
+            .build()
+            .expect("uncached host builds")
+    })
+    .clone()
 }
 
 /// Loads a built operator by its path constant.

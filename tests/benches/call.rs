@@ -23,19 +23,10 @@ use wasmtime::component::{
 // `anyhow` feature, which would rebuild wasmtime for the whole workspace).
 use common::Samples;
 use wasmtime::error::Context;
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-    Result, Store, bail, ensure,
-};
+use wasmtime::{Cache, CacheConfig, Engine, Result, Store, bail, ensure};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use xcs::policy::Policy;
 use xcs::{Host, Limits, Operator};
-
-/// The settings `xcs::HostBuilder` uses by default, repeated here so that
-/// the baseline runs on the same kind of engine.
-const MAX_CONCURRENT_INSTANCES: u32 = 1000;
-const MAX_MEMORY_BYTES_PER_INSTANCE: usize = 4 << 30;
-const MAX_TABLE_ELEMENTS: usize = 20_000;
-const MAX_WASM_STACK: usize = 512 << 10;
 
 /// How much work one run does.
 struct Plan {
@@ -90,28 +81,15 @@ impl WasiView for BareState {
     }
 }
 
-/// An engine configured like the xcs host's; with wasmtime's disk cache
-/// in `cache_dir` if given (xcs's is off in the bare baseline).
+/// An engine configured exactly like a default xcs host's (the library
+/// hands out its configuration, so the two cannot drift apart); with
+/// wasmtime's disk cache in `cache_dir` if given (xcs's is off in the bare
+/// baseline).
 fn bare_engine(cache_dir: Option<&Path>) -> Result<Engine> {
-    let slots = MAX_CONCURRENT_INSTANCES;
-    let mut pooling = PoolingAllocationConfig::new();
-    pooling
-        .total_component_instances(slots)
-        .total_memories(slots)
-        .total_tables(slots * 4)
-        .total_core_instances(slots * 16)
-        .total_stacks(slots)
-        .max_memory_size(MAX_MEMORY_BYTES_PER_INSTANCE)
-        .table_elements(MAX_TABLE_ELEMENTS)
-        .max_core_instances_per_component(16)
-        .max_tables_per_component(4);
-    let mut config = Config::new();
-    config
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
-        .epoch_interruption(true)
-        .consume_fuel(true)
-        .max_wasm_stack(MAX_WASM_STACK)
-        .async_stack_size(MAX_WASM_STACK + (1 << 20));
+    let mut config = Host::builder()
+        .no_disk_cache()
+        .__engine_config()
+        .map_err(|error| wasmtime::Error::msg(error.to_string()))?;
     if let Some(dir) = cache_dir {
         let mut cache_config = CacheConfig::new();
         cache_config.with_directory(dir);
@@ -224,11 +202,14 @@ struct Results {
 async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results> {
     // The xcs side: a default host without the disk cache (the user's
     // cache directory is left alone), default limits.
-    let host = Host::builder().no_disk_cache().build()?;
-    let noop = host.load_bytes(bytes.to_vec(), "noop.wasm").await?;
     // A fresh sandbox every call: the result cache would answer `noop` (it is
     // deterministic) without running it.
-    let limits = Limits::default().use_result_cache(false);
+    let host = Host::builder()
+        .no_disk_cache()
+        .default_policy(Policy::new().cache(false))
+        .build()?;
+    let noop = host.load_bytes(bytes.to_vec(), "noop.wasm").await?;
+    let limits = Limits::default();
     let input = json!([]);
 
     let bare = Bare::new(bare_engine(None)?, bytes)?;

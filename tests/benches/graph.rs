@@ -26,7 +26,8 @@ use anyhow::{Context, Result, ensure};
 use common::Samples;
 use serde_json::{Value, json};
 use xcs::graph::{Graph, Node, NodeStatus, Plan, RunOptions, Source};
-use xcs::{Host, Limits, Operator, Policy};
+use xcs::policy::Policy;
+use xcs::{Host, Limits, Operator};
 
 /// Nodes of the latency fan-out.
 const FAN_OUT_WIDTH: usize = 100;

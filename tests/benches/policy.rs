@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use common::Samples;
 use serde_json::json;
-use xcs::policy::{Breaker, Bulkhead, Retry};
-use xcs::{Host, Limits, Operator, Policy};
+use xcs::policy::{Breaker, Bulkhead, Policy, Retry};
+use xcs::{Host, Limits, Operator};
 
 /// Times a batch of `calls` calls into `samples`.
 async fn batch(samples: &mut Samples, operator: &Operator, limits: &Limits, calls: usize) {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use serde_json::{Value, json};
+use xcs::policy::Policy;
 use xcs::{ErrorKind, Host, Limits, Operator};
 
 #[derive(Debug, Parser)]
@@ -65,9 +66,7 @@ enum Expect {
 }
 
 fn workloads() -> Vec<Workload> {
-    let base = Limits::default()
-        .timeout(Duration::from_secs(10))
-        .use_result_cache(false);
+    let base = Limits::default().timeout(Duration::from_secs(10));
     vec![
         Workload {
             name: "upper",
@@ -247,7 +246,11 @@ async fn soak(args: &Args) -> anyhow::Result<bool> {
     };
     ensure!(calls > 0, "--calls must be positive");
     ensure!(args.concurrency > 0, "--concurrency must be positive");
-    let host = Host::builder().build().context("building the host")?;
+    // Result cache off: every call runs its guest.
+    let host = Host::builder()
+        .default_policy(Policy::new().cache(false))
+        .build()
+        .context("building the host")?;
     let mut operators = Vec::new();
     for workload in workloads() {
         let operator = host.load(workload.path).await.with_context(|| {

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-use super::{Graph, GraphProblem, Operators, Source, problems_message};
+use super::{Graph, GraphProblem, Operators, Source};
 use crate::codec;
-use crate::error::Error;
+use crate::error::{Error, list_or_none};
 use crate::operator::Operator;
 use crate::types::WitType;
 
@@ -193,17 +193,12 @@ impl Graph {
             }
             let operator = operators.get(&node.operator).cloned();
             if operator.is_none() {
-                let known: Vec<&str> = operators.by_key.keys().map(String::as_str).collect();
                 checker.problem(
                     Some(&node.id),
                     format!(
                         "unknown operator `{}` (known: {})",
                         node.operator,
-                        if known.is_empty() {
-                            "none".into()
-                        } else {
-                            known.join(", ")
-                        }
+                        list_or_none(operators.by_key.keys())
                     ),
                 );
             }
@@ -242,18 +237,12 @@ impl Graph {
                     None => None,
                     Some(params) => match params.iter().find(|param| &param.name == name) {
                         None => {
-                            let names: Vec<&str> =
-                                params.iter().map(|param| param.name.as_str()).collect();
                             checker.problem(
                                 id,
                                 format!(
                                     "`{}` has no parameter `{name}` (parameters: {})",
                                     node.operator,
-                                    if names.is_empty() {
-                                        "none".into()
-                                    } else {
-                                        names.join(", ")
-                                    }
+                                    list_or_none(params.iter().map(|param| &param.name))
                                 ),
                             );
                             continue;
@@ -331,7 +320,6 @@ impl Graph {
 
         if !checker.problems.is_empty() {
             return Err(Error::Graph {
-                message: problems_message(&checker.problems),
                 problems: checker.problems,
             });
         }

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use serde_json::{Value, json};
 
 use super::check::{Plan, Resolved};
-use super::run::{NodeStatus, RunReport};
+use super::report::{NodeStatus, RunReport};
 
 /// Quotes `text` as a DOT string.
 fn quoted(text: &str) -> String {

@@ -18,7 +18,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Graph, GraphProblem, Node, Source, problems_message};
+use super::{Graph, GraphProblem, Node, Source};
 use crate::error::Error;
 use crate::limits::{Limits, parse_size};
 use crate::policy::{Breaker, Bulkhead, Policy, Retry};
@@ -73,103 +73,123 @@ struct BulkheadSpec {
     max_queue: Option<usize>,
 }
 
-fn duration(
-    text: Option<String>,
-    what: String,
-    problems: &mut Vec<GraphProblem>,
-) -> Option<std::time::Duration> {
-    let text = text?;
-    humantime::parse_duration(&text)
-        .map_err(|error| {
-            problems.push(GraphProblem {
-                node: None,
-                message: format!("{what} `{text}`: {error}"),
-            });
-        })
-        .ok()
+/// Reads the settings of one table (`policy.<operator>.retry`, a node),
+/// collecting every problem instead of stopping at the first.
+struct Fields<'a> {
+    /// Where the settings are, for messages: `policy.flaky.retry`.
+    table: String,
+    /// The node they belong to, if any.
+    node: Option<&'a str>,
+    problems: &'a mut Vec<GraphProblem>,
 }
 
-/// `value` when it is a finite number; NaN and infinities are a problem.
-fn finite(value: Option<f64>, what: String, problems: &mut Vec<GraphProblem>) -> Option<f64> {
-    let value = value?;
-    if value.is_finite() {
-        Some(value)
-    } else {
-        problems.push(GraphProblem {
-            node: None,
-            message: format!("{what} is {value}, not a finite number"),
+impl Fields<'_> {
+    fn problem(&mut self, message: String) {
+        self.problems.push(GraphProblem {
+            node: self.node.map(str::to_owned),
+            message,
         });
+    }
+
+    /// The place of `field` in messages: `policy.x.retry.jitter`, or just
+    /// `timeout` in a node (whose id the problem names).
+    fn place(&self, field: &str) -> String {
+        if self.table.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{}.{field}", self.table)
+        }
+    }
+
+    fn duration(&mut self, field: &str, text: Option<&str>) -> Option<std::time::Duration> {
+        let text = text?;
+        match humantime::parse_duration(text) {
+            Ok(duration) => Some(duration),
+            Err(error) => {
+                let place = self.place(field);
+                self.problem(format!("{place} `{text}`: {error}"));
+                None
+            }
+        }
+    }
+
+    /// `value` when it is a finite number; NaN and infinities are a problem.
+    fn finite(&mut self, field: &str, value: Option<f64>) -> Option<f64> {
+        let value = value?;
+        if value.is_finite() {
+            return Some(value);
+        }
+        let place = self.place(field);
+        self.problem(format!("{place} is {value}, not a finite number"));
         None
+    }
+
+    fn size(&mut self, field: &str, text: Option<&str>) -> Option<u64> {
+        let text = text?;
+        match parse_size(text) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                let place = self.place(field);
+                let message = match error {
+                    Error::Config { message } => message,
+                    other => other.to_string(),
+                };
+                self.problem(format!("{place}: {message}"));
+                None
+            }
+        }
     }
 }
 
 fn policy(operator: &str, spec: PolicySpec, problems: &mut Vec<GraphProblem>) -> Policy {
+    fn fields<'a>(operator: &str, table: &str, problems: &'a mut Vec<GraphProblem>) -> Fields<'a> {
+        Fields {
+            table: format!("policy.{operator}.{table}"),
+            node: None,
+            problems,
+        }
+    }
     let mut policy = Policy::new();
     if let Some(cache) = spec.cache {
         policy = policy.cache(cache);
     }
     if let Some(retry_spec) = spec.retry {
-        let mut retry = Retry::default();
+        let mut fields = fields(operator, "retry", problems);
+        let mut retry = Retry::default()
+            .on_timeout(retry_spec.on_timeout.unwrap_or(false))
+            .on_trap(retry_spec.on_trap.unwrap_or(false));
         if let Some(attempts) = retry_spec.attempts {
             retry = retry.max_attempts(attempts);
         }
-        if let Some(delay) = duration(
-            retry_spec.base_delay,
-            format!("policy.{operator}.retry.base_delay"),
-            problems,
-        ) {
+        if let Some(delay) = fields.duration("base_delay", retry_spec.base_delay.as_deref()) {
             retry = retry.base_delay(delay);
         }
-        if let Some(multiplier) = finite(
-            retry_spec.multiplier,
-            format!("policy.{operator}.retry.multiplier"),
-            problems,
-        ) {
+        if let Some(multiplier) = fields.finite("multiplier", retry_spec.multiplier) {
             retry = retry.multiplier(multiplier);
         }
-        if let Some(delay) = duration(
-            retry_spec.max_delay,
-            format!("policy.{operator}.retry.max_delay"),
-            problems,
-        ) {
+        if let Some(delay) = fields.duration("max_delay", retry_spec.max_delay.as_deref()) {
             retry = retry.max_delay(delay);
         }
-        if let Some(jitter) = finite(
-            retry_spec.jitter,
-            format!("policy.{operator}.retry.jitter"),
-            problems,
-        ) {
+        if let Some(jitter) = fields.finite("jitter", retry_spec.jitter) {
             retry = retry.jitter(jitter);
         }
-        if let Some(timeout) = duration(
-            retry_spec.attempt_timeout,
-            format!("policy.{operator}.retry.attempt_timeout"),
-            problems,
-        ) {
+        if let Some(timeout) =
+            fields.duration("attempt_timeout", retry_spec.attempt_timeout.as_deref())
+        {
             retry = retry.attempt_timeout(timeout);
         }
-        retry = retry
-            .on_timeout(retry_spec.on_timeout.unwrap_or(false))
-            .on_trap(retry_spec.on_trap.unwrap_or(false));
         policy = policy.retry(retry);
     }
     if let Some(breaker_spec) = spec.breaker {
+        let mut fields = fields(operator, "breaker", problems);
         let mut breaker = Breaker::default();
         if let Some(failures) = breaker_spec.failures {
             breaker = breaker.consecutive_failures(failures);
         }
-        if let Some(ratio) = finite(
-            breaker_spec.failure_ratio,
-            format!("policy.{operator}.breaker.failure_ratio"),
-            problems,
-        ) {
+        if let Some(ratio) = fields.finite("failure_ratio", breaker_spec.failure_ratio) {
             breaker = breaker.failure_ratio(ratio, breaker_spec.window.unwrap_or(20));
         }
-        if let Some(cool_down) = duration(
-            breaker_spec.cool_down,
-            format!("policy.{operator}.breaker.cool_down"),
-            problems,
-        ) {
+        if let Some(cool_down) = fields.duration("cool_down", breaker_spec.cool_down.as_deref()) {
             breaker = breaker.cool_down(cool_down);
         }
         if let Some(probes) = breaker_spec.probes {
@@ -205,10 +225,7 @@ struct NodeSpec {
 }
 
 fn graph_error(problems: Vec<GraphProblem>) -> Error {
-    Error::Graph {
-        message: problems_message(&problems),
-        problems,
-    }
+    Error::Graph { problems }
 }
 
 /// Converts a TOML value into JSON (datetimes become strings).
@@ -252,10 +269,10 @@ pub(crate) fn source(value: toml::Value) -> Source {
 
 pub(crate) fn parse(text: &str) -> Result<Graph, Error> {
     let spec: GraphSpec = toml::from_str(text).map_err(|error| {
-        graph_error(vec![GraphProblem {
-            node: None,
-            message: format!("invalid graph file: {}", error.to_string().trim_end()),
-        }])
+        graph_error(vec![GraphProblem::graph(format!(
+            "invalid graph file: {}",
+            error.to_string().trim_end()
+        ))])
     })?;
     let mut problems = Vec::new();
     let mut graph = Graph::new();
@@ -267,30 +284,23 @@ pub(crate) fn parse(text: &str) -> Result<Graph, Error> {
         if let Some(param) = node_spec.map {
             node = node.map_over(param, node_spec.max_concurrency);
         } else if node_spec.max_concurrency.is_some() {
-            problems.push(GraphProblem {
-                node: Some(node_spec.id.clone()),
-                message: "max_concurrency is for map nodes (add `map = \"<parameter>\"`)".into(),
-            });
+            problems.push(GraphProblem::node(
+                &node_spec.id,
+                "max_concurrency is for map nodes (add `map = \"<parameter>\"`)",
+            ));
         }
         if node_spec.timeout.is_some() || node_spec.fuel.is_some() || node_spec.memory.is_some() {
+            let mut fields = Fields {
+                table: String::new(),
+                node: Some(&node_spec.id),
+                problems: &mut problems,
+            };
             let mut limits = Limits::default().fuel(node_spec.fuel);
-            if let Some(timeout) = &node_spec.timeout {
-                match humantime::parse_duration(timeout) {
-                    Ok(timeout) => limits = limits.timeout(timeout),
-                    Err(error) => problems.push(GraphProblem {
-                        node: Some(node_spec.id.clone()),
-                        message: format!("timeout `{timeout}`: {error}"),
-                    }),
-                }
+            if let Some(timeout) = fields.duration("timeout", node_spec.timeout.as_deref()) {
+                limits = limits.timeout(timeout);
             }
-            if let Some(memory) = &node_spec.memory {
-                match parse_size(memory) {
-                    Ok(bytes) => limits = limits.max_memory_bytes(bytes),
-                    Err(error) => problems.push(GraphProblem {
-                        node: Some(node_spec.id.clone()),
-                        message: format!("memory: {error}"),
-                    }),
-                }
+            if let Some(bytes) = fields.size("memory", node_spec.memory.as_deref()) {
+                limits = limits.max_memory_bytes(bytes);
             }
             node = node.limits(limits);
         }
@@ -365,8 +375,8 @@ mod tests {
             Some(Some(2))
         );
         let limits = node.limits.as_ref().expect("limits");
-        assert_eq!(limits.get_timeout(), std::time::Duration::from_millis(250));
-        assert_eq!(limits.get_max_memory_bytes(), 8 << 20);
+        assert_eq!(limits.timeout, std::time::Duration::from_millis(250));
+        assert_eq!(limits.max_memory_bytes, 8 << 20);
         assert_eq!(
             graph.outputs,
             vec![("counts".into(), Source::node("counts"))]

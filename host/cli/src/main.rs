@@ -9,8 +9,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use xcs::graph::{Graph, NodeStatus, Operators, Plan, RunOptions};
-use xcs::policy::Retry;
-use xcs::{Error, ErrorKind, Host, Limits, Policy};
+use xcs::policy::{Policy, Retry};
+use xcs::{Error, ErrorKind, Host, Limits};
+
+/// The most JSON text read as graph inputs: four times `xcs call`'s
+/// default `--max-input` (the canonical size of a value is at most its
+/// JSON text's, and JSON may be padded with white space).
+const MAX_GRAPH_INPUT_TEXT: u64 = 4 * (64 << 20);
 
 /// Run untrusted WebAssembly operators in a sandbox.
 #[derive(Debug, Parser)]
@@ -271,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     &operator,
                     &input,
                     &limits.limits(),
+                    limits.max_input.saturating_mul(4),
                     &policy.policy(),
                     metrics.as_deref(),
                 )
@@ -314,7 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics,
             } => {
                 let (plan, host) = plan(&graph, &graph_args).await?;
-                let inputs = read_input(&input, "graph", Limits::default().get_max_input_bytes())?;
+                let inputs = read_input(&input, "graph", MAX_GRAPH_INPUT_TEXT)?;
                 let mut options = RunOptions::default()
                     .timeout(timeout)
                     .keep_going(keep_going);
@@ -375,13 +381,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if unsuccessful.len() > 1 {
                     // Every node that did not succeed; the error line below names the first.
                     for node in unsuccessful {
-                        if let Some((kind, message)) = &node.error {
-                            let status = if node.status == NodeStatus::Failed {
-                                "failed"
-                            } else {
-                                "skipped"
-                            };
-                            eprintln!("node `{}` {status} [{kind}]: {message}", node.id);
+                        if let Some(error) = &node.error {
+                            eprintln!(
+                                "node `{}` failed [{}]: {}",
+                                node.id, error.kind, error.message
+                            );
+                        } else if let Some(why) = &node.stopped {
+                            eprintln!("node `{}` skipped: {why}", node.id);
                         }
                     }
                 }
@@ -431,12 +437,13 @@ async fn call(
     path: &Path,
     input: &InputArgs,
     limits: &Limits,
+    max_input_text: u64,
     policy: &Policy,
     metrics: Option<&Path>,
 ) -> anyhow::Result<()> {
     let host = Host::builder().default_policy(policy.clone()).build()?;
     let operator = host.load(path).await?;
-    let input = read_input(input, operator.name(), limits.get_max_input_bytes())?;
+    let input = read_input(input, operator.name(), max_input_text)?;
     let output = operator.call(&input, limits).await;
     if let Ok(value) = &output {
         println!("{}", serde_json::to_string(value)?);
@@ -461,36 +468,52 @@ fn write_metrics(host: &Host, path: Option<&Path>, succeeded: bool) -> anyhow::R
 
 /// Reads, parses, loads the operators of, and checks a graph file.
 async fn plan(path: &Path, args: &GraphArgs) -> anyhow::Result<(Plan, Host)> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
     let graph = Graph::from_toml(&text)?;
     let host = Host::builder().build()?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let operators = Operators::load_for(&host, &graph, &args.operators, base).await?;
+    let operators = load_operators(&host, &graph, &args.operators, base).await?;
     Ok((graph.check(&operators)?, host))
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    std::fs::write(path, bytes).map_err(|source| {
-        Error::Io {
-            path: path.to_owned(),
-            source,
+/// Loads the operators `graph` names: a key ending in `.wasm` is a path
+/// relative to `base` (the graph file's directory); any other key is looked
+/// up as `<dir>/<key>.wasm`. A key with no file is left out: the check
+/// reports it as an unknown operator, with the others it finds.
+async fn load_operators(
+    host: &Host,
+    graph: &Graph,
+    dir: &Path,
+    base: &Path,
+) -> anyhow::Result<Operators> {
+    let mut operators = Operators::new();
+    for node in graph.nodes() {
+        let key = node.operator();
+        if operators.get(key).is_some() {
+            continue;
         }
-        .into()
-    })
+        let path = if key.ends_with(".wasm") {
+            base.join(key)
+        } else {
+            dir.join(format!("{key}.wasm"))
+        };
+        if path.is_file() {
+            operators.insert(key, host.load(&path).await?);
+        }
+    }
+    Ok(operators)
 }
 
-fn read_input(args: &InputArgs, operator: &str, max_input_bytes: u64) -> anyhow::Result<Value> {
-    let max_text = max_input_bytes.saturating_mul(4);
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, bytes).map_err(|source| Error::io(path, source).into())
+}
+
+/// Reads the input JSON, at most `max_text` bytes of it.
+fn read_input(args: &InputArgs, operator: &str, max_text: u64) -> anyhow::Result<Value> {
     let (origin, text) = if let Some(text) = &args.input {
         ("--input", text.clone())
     } else if let Some(file) = &args.input_file {
-        let file_handle = std::fs::File::open(file).map_err(|source| Error::Io {
-            path: file.clone(),
-            source,
-        })?;
+        let file_handle = std::fs::File::open(file).map_err(|source| Error::io(file, source))?;
         ("--input-file", read_bounded(file_handle, max_text, file)?)
     } else if std::io::stdin().is_terminal() {
         return Ok(Value::Null);
@@ -526,10 +549,7 @@ fn read_bounded(reader: impl Read, max: u64, path: &Path) -> anyhow::Result<Stri
     reader
         .take(max.saturating_add(1))
         .read_to_string(&mut text)
-        .map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| Error::io(path, source))?;
     Ok(text)
 }
 
@@ -539,9 +559,9 @@ mod tests {
 
     #[test]
     fn sizes_parse() {
-        assert_eq!(xcs::parse_size("32MiB"), Ok(32 << 20));
-        assert_eq!(xcs::parse_size("4096"), Ok(4096));
-        assert_eq!(xcs::parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(xcs::parse_size("32MiB").ok(), Some(32 << 20));
+        assert_eq!(xcs::parse_size("4096").ok(), Some(4096));
+        assert_eq!(xcs::parse_size("10MB").ok(), Some(10_000_000));
         assert!(xcs::parse_size("ten").is_err());
         assert!(xcs::parse_size("1XB").is_err());
         assert!(xcs::parse_size("99999999999GiB").is_err());

@@ -436,8 +436,8 @@ fn call_with_empty_stdin_means_no_arguments() {
 // --- graphs: check and run -----------------------------------------------------
 
 /// The example graph and its input.
-const PIPELINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pipeline.toml");
-const DOCUMENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/documents.json");
+const PIPELINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pipeline.toml");
+const DOCUMENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/documents.json");
 
 /// The operators `examples/pipeline.toml` names, with their components.
 const PIPELINE_OPERATORS: &[(&str, &str)] = &[

@@ -1,0 +1,240 @@
+//! What one node's task does: its guest calls under the run's and the
+//! host's concurrency bounds, one call or one per element of a map, each
+//! recorded for the report and the timeline.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+use tokio::task::{JoinError, JoinSet};
+
+use crate::call::{self, Called, Policies};
+use crate::error::Error;
+use crate::graph::report::Span;
+use crate::limits::Limits;
+use crate::operator::Operator;
+use crate::policy::{Policy, PolicyState};
+use crate::slots::Slots;
+
+/// Hands out slot numbers, so the timeline shows one track per slot.
+pub(super) struct SlotIds {
+    free: Mutex<Vec<usize>>,
+}
+
+impl SlotIds {
+    pub(super) fn new(count: usize) -> Self {
+        SlotIds {
+            free: Mutex::new((0..count).rev().collect()),
+        }
+    }
+
+    fn take(&self) -> usize {
+        self.free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()
+            .unwrap_or(usize::MAX)
+    }
+
+    fn give(&self, slot: usize) {
+        self.free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(slot);
+    }
+}
+
+/// What the tasks of one run share.
+pub(super) struct Shared {
+    pub(super) started: Instant,
+    pub(super) run_slots: Slots,
+    pub(super) host_slots: Slots,
+    pub(super) slot_ids: SlotIds,
+}
+
+/// The policies of a node's calls: the graph's own for its operator (whose
+/// state the run keeps, for this run only), or the operator's on its host.
+#[derive(Clone)]
+pub(super) enum NodePolicy {
+    Graph(Arc<(Policy, PolicyState)>),
+    Host(Arc<Policy>),
+}
+
+impl NodePolicy {
+    fn policies<'a>(&'a self, operator: &'a Operator) -> Policies<'a> {
+        match self {
+            NodePolicy::Graph(own) => Policies {
+                policy: &own.0,
+                state: &own.1,
+            },
+            NodePolicy::Host(policy) => Policies {
+                policy,
+                state: operator.policy_state(),
+            },
+        }
+    }
+}
+
+/// One guest call of a node, for its report.
+pub(super) struct CallRecord {
+    pub(super) span: Span,
+    pub(super) attempts: u32,
+    pub(super) fuel: Option<u64>,
+    pub(super) peak_memory: u64,
+}
+
+/// What a node calls, and how.
+#[derive(Clone)]
+pub(super) struct NodeCall {
+    pub(super) operator: Operator,
+    pub(super) policy: NodePolicy,
+    pub(super) limits: Limits,
+}
+
+/// One guest call under both concurrency bounds, recorded for the report.
+async fn bounded_call(
+    shared: &Shared,
+    call: &NodeCall,
+    input: &Value,
+    element: Option<usize>,
+) -> (Result<Value, Error>, CallRecord) {
+    let _run_permit = shared.run_slots.acquire().await;
+    let _host_permit = shared.host_slots.acquire().await;
+    let slot = shared.slot_ids.take();
+    let start = shared.started.elapsed();
+    let policies = call.policy.policies(&call.operator);
+    let Called { result, attempts } =
+        call::call(&call.operator, input, &call.limits, policies).await;
+    let end = shared.started.elapsed();
+    shared.slot_ids.give(slot);
+    let (fuel, peak_memory) = match &result {
+        Ok(output) => (output.stats.fuel_consumed, output.stats.peak_memory_bytes),
+        Err(_) => (None, 0),
+    };
+    let record = CallRecord {
+        span: Span {
+            slot,
+            start,
+            end,
+            element,
+        },
+        attempts,
+        fuel,
+        peak_memory,
+    };
+    (result.map(|output| output.value), record)
+}
+
+/// What a node task returns.
+pub(super) struct NodeOutcome {
+    pub(super) index: usize,
+    pub(super) result: Result<Value, Error>,
+    pub(super) calls: Vec<CallRecord>,
+}
+
+fn node_error(id: &str, error: Error, element: Option<usize>) -> Error {
+    Error::Node {
+        node: id.to_owned(),
+        element,
+        cause: Box::new(error),
+    }
+}
+
+/// A task that ended by panicking: the panic goes on, in the caller's
+/// task, as it would have for a direct call. (Tasks are only aborted right
+/// before the run returns, so a cancelled one is never joined.)
+pub(super) fn resume_panic(error: JoinError) {
+    if let Ok(panic) = error.try_into_panic() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Runs one node: one call.
+pub(super) async fn run_node(
+    shared: Arc<Shared>,
+    index: usize,
+    id: String,
+    call: NodeCall,
+    input: Map<String, Value>,
+) -> NodeOutcome {
+    let (result, record) = bounded_call(&shared, &call, &Value::Object(input), None).await;
+    NodeOutcome {
+        index,
+        result: result.map_err(|error| node_error(&id, error, None)),
+        calls: vec![record],
+    }
+}
+
+/// Runs one map node: one call per element of the list bound to `param`,
+/// at most `map_bound` at once; the first failure (by element order among
+/// those that failed) cancels the rest.
+pub(super) async fn run_map_node(
+    shared: Arc<Shared>,
+    index: usize,
+    id: String,
+    call: NodeCall,
+    mut input: Map<String, Value>,
+    (param, map_bound): (String, usize),
+) -> NodeOutcome {
+    let elements = match input.remove(&param) {
+        Some(Value::Array(elements)) => elements,
+        _ => Vec::new(), // checked by the input validation and the type check
+    };
+    let map_slots = Slots::new(map_bound);
+    let mut calls = JoinSet::new();
+    for (element_index, element) in elements.into_iter().enumerate() {
+        let mut element_input = input.clone();
+        element_input.insert(param.clone(), element);
+        let (shared, call, map_slots) = (shared.clone(), call.clone(), map_slots.clone());
+        calls.spawn(async move {
+            let _map_permit = map_slots.acquire().await;
+            let (result, record) = bounded_call(
+                &shared,
+                &call,
+                &Value::Object(element_input),
+                Some(element_index),
+            )
+            .await;
+            (element_index, result, record)
+        });
+    }
+    let mut values: Vec<Option<Value>> = vec![None; calls.len()];
+    let mut records = Vec::with_capacity(values.len());
+    let mut first_error: Option<(usize, Error)> = None;
+    while let Some(joined) = calls.join_next().await {
+        let (element_index, result, record) = match joined {
+            Ok(joined) => joined,
+            Err(error) => {
+                resume_panic(error);
+                continue; // aborted below, after the first failure
+            }
+        };
+        records.push(record);
+        match result {
+            Ok(value) => values[element_index] = Some(value),
+            Err(error) => {
+                if first_error
+                    .as_ref()
+                    .is_none_or(|(first, _)| element_index < *first)
+                {
+                    first_error = Some((element_index, error));
+                }
+                calls.abort_all();
+            }
+        }
+    }
+    let result = match first_error {
+        Some((element_index, error)) => Err(node_error(&id, error, Some(element_index))),
+        None => Ok(Value::Array(
+            values
+                .into_iter()
+                .map(|value| value.unwrap_or(Value::Null))
+                .collect(),
+        )),
+    };
+    NodeOutcome {
+        index,
+        result,
+        calls: records,
+    }
+}

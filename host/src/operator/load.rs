@@ -1,0 +1,340 @@
+//! Loading an operator, step by step: the header says it is a component;
+//! it compiles (or comes from the on-disk cache); it imports only what the
+//! host provides or the embedder granted; it exports `invoke` with a
+//! signature the host can call and `metadata`; and, run once in a
+//! sandbox, `metadata` describes it.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::{ComponentItem, Type};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
+
+use super::{Metadata, Operator, OperatorInner};
+use crate::error::{self, Error, SharedError};
+use crate::policy::PolicyState;
+use crate::runtime::Runtime;
+use crate::sandbox;
+use crate::store::{StoreState, bindings};
+use crate::types::{Param, Signature, WitType};
+
+/// The interfaces of the contract, as components import them.
+const HOST_INTERFACE: &str = "xcs:operator/host@0.1.0";
+const TYPES_INTERFACE: &str = "xcs:operator/types@0.1.0";
+const CONTRACT_PACKAGE: &str = "xcs:operator/";
+
+/// WASI interfaces the sandbox provides, all inert unless granted: no
+/// preopened directories, no environment, virtual clocks and randomness.
+/// Sockets and HTTP are not among them.
+const PROVIDED_WASI: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/wall-clock",
+    "wasi:clocks/monotonic-clock",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+];
+
+/// The SHA-256 digest of a component's bytes: the key of loaded operators.
+pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn hex(digest: &[u8; 32]) -> String {
+    use std::fmt::Write;
+    digest
+        .iter()
+        .fold(String::with_capacity(64), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+}
+
+/// Loads one operator from `bytes` (whose digest is `digest`); errors name
+/// it `source_name` until its metadata says its name.
+pub(crate) async fn load(
+    runtime: &Arc<Runtime>,
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+    source_name: &str,
+) -> Result<Operator, Error> {
+    check_header(&bytes, source_name)?;
+    let component = compile(runtime, bytes, source_name).await?;
+    let imports = check_imports(runtime, &component, source_name)?;
+    let (signature, invoke) = read_contract(runtime, &component, source_name)?;
+    let (pre, bindings_pre) = link(runtime, &component, source_name)?;
+    let metadata = read_metadata(runtime, bindings_pre, source_name).await?;
+    tracing::debug!(operator = %metadata.name, %signature, "loaded");
+    let metrics = runtime.metrics.handles(&metadata.name);
+    Ok(Operator {
+        inner: Arc::new(OperatorInner {
+            name: Arc::from(metadata.name.as_str()),
+            runtime: runtime.clone(),
+            metadata,
+            signature,
+            imports,
+            digest: format!("sha256:{}", hex(&digest)),
+            pre,
+            invoke,
+            policy_state: PolicyState::default(),
+            metrics,
+        }),
+    })
+}
+
+fn invalid(source_name: &str, reason: String, source: Option<SharedError>) -> Error {
+    Error::InvalidComponent {
+        source_name: source_name.to_owned(),
+        reason,
+        source,
+    }
+}
+
+fn contract(source_name: &str, reason: String, source: Option<SharedError>) -> Error {
+    Error::Contract {
+        operator: source_name.to_owned(),
+        reason,
+        source,
+    }
+}
+
+/// Step 1: the first bytes say it is a component (and not a core module,
+/// the most common mistake).
+fn check_header(bytes: &[u8], source_name: &str) -> Result<(), Error> {
+    match bytes {
+        [0, b'a', b's', b'm', _, _, 1, 0, ..] => Ok(()),
+        [0, b'a', b's', b'm', _, _, 0, 0, ..] => Err(invalid(
+            source_name,
+            "this is a core WebAssembly module, not a component; operators must be components \
+             (build with `--target wasm32-wasip2`, or wrap a module with `wasm-tools component new`)"
+                .into(),
+            None,
+        )),
+        _ => Err(invalid(
+            source_name,
+            format!(
+                "not a WebAssembly binary ({} bytes, no `\\0asm` header)",
+                bytes.len()
+            ),
+            None,
+        )),
+    }
+}
+
+/// Step 2: validate and compile, off the async threads (or fetch the
+/// compiled code from the on-disk cache).
+async fn compile(runtime: &Runtime, bytes: Vec<u8>, source_name: &str) -> Result<Component, Error> {
+    runtime.count_compilation();
+    let engine = runtime.engine.clone();
+    let compiled = tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
+        .await
+        .map_err(|join| {
+            invalid(
+                source_name,
+                format!("compilation did not finish: {join}"),
+                None,
+            )
+        })?;
+    compiled.map_err(|error| invalid(source_name, "invalid component".into(), error::cause(error)))
+}
+
+/// Step 3: the imports are the contract's own interfaces, the inert WASI
+/// the sandbox provides, and whatever the embedder granted. Anything else
+/// is refused by name, before instantiation is even attempted.
+fn check_imports(
+    runtime: &Runtime,
+    component: &Component,
+    source_name: &str,
+) -> Result<Vec<String>, Error> {
+    let mut imports = Vec::new();
+    for (name, _) in component.component_type().imports(&runtime.engine) {
+        imports.push(name.to_owned());
+        if name == HOST_INTERFACE || name == TYPES_INTERFACE {
+            continue;
+        }
+        let unversioned = name.split('@').next().unwrap_or(name);
+        if PROVIDED_WASI.contains(&unversioned) {
+            continue;
+        }
+        if runtime
+            .granted
+            .iter()
+            .any(|granted| granted == name || granted == unversioned)
+        {
+            continue;
+        }
+        let hint = if name.starts_with(CONTRACT_PACKAGE) {
+            format!("this host implements {HOST_INTERFACE}")
+        } else if name.starts_with("wasi:") {
+            "the sandbox provides no sockets, HTTP or other ambient authority".into()
+        } else {
+            "an embedder can grant it with `xcs::Capability`".into()
+        };
+        return Err(Error::Capability {
+            operator: source_name.to_owned(),
+            import: name.to_owned(),
+            hint: Some(hint),
+        });
+    }
+    Ok(imports)
+}
+
+/// Step 4: the `invoke` export and its signature: parameters and an `ok`
+/// type the codec can convert, and the contract's `error` record.
+fn read_contract(
+    runtime: &Runtime,
+    component: &Component,
+    source_name: &str,
+) -> Result<(Signature, ComponentExportIndex), Error> {
+    let contract = |reason: String| contract(source_name, reason, None);
+    let Some(ComponentItem::ComponentFunc(invoke_type)) = component
+        .component_type()
+        .get_export(&runtime.engine, "invoke")
+        .map(|export| export.ty)
+    else {
+        return Err(contract(
+            "no `invoke` function export; an operator exports `metadata` and `invoke` (see wit/operator.wit)".into(),
+        ));
+    };
+    let mut params = Vec::new();
+    for (name, ty) in invoke_type.params() {
+        let ty = WitType::from_wasmtime(&ty).map_err(|unsupported| {
+            contract(format!(
+                "`invoke` parameter `{name}` uses {}, which operators cannot take",
+                unsupported.0
+            ))
+        })?;
+        params.push(Param {
+            name: name.to_owned(),
+            ty,
+        });
+    }
+    let results: Vec<Type> = invoke_type.results().collect();
+    let result = match results.as_slice() {
+        [Type::Result(result)] if result.err().as_ref().is_some_and(is_error_record) => result
+            .ok()
+            .map(|ok| {
+                WitType::from_wasmtime(&ok).map_err(|unsupported| {
+                    contract(format!(
+                        "`invoke` returns {}, which operators cannot return",
+                        unsupported.0
+                    ))
+                })
+            })
+            .transpose()?,
+        _ => {
+            let found = results
+                .iter()
+                .map(|ty| {
+                    WitType::from_wasmtime(ty)
+                        .map_or_else(|_| "an unsupported type".into(), |ty| ty.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(contract(format!(
+                "`invoke` must return result<T, error> with the `error` record of xcs:operator/types; it returns {}",
+                if found.is_empty() {
+                    "nothing".into()
+                } else {
+                    found
+                }
+            )));
+        }
+    };
+    let invoke = component
+        .get_export_index(None, "invoke")
+        .ok_or_else(|| contract("`invoke` export has no index".into()))?;
+    Ok((Signature { params, result }, invoke))
+}
+
+/// Whether `ty` is the contract's `error` record.
+fn is_error_record(ty: &Type) -> bool {
+    let Type::Record(record) = ty else {
+        return false;
+    };
+    let fields: Vec<_> = record
+        .fields()
+        .map(|field| (field.name, field.ty))
+        .collect();
+    matches!(
+        fields.as_slice(),
+        [
+            ("code", Type::String),
+            ("message", Type::String),
+            ("retryable", Type::Bool)
+        ]
+    )
+}
+
+/// Step 5: pre-instantiate against the host's linker (every import
+/// resolved, once), and type-check the `metadata` export.
+fn link(
+    runtime: &Runtime,
+    component: &Component,
+    source_name: &str,
+) -> Result<(InstancePre<StoreState>, bindings::OperatorPre<StoreState>), Error> {
+    let pre = runtime.linker.instantiate_pre(component).map_err(|error| {
+        contract(
+            source_name,
+            "its imports do not match what the host provides".into(),
+            error::cause(error),
+        )
+    })?;
+    let bindings_pre = bindings::OperatorPre::new(pre.clone()).map_err(|error| {
+        contract(
+            source_name,
+            "no valid `metadata` export".into(),
+            error::cause(error),
+        )
+    })?;
+    Ok((pre, bindings_pre))
+}
+
+/// Step 6: ask the guest for its metadata: one attempt in a sandbox under
+/// the host's default limits, like any call.
+async fn read_metadata(
+    runtime: &Runtime,
+    bindings_pre: bindings::OperatorPre<StoreState>,
+    source_name: &str,
+) -> Result<Metadata, Error> {
+    let sandbox_name: Arc<str> = Arc::from(format!("{source_name} (metadata)"));
+    let (metadata, _stats) = sandbox::attempt(
+        runtime,
+        &sandbox_name,
+        &runtime.default_limits,
+        move |store| {
+            Box::pin(async move {
+                let instance = bindings_pre.instantiate_async(&mut *store).await?;
+                instance.call_metadata(&mut *store).await
+            })
+        },
+    )
+    .await?;
+    if metadata.name.is_empty() {
+        return Err(contract(
+            source_name,
+            "`metadata` returned an empty name".into(),
+            None,
+        ));
+    }
+    Ok(Metadata {
+        name: metadata.name,
+        version: metadata.version,
+        description: metadata.description,
+        deterministic: metadata.deterministic,
+    })
+}

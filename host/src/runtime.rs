@@ -1,0 +1,291 @@
+//! What every call needs and [`Host`](crate::Host) shares with the
+//! operators it loaded: the engine (pooling allocator, epoch interruption,
+//! fuel, compilation cache), the linker with WASI, the contract's host
+//! interface and the granted capabilities, the epoch ticker, the instance
+//! and scheduler slots, the result cache, metrics and per-operator
+//! policies.
+//!
+//! Operators hold the runtime, not the host: a dropped host frees its
+//! cache of loaded operators, and the ticker stops with the last operator.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
+
+use crate::capability::Capability;
+use crate::error::Error;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::policy::{CachedResult, Policy, ResultKey};
+use crate::slots::Slots;
+use crate::store::{LogSink, StoreState, bindings};
+
+/// Core instances one component may create in the pool (a tighter
+/// [`Limits::max_instances`](crate::Limits::max_instances) still applies).
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+
+/// Tables one component may create.
+const MAX_TABLES_PER_COMPONENT: u32 = 4;
+
+/// Everything a runtime is built from: what
+/// [`HostBuilder`](crate::HostBuilder) collects, each setting documented
+/// (with its default) on the builder's method of the same name.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) default_limits: Limits,
+    pub(crate) consume_fuel: bool,
+    pub(crate) epoch_tick: Duration,
+    pub(crate) max_concurrent_instances: u32,
+    pub(crate) max_concurrency: usize,
+    pub(crate) max_memory_bytes_per_instance: u64,
+    pub(crate) max_wasm_stack: usize,
+    pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) capabilities: Vec<Capability>,
+    pub(crate) log_sink: Option<LogSink>,
+    pub(crate) policies: HashMap<String, Arc<Policy>>,
+    pub(crate) default_policy: Policy,
+    pub(crate) result_cache_bytes: u64,
+    pub(crate) result_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_limits: Limits::default(),
+            consume_fuel: true,
+            epoch_tick: Duration::from_millis(10),
+            max_concurrent_instances: 1000,
+            max_concurrency: std::thread::available_parallelism().map_or(1, usize::from),
+            max_memory_bytes_per_instance: 4 << 30,
+            max_wasm_stack: 512 << 10,
+            cache_dir: None,
+            capabilities: Vec::new(),
+            log_sink: None,
+            policies: HashMap::new(),
+            default_policy: Policy::default(),
+            result_cache_bytes: 64 << 20,
+            result_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Settings {
+    /// Instance slots of the pool (at least one).
+    fn slots(&self) -> u32 {
+        self.max_concurrent_instances.max(1)
+    }
+
+    /// The engine configuration: the pooling allocator sized for
+    /// [`Settings::slots`] sandboxes, epoch interruption, fuel, stack
+    /// limits and the compilation cache.
+    pub(crate) fn engine_config(&self) -> Result<Config, Error> {
+        let slots = self.slots();
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_component_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots.saturating_mul(MAX_TABLES_PER_COMPONENT))
+            .total_core_instances(slots.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+            .total_stacks(slots)
+            .max_memory_size(
+                usize::try_from(self.max_memory_bytes_per_instance).unwrap_or(usize::MAX),
+            )
+            .table_elements(
+                usize::try_from(self.default_limits.max_table_elements).unwrap_or(usize::MAX),
+            )
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT);
+
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))
+            .epoch_interruption(true)
+            .consume_fuel(self.consume_fuel)
+            .max_wasm_stack(self.max_wasm_stack)
+            .async_stack_size(self.max_wasm_stack + (1 << 20));
+        if let Some(dir) = &self.cache_dir {
+            let mut cache_config = CacheConfig::new();
+            cache_config.with_directory(dir);
+            let cache = Cache::new(cache_config)
+                .map_err(|error| config_error("compilation cache", &error))?;
+            config.cache(Some(cache));
+        }
+        Ok(config)
+    }
+}
+
+fn config_error(what: &str, error: &wasmtime::Error) -> Error {
+    Error::Config {
+        message: format!("{what}: {error:#}"),
+    }
+}
+
+/// What calls need, shared by the host and every operator it loaded.
+pub(crate) struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<StoreState>,
+    pub(crate) default_limits: Limits,
+    pub(crate) consume_fuel: bool,
+    pub(crate) max_wasm_stack: usize,
+    /// The interfaces the embedder granted.
+    pub(crate) granted: Vec<String>,
+    pub(crate) log_sink: Option<LogSink>,
+    /// One per sandbox the pool can hold; a call waits for one.
+    pub(crate) instance_slots: Slots,
+    pub(crate) max_concurrent_instances: u32,
+    /// The host-wide bound on graph-node guests.
+    pub(crate) max_concurrency: usize,
+    pub(crate) scheduler_slots: Slots,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) results: moka::future::Cache<ResultKey, CachedResult>,
+    pub(crate) result_ttl: Duration,
+    /// Components compiled (loads not answered by the host's cache).
+    pub(crate) compilations: AtomicU64,
+    policies: RwLock<HashMap<String, Arc<Policy>>>,
+    default_policy: Arc<Policy>,
+    ticker: Ticker,
+}
+
+impl Runtime {
+    /// Builds the engine and the linker and starts the epoch ticker.
+    pub(crate) fn new(settings: Settings) -> Result<Runtime, Error> {
+        let engine = Engine::new(&settings.engine_config()?)
+            .map_err(|error| config_error("engine", &error))?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|error| config_error("wasi", &error))?;
+        bindings::Operator::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|error| config_error("host interface", &error))?;
+        let mut granted = Vec::new();
+        for capability in &settings.capabilities {
+            let mut instance = linker
+                .instance(&capability.interface)
+                .map_err(|error| config_error(&capability.interface, &error))?;
+            for (name, register) in &capability.functions {
+                register(&mut instance).map_err(|error| {
+                    config_error(&format!("{}#{name}", capability.interface), &error)
+                })?;
+            }
+            granted.push(capability.interface.clone());
+        }
+
+        let ticker = Ticker::start(&engine, settings.epoch_tick)?;
+        let metrics = Arc::new(Metrics::default());
+        let results = moka::future::Cache::builder()
+            .max_capacity(settings.result_cache_bytes)
+            .weigher(|key: &ResultKey, (_, value): &CachedResult| key.weight(value))
+            .time_to_live(settings.result_ttl)
+            .eviction_listener({
+                let metrics = metrics.clone();
+                move |key: Arc<ResultKey>, _value, cause: moka::notification::RemovalCause| {
+                    if cause.was_evicted() {
+                        metrics.eviction(&key.operator);
+                    }
+                }
+            })
+            .build();
+        let slots = settings.slots();
+        Ok(Runtime {
+            engine,
+            linker,
+            default_limits: settings.default_limits,
+            consume_fuel: settings.consume_fuel,
+            max_wasm_stack: settings.max_wasm_stack,
+            granted,
+            log_sink: settings.log_sink,
+            instance_slots: Slots::new(slots as usize),
+            max_concurrent_instances: slots,
+            max_concurrency: settings.max_concurrency,
+            scheduler_slots: Slots::new(settings.max_concurrency),
+            metrics,
+            results,
+            result_ttl: settings.result_ttl,
+            compilations: AtomicU64::new(0),
+            policies: RwLock::new(settings.policies),
+            default_policy: Arc::new(settings.default_policy),
+            ticker,
+        })
+    }
+
+    /// Sets the policy of the operator called `name`.
+    pub(crate) fn set_policy(&self, name: &str, policy: Policy) {
+        let mut policies = self
+            .policies
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        policies.insert(name.to_owned(), Arc::new(policy));
+    }
+
+    /// The policy of the operator called `name`.
+    pub(crate) fn policy_for(&self, name: &str) -> Arc<Policy> {
+        let policies = self
+            .policies
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        policies.get(name).unwrap_or(&self.default_policy).clone()
+    }
+
+    pub(crate) fn count_compilation(&self) {
+        self.compilations.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
+}
+
+/// The thread that advances the engine's epoch every tick.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: &Engine, tick: Duration) -> Result<Ticker, Error> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = engine.weak();
+        let thread = std::thread::Builder::new()
+            .name("xcs-epoch".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::park_timeout(tick);
+                        match engine.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => break,
+                        }
+                    }
+                }
+            })
+            .map_err(|source| Error::io("<epoch ticker thread>", source))?;
+        Ok(Ticker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            // The thread only sleeps and ticks; a panic there is a bug of
+            // ours that must not take the embedder down with it on drop.
+            let _ = thread.join();
+        }
+    }
+}

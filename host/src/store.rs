@@ -1,0 +1,477 @@
+//! What one call's store holds: the WASI context (granting nothing), the
+//! resource limiter and what it refused, the log budget, captured stdout
+//! and stderr, virtual seeded clocks and randomness; and the one
+//! `bindgen!` of the host.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use crate::error::BoxError;
+use crate::limits::Limits;
+
+pub(crate) mod bindings {
+    //! The one `bindgen!` of the host: the `operator` world of `wit/`.
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "operator",
+        exports: { default: async },
+    });
+}
+
+use bindings::xcs::operator::types::Level;
+
+/// Severity of a guest log message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    /// `trace`
+    Trace,
+    /// `debug`
+    Debug,
+    /// `info`
+    Info,
+    /// `warn`
+    Warn,
+    /// `error`
+    Error,
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        })
+    }
+}
+
+impl From<Level> for LogLevel {
+    fn from(level: Level) -> Self {
+        match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        }
+    }
+}
+
+/// A message an operator logged through the host's `log` import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord<'a> {
+    /// The operator's name.
+    pub operator: &'a str,
+    /// The severity the guest gave.
+    pub level: LogLevel,
+    /// The message.
+    pub message: &'a str,
+}
+
+/// Receives every guest log message that fits in the call's log budget.
+pub(crate) type LogSink = Arc<dyn Fn(&LogRecord<'_>) + Send + Sync>;
+
+/// Data of one call's store.
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    log: LogState,
+    stdout: CapturedOutput,
+    stderr: CapturedOutput,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::xcs::operator::types::Host for StoreState {}
+
+impl bindings::xcs::operator::host::Host for StoreState {
+    fn log(&mut self, level: Level, message: String) {
+        self.log.record(level.into(), &message);
+    }
+}
+
+struct LogState {
+    operator: Arc<str>,
+    budget_left: u64,
+    dropped_messages: u64,
+    sink: Option<LogSink>,
+}
+
+impl LogState {
+    fn record(&mut self, level: LogLevel, message: &str) {
+        let size = message.len() as u64;
+        if size > self.budget_left {
+            self.budget_left = 0;
+            self.dropped_messages += 1;
+            return;
+        }
+        self.budget_left -= size;
+        let operator = &*self.operator;
+        match level {
+            LogLevel::Trace => tracing::trace!(target: "xcs::guest", operator, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "xcs::guest", operator, "{message}"),
+            LogLevel::Info => tracing::info!(target: "xcs::guest", operator, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "xcs::guest", operator, "{message}"),
+            LogLevel::Error => tracing::error!(target: "xcs::guest", operator, "{message}"),
+        }
+        if let Some(sink) = &self.sink {
+            sink(&LogRecord {
+                operator,
+                level,
+                message,
+            });
+        }
+    }
+}
+
+/// Why the limiter refused to grow something.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Denied {
+    pub(crate) what: &'static str,
+    pub(crate) requested: u64,
+    pub(crate) limit: u64,
+}
+
+/// The error the limiter returns so that a denied growth traps at once
+/// (instead of the guest's allocator aborting with `unreachable`).
+#[derive(Debug)]
+struct GrowthDenied;
+
+impl fmt::Display for GrowthDenied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("resource limit reached")
+    }
+}
+
+impl std::error::Error for GrowthDenied {}
+
+struct Limiter {
+    max_memory_bytes: u64,
+    max_table_elements: u64,
+    max_instances: usize,
+    memory_bytes: u64,
+    peak_memory_bytes: u64,
+    denied: Option<Denied>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.memory_bytes + (desired as u64).saturating_sub(current as u64);
+        if total > self.max_memory_bytes {
+            self.denied = Some(Denied {
+                what: "linear memory",
+                requested: total,
+                limit: self.max_memory_bytes,
+            });
+            return Err(wasmtime::Error::new(GrowthDenied));
+        }
+        self.memory_bytes = total;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(total);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.max_table_elements {
+            self.denied = Some(Denied {
+                what: "table",
+                requested: desired as u64,
+                limit: self.max_table_elements,
+            });
+            return Err(wasmtime::Error::new(GrowthDenied));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.max_instances
+    }
+}
+
+/// A guest output stream (stdout or stderr) that keeps the first bytes up
+/// to a cap and counts the rest, so a chatty guest never fails a write and
+/// never grows host memory without bound.
+#[derive(Clone)]
+struct CapturedOutput {
+    inner: Arc<CapturedInner>,
+}
+
+struct CapturedInner {
+    kept: Mutex<Vec<u8>>,
+    cap: usize,
+    dropped: AtomicU64,
+}
+
+impl CapturedOutput {
+    fn new(cap: u64) -> Self {
+        CapturedOutput {
+            inner: Arc::new(CapturedInner {
+                kept: Mutex::new(Vec::new()),
+                cap: usize::try_from(cap).unwrap_or(usize::MAX),
+                dropped: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn text(&self) -> String {
+        let kept = self
+            .inner
+            .kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        String::from_utf8_lossy(&kept).into_owned()
+    }
+
+    fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl IsTerminal for CapturedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for CapturedOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut kept = self
+            .inner
+            .kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let room = self.inner.cap.saturating_sub(kept.len());
+        let taken = room.min(buf.len());
+        kept.extend_from_slice(&buf[..taken]);
+        self.inner
+            .dropped
+            .fetch_add((buf.len() - taken) as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Start of the virtual wall clock: 2024-01-01T00:00:00Z.
+const VIRTUAL_EPOCH: Duration = Duration::from_secs(1_704_067_200);
+/// How far the virtual clocks move on every reading.
+const CLOCK_STEP: Duration = Duration::from_micros(1);
+
+/// A clock that starts at a fixed point and moves by a fixed step on every
+/// reading: guests see time pass, reproducibly.
+struct VirtualClock {
+    start: Duration,
+    readings: u64,
+}
+
+impl VirtualClock {
+    fn next(&mut self) -> Duration {
+        self.readings += 1;
+        self.start + CLOCK_STEP * u32::try_from(self.readings).unwrap_or(u32::MAX)
+    }
+}
+
+struct WallClock(Mutex<VirtualClock>);
+struct MonotonicClock(Mutex<VirtualClock>);
+
+impl HostWallClock for WallClock {
+    fn resolution(&self) -> Duration {
+        CLOCK_STEP
+    }
+
+    fn now(&self) -> Duration {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .next()
+    }
+}
+
+impl HostMonotonicClock for MonotonicClock {
+    fn resolution(&self) -> u64 {
+        CLOCK_STEP.as_nanos() as u64
+    }
+
+    fn now(&self) -> u64 {
+        let reading = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .next();
+        u64::try_from(reading.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+fn wasi_context(limits: &Limits, stdout: &CapturedOutput, stderr: &CapturedOutput) -> WasiCtx {
+    let seed = limits.seed;
+    // No preopens, environment, arguments or network: nothing is granted.
+    WasiCtx::builder()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_ip_name_lookup(false)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .secure_random(StdRng::seed_from_u64(seed))
+        .insecure_random(StdRng::seed_from_u64(
+            seed.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15,
+        ))
+        .insecure_random_seed(u128::from(seed) << 64 | u128::from(!seed))
+        .wall_clock(WallClock(Mutex::new(VirtualClock {
+            start: VIRTUAL_EPOCH,
+            readings: 0,
+        })))
+        .monotonic_clock(MonotonicClock(Mutex::new(VirtualClock {
+            start: Duration::ZERO,
+            readings: 0,
+        })))
+        .build()
+}
+
+/// A capability function failed; the guest that called it traps.
+#[derive(Debug)]
+pub(crate) struct CapabilityFailure {
+    pub(crate) function: String,
+    pub(crate) cause: BoxError,
+}
+
+impl fmt::Display for CapabilityFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "capability `{}` failed: {}", self.function, self.cause)
+    }
+}
+
+impl std::error::Error for CapabilityFailure {}
+
+impl StoreState {
+    /// The state of a fresh store for one call of `operator` under
+    /// `limits`; guest log messages within the budget also go to `sink`.
+    pub(crate) fn new(operator: Arc<str>, limits: &Limits, sink: Option<LogSink>) -> StoreState {
+        let stdout = CapturedOutput::new(limits.max_log_bytes);
+        let stderr = CapturedOutput::new(limits.max_log_bytes);
+        StoreState {
+            wasi: wasi_context(limits, &stdout, &stderr),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                max_memory_bytes: limits.max_memory_bytes,
+                max_table_elements: limits.max_table_elements,
+                max_instances: usize::try_from(limits.max_instances).unwrap_or(usize::MAX),
+                memory_bytes: 0,
+                peak_memory_bytes: 0,
+                denied: None,
+            },
+            log: LogState {
+                operator,
+                budget_left: limits.max_log_bytes,
+                dropped_messages: 0,
+                sink,
+            },
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The limiter, for `Store::limiter`.
+    pub(crate) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limiter
+    }
+
+    /// What the limiter refused, if it refused anything.
+    pub(crate) fn denied(&self) -> Option<Denied> {
+        self.limiter.denied
+    }
+
+    /// The most linear memory the guest had at once, in bytes.
+    pub(crate) fn peak_memory_bytes(&self) -> u64 {
+        self.limiter.peak_memory_bytes
+    }
+
+    /// Log messages dropped past the log budget.
+    pub(crate) fn log_messages_dropped(&self) -> u64 {
+        self.log.dropped_messages
+    }
+
+    /// Bytes of stdout and stderr dropped past the log budget.
+    pub(crate) fn output_bytes_dropped(&self) -> u64 {
+        self.stdout.dropped() + self.stderr.dropped()
+    }
+
+    /// What the guest wrote to stderr (within the budget).
+    pub(crate) fn stderr_text(&self) -> String {
+        self.stderr.text()
+    }
+
+    /// Reports what the guest wrote and what was dropped, once the call is
+    /// over: nothing is dropped silently.
+    pub(crate) fn report_output(&self, max_log_bytes: u64) {
+        let operator = &*self.log.operator;
+        for (stream, output) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let text = output.text();
+            if !text.is_empty() {
+                tracing::debug!(target: "xcs::guest", operator, stream, "{}", text.trim_end());
+            }
+            if output.dropped() > 0 {
+                tracing::warn!(
+                    operator,
+                    stream,
+                    dropped_bytes = output.dropped(),
+                    "guest output over the log budget was dropped"
+                );
+            }
+        }
+        if self.log.dropped_messages > 0 {
+            tracing::warn!(
+                operator,
+                dropped_messages = self.log.dropped_messages,
+                budget_bytes = max_log_bytes,
+                "guest log messages over the log budget were dropped"
+            );
+        }
+    }
+}
