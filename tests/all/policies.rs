@@ -525,10 +525,10 @@ async fn always_failing_graph_with_retries(host: &Host) -> (xcs::Operator, xcs::
         retry = { attempts = 3, base_delay = "1ms" }
         "#,
     )
-    .unwrap();
+    .expect("the graph parses");
     let plan = graph
         .check(&xcs::graph::Operators::new().with(flaky.clone()))
-        .unwrap();
+        .expect("the graph checks");
     (flaky, plan)
 }
 
