@@ -40,10 +40,12 @@ impl Operator {
         input: &Value,
         limits: &Limits,
     ) -> Result<CallOutput, Error> {
-        let policy = self.runtime().policy_for(self.name());
+        let installed = self.runtime().policy_for(self.name());
         let policies = Policies {
-            policy: &policy,
+            policy: &installed.policy,
+            fingerprint: installed.fingerprint,
             state: self.policy_state(),
+            on_host: true,
         };
         call(self, input, limits, policies).await.result
     }
@@ -73,11 +75,16 @@ impl Operator {
 }
 
 /// The policies a call runs under, and the state they keep: the
-/// operator's own on its host, or a graph run's.
+/// operator's own on its host, or a checked graph's.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policies<'a> {
     pub(crate) policy: &'a Policy,
+    /// The policy's fingerprint (see `Installed`).
+    pub(crate) fingerprint: u64,
     pub(crate) state: &'a PolicyState,
+    /// Whether they are the operator's own on its host, whose breaker is
+    /// the one the `breaker_state` metric shows.
+    pub(crate) on_host: bool,
 }
 
 /// How a call ended, and the attempts it made (0 for a cache hit or a
@@ -124,7 +131,16 @@ async fn cached(
 ) -> Called {
     let cacheable = policies.policy.cache && operator.metadata().deterministic;
     let key = cacheable
-        .then(|| ResultKey::new(operator.name_arc(), operator.digest(), input, limits))
+        .then(|| {
+            let digest = operator.digest();
+            ResultKey::new(
+                operator.name_arc(),
+                digest,
+                policies.fingerprint,
+                input,
+                limits,
+            )
+        })
         .flatten();
     // Too deep to key: the codec refuses or accepts it (without recursing
     // over the JSON) when the call runs.
@@ -211,7 +227,7 @@ async fn guarded(
     let admission = match circuit.admit(breaker, Instant::now()) {
         Ok((admission, transition)) => {
             if let Some((from, to)) = transition {
-                metrics.transition(operator.name(), from, to);
+                metrics.transition(operator.name(), from, to, policies.on_host);
             }
             admission
         }
@@ -233,7 +249,7 @@ async fn guarded(
     if let Some(failed) = verdict(&called.result) {
         admitted.admission = None;
         if let Some((from, to)) = circuit.record(breaker, admission, failed, Instant::now()) {
-            metrics.transition(operator.name(), from, to);
+            metrics.transition(operator.name(), from, to, policies.on_host);
         }
     }
     called

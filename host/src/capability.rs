@@ -118,11 +118,15 @@ impl Capability {
         let register: Register = Arc::new(move |instance| {
             let function = function.clone();
             let qualified = qualified.clone();
-            instance.func_wrap_async(&owned_name, move |_store, params: Params| {
-                let future = function(params);
+            instance.func_wrap_async(&owned_name, move |mut store, params: Params| {
+                // A composite being traced reaches no capability.
+                let call = store
+                    .data_mut()
+                    .before_capability(&qualified)
+                    .map(|()| function(params));
                 let qualified = qualified.clone();
                 Box::new(async move {
-                    future.await.map_err(|cause| {
+                    call?.await.map_err(|cause| {
                         wasmtime::Error::new(CapabilityFailure {
                             function: qualified.to_string(),
                             cause,

@@ -203,7 +203,16 @@ pub enum Error {
         running: Vec<String>,
     },
 
-    /// Reading a file failed.
+    /// The work was cancelled before it could finish, from outside: its
+    /// async runtime shut down, say.
+    #[error("cancelled: {reason}")]
+    Cancelled {
+        /// What was cancelled, and by what.
+        reason: String,
+    },
+
+    /// Reading a file failed. The I/O error is shared (errors are
+    /// cloneable): `source.kind()` and the rest work through the `Arc`.
     #[error("I/O error on {}", path.display())]
     Io {
         /// The file.
@@ -349,6 +358,8 @@ pub enum ErrorKind {
     Overloaded,
     /// `graph`
     Graph,
+    /// `cancelled`
+    Cancelled,
     /// `io`
     Io,
     /// `config`
@@ -371,6 +382,7 @@ impl ErrorKind {
         ErrorKind::CircuitOpen,
         ErrorKind::Overloaded,
         ErrorKind::Graph,
+        ErrorKind::Cancelled,
         ErrorKind::Io,
         ErrorKind::Config,
     ];
@@ -391,6 +403,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit-open",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Graph => "graph",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Io => "io",
             ErrorKind::Config => "config",
         }
@@ -428,6 +441,7 @@ impl Error {
             Error::Graph { .. } => ErrorKind::Graph,
             Error::Node { cause, .. } => cause.kind(),
             Error::GraphTimeout { .. } => ErrorKind::Timeout,
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::Io { .. } => ErrorKind::Io,
             Error::Config { .. } => ErrorKind::Config,
         }

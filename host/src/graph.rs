@@ -48,6 +48,9 @@ pub enum Source {
     },
     /// A constant, checked against the parameter's type.
     Literal(Value),
+    /// A list of the values of these sources, in order (say, the outputs
+    /// of several nodes gathered for one parameter of type `list<T>`).
+    List(Vec<Source>),
 }
 
 impl Source {
@@ -76,6 +79,11 @@ impl Source {
     pub fn literal(value: Value) -> Self {
         Source::Literal(value)
     }
+
+    /// The list of the values of `items`.
+    pub fn list(items: impl IntoIterator<Item = Source>) -> Self {
+        Source::List(items.into_iter().collect())
+    }
 }
 
 impl fmt::Display for Source {
@@ -88,6 +96,16 @@ impl fmt::Display for Source {
                 field: Some(field),
             } => write!(f, "@{node}.{field}"),
             Source::Literal(value) => write!(f, "{value}"),
+            Source::List(items) => {
+                f.write_str("[")?;
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
         }
     }
 }
@@ -227,6 +245,25 @@ impl Graph {
     /// ```
     pub fn from_toml(text: &str) -> Result<Graph, Error> {
         spec::parse(text)
+    }
+
+    /// The graph in the TOML format, which [`Graph::from_toml`] reads back
+    /// as the same graph. Literals TOML cannot write (`null`, integers past
+    /// `i64`) are written as JSON text, `{ "@json" = "..." }`; a node whose
+    /// limits are more than a timeout, fuel and memory is a `graph` error.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use xcs::graph::{Graph, Node, Source};
+    /// let graph = Graph::new()
+    ///     .node(Node::new("a", "maybe").arg("x", Source::literal(json!(null))))
+    ///     .output("a", Source::node("a"));
+    /// let text = graph.to_toml()?;
+    /// assert_eq!(Graph::from_toml(&text)?, graph);
+    /// # Ok::<(), xcs::Error>(())
+    /// ```
+    pub fn to_toml(&self) -> Result<String, Error> {
+        spec::write(self)
     }
 }
 

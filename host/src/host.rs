@@ -238,9 +238,7 @@ impl HostBuilder {
 
     /// Policies of the operator called `name` (see [`crate::policy`]).
     pub fn policy(mut self, name: &str, policy: Policy) -> Self {
-        self.settings
-            .policies
-            .insert(name.to_owned(), Arc::new(policy));
+        self.settings.policies.insert(name.to_owned(), policy);
         self
     }
 

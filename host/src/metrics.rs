@@ -290,7 +290,16 @@ impl Metrics {
         self.cache_evictions.get_or_create(&label(operator)).inc();
     }
 
-    pub(crate) fn transition(&self, operator: &str, from: BreakerState, to: BreakerState) {
+    /// A breaker of `operator` changed state; `on_host` when it is the
+    /// operator's own breaker on the host (a graph's breaker for it is
+    /// counted, but its state is not the operator's).
+    pub(crate) fn transition(
+        &self,
+        operator: &str,
+        from: BreakerState,
+        to: BreakerState,
+        on_host: bool,
+    ) {
         self.known(operator);
         self.breaker_transitions
             .get_or_create(&TransitionLabel {
@@ -299,14 +308,17 @@ impl Metrics {
                 to: to.as_str().to_owned(),
             })
             .inc();
-        let code = match to {
-            BreakerState::Closed => 0,
-            BreakerState::Open => 1,
-            BreakerState::HalfOpen => 2,
-        };
-        self.breaker_state.get_or_create(&label(operator)).set(code);
+        if on_host {
+            let code = match to {
+                BreakerState::Closed => 0,
+                BreakerState::Open => 1,
+                BreakerState::HalfOpen => 2,
+            };
+            self.breaker_state.get_or_create(&label(operator)).set(code);
+        }
         tracing::info!(
             operator,
+            graph = !on_host,
             from = from.as_str(),
             to = to.as_str(),
             "circuit breaker"

@@ -98,6 +98,15 @@ impl Operator {
         &self.inner.imports
     }
 
+    /// Whether it is a composite: it imports `xcs:operator/compose` to call
+    /// other operators, and runs with them (see [`crate::graph::Composite`]).
+    pub fn is_composite(&self) -> bool {
+        self.inner
+            .imports
+            .iter()
+            .any(|import| import == load::COMPOSE_INTERFACE)
+    }
+
     /// The SHA-256 digest of the component's bytes, `sha256:<hex>`.
     pub fn digest(&self) -> &str {
         &self.inner.digest

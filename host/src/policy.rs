@@ -118,10 +118,33 @@ impl Policy {
     }
 }
 
+/// A policy as it is installed for calls (on a host, or in a checked
+/// graph), with its fingerprint: calls share a single flight (and cached
+/// results) only under equal policies, so a call with retries never gets
+/// the un-retried error of a concurrent call without them.
+#[derive(Debug)]
+pub(crate) struct Installed {
+    pub(crate) policy: Policy,
+    pub(crate) fingerprint: u64,
+}
+
+impl Installed {
+    pub(crate) fn new(policy: Policy) -> Self {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        // Every setting is in the Debug text (f64s do not hash).
+        let mut hasher = DefaultHasher::new();
+        format!("{policy:?}").hash(&mut hasher);
+        Installed {
+            fingerprint: hasher.finish(),
+            policy,
+        }
+    }
+}
+
 /// What the policies of one operator remember between its calls: the
 /// breaker's circuit, the bulkhead's slots and queue, the jitter sequence.
 /// An operator has one on the host; a graph that sets its own policy for
-/// an operator gives each run its own.
+/// an operator has one for it, shared by every run of the checked graph.
 #[derive(Debug, Default)]
 pub(crate) struct PolicyState {
     pub(crate) circuit: CircuitState,

@@ -24,7 +24,7 @@ use crate::capability::Capability;
 use crate::error::Error;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::policy::{CachedResult, Policy, ResultKey};
+use crate::policy::{CachedResult, Installed, Policy, ResultKey};
 use crate::slots::Slots;
 use crate::store::{LogSink, StoreState, bindings};
 
@@ -50,7 +50,7 @@ pub(crate) struct Settings {
     pub(crate) cache_dir: Option<PathBuf>,
     pub(crate) capabilities: Vec<Capability>,
     pub(crate) log_sink: Option<LogSink>,
-    pub(crate) policies: HashMap<String, Arc<Policy>>,
+    pub(crate) policies: HashMap<String, Policy>,
     pub(crate) default_policy: Policy,
     pub(crate) result_cache_bytes: u64,
     pub(crate) result_ttl: Duration,
@@ -149,8 +149,8 @@ pub(crate) struct Runtime {
     pub(crate) result_ttl: Duration,
     /// Components compiled (loads not answered by the host's cache).
     pub(crate) compilations: AtomicU64,
-    policies: RwLock<HashMap<String, Arc<Policy>>>,
-    default_policy: Arc<Policy>,
+    policies: RwLock<HashMap<String, Arc<Installed>>>,
+    default_policy: Arc<Installed>,
     ticker: Ticker,
 }
 
@@ -163,7 +163,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|error| config_error("wasi", &error))?;
-        bindings::Operator::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+        bindings::Composite::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
             &mut linker,
             |state| state,
         )
@@ -213,8 +213,14 @@ impl Runtime {
             results,
             result_ttl: settings.result_ttl,
             compilations: AtomicU64::new(0),
-            policies: RwLock::new(settings.policies),
-            default_policy: Arc::new(settings.default_policy),
+            policies: RwLock::new(
+                settings
+                    .policies
+                    .into_iter()
+                    .map(|(name, policy)| (name, Arc::new(Installed::new(policy))))
+                    .collect(),
+            ),
+            default_policy: Arc::new(Installed::new(settings.default_policy)),
             ticker,
         })
     }
@@ -225,11 +231,11 @@ impl Runtime {
             .policies
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        policies.insert(name.to_owned(), Arc::new(policy));
+        policies.insert(name.to_owned(), Arc::new(Installed::new(policy)));
     }
 
     /// The policy of the operator called `name`.
-    pub(crate) fn policy_for(&self, name: &str) -> Arc<Policy> {
+    pub(crate) fn policy_for(&self, name: &str) -> Arc<Installed> {
         let policies = self
             .policies
             .read()

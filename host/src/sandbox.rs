@@ -12,7 +12,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use crate::error::Error;
 use crate::limits::Limits;
 use crate::runtime::Runtime;
-use crate::store::{CapabilityFailure, StoreState};
+use crate::store::{CapabilityFailure, ComposeStop, StoreState};
 
 /// What one call used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,17 +37,37 @@ pub(crate) type GuestFuture<'s, T> = Pin<Box<dyn Future<Output = wasmtime::Resul
 /// returns what it returned with what it used, or the error it ended with.
 ///
 /// The attempt waits for an instance slot first (the pool is bounded); the
-/// deadline covers instantiation and the guest's code.
+/// deadline covers that wait, instantiation and the guest's code.
 pub(crate) async fn attempt<T>(
     runtime: &Runtime,
     operator: &Arc<str>,
     limits: &Limits,
     guest: impl for<'s> FnOnce(&'s mut Store<StoreState>) -> GuestFuture<'s, T>,
 ) -> Result<(T, CallStats), Error> {
+    attempt_in(runtime, operator, limits, |state| state, guest).await
+}
+
+/// [`attempt`], with the store's state shaped by `state` (a composite's
+/// gets its composer).
+pub(crate) async fn attempt_in<T>(
+    runtime: &Runtime,
+    operator: &Arc<str>,
+    limits: &Limits,
+    state: impl FnOnce(StoreState) -> StoreState,
+    guest: impl for<'s> FnOnce(&'s mut Store<StoreState>) -> GuestFuture<'s, T>,
+) -> Result<(T, CallStats), Error> {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::from_std(started + limits.timeout);
     // The permit is released after the store (and with it the pool slot) is
     // dropped, as locals drop in reverse order.
-    let _slot = runtime.instance_slots.acquire().await;
-    let mut sandbox = Sandbox::new(runtime, operator.clone(), limits)?;
+    let Ok(_slot) = tokio::time::timeout_at(deadline, runtime.instance_slots.acquire()).await
+    else {
+        return Err(Error::Timeout {
+            operator: operator.to_string(),
+            timeout: limits.timeout,
+        });
+    };
+    let mut sandbox = Sandbox::new(runtime, operator.clone(), limits, started, state)?;
     let deadline = tokio::time::Instant::from_std(sandbox.deadline());
     let outcome = tokio::time::timeout_at(deadline, guest(&mut sandbox.store)).await;
     sandbox
@@ -72,9 +92,18 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    fn new(runtime: &Runtime, operator: Arc<str>, limits: &Limits) -> Result<Sandbox, Error> {
-        let started = Instant::now();
-        let state = StoreState::new(operator.clone(), limits, runtime.log_sink.clone());
+    fn new(
+        runtime: &Runtime,
+        operator: Arc<str>,
+        limits: &Limits,
+        started: Instant,
+        state: impl FnOnce(StoreState) -> StoreState,
+    ) -> Result<Sandbox, Error> {
+        let state = state(StoreState::new(
+            operator.clone(),
+            limits,
+            runtime.log_sink.clone(),
+        ));
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(StoreState::limiter);
         // Data the guest hands the host (its result, log messages, capability
@@ -156,6 +185,12 @@ impl Sandbox {
     /// The error for a call that ended with `error`: classified by its
     /// cause, never by its message.
     fn classify(&self, error: wasmtime::Error) -> Error {
+        let error = match error.downcast::<ComposeStop>() {
+            // A composite's call the host refused or that failed.
+            Ok(ComposeStop::Failed(error)) => return error,
+            Ok(other) => wasmtime::Error::new(other),
+            Err(error) => error,
+        };
         let operator = self.operator.to_string();
         let state = self.store.data();
         if let Some(denied) = state.denied() {

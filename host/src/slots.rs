@@ -13,8 +13,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 pub(crate) struct Slots(Arc<Semaphore>);
 
 impl Slots {
+    /// `count` slots; a count past tokio's bound (about 2^61) is taken as
+    /// the bound, which no number of tasks can reach.
     pub(crate) fn new(count: usize) -> Self {
-        Slots(Arc::new(Semaphore::new(count)))
+        Slots(Arc::new(Semaphore::new(count.min(Semaphore::MAX_PERMITS))))
     }
 
     /// Waits for a slot.

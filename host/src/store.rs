@@ -21,13 +21,22 @@ use crate::error::BoxError;
 use crate::limits::Limits;
 
 pub(crate) mod bindings {
-    //! The one `bindgen!` of the host: the `operator` world of `wit/`.
+    //! The one `bindgen!` of the host: the `composite` world of `wit/` (the
+    //! `operator` world plus the `compose` import composites use).
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "operator",
+        world: "composite",
+        imports: { "xcs:operator/compose": async | trappable },
         exports: { default: async },
+        with: { "xcs:operator/compose.deferred": super::compose::Deferred },
     });
 }
+
+mod compose;
+
+#[expect(unused_imports, reason = "the composite runner (graph layer) lands next")]
+pub(crate) use compose::{ArgValue, ComposerFuture, Deferred};
+pub(crate) use compose::{ComposeStop, Composer};
 
 use bindings::xcs::operator::types::Level;
 
@@ -93,6 +102,9 @@ pub(crate) struct StoreState {
     log: LogState,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
+    /// What a composite's `compose` calls go to; `None` for a call that
+    /// is not a composite's run or trace.
+    composer: Option<Box<dyn Composer>>,
 }
 
 impl WasiView for StoreState {
@@ -414,6 +426,23 @@ impl StoreState {
             },
             stdout,
             stderr,
+            composer: None,
+        }
+    }
+
+    /// The same, for a composite whose `compose` calls go to `composer`.
+    #[expect(dead_code, reason = "the composite runner (graph layer) lands next")]
+    pub(crate) fn with_composer(mut self, composer: Box<dyn Composer>) -> StoreState {
+        self.composer = Some(composer);
+        self
+    }
+
+    /// Called by every granted capability function before it runs: `Err`
+    /// when the call must not reach it (a composite being traced).
+    pub(crate) fn before_capability(&mut self, function: &str) -> Result<(), wasmtime::Error> {
+        match &mut self.composer {
+            Some(composer) => composer.capability(function).map_err(wasmtime::Error::new),
+            None => Ok(()),
         }
     }
 

@@ -28,33 +28,100 @@ fn layer_of(module: &str) -> Option<usize> {
         .position(|(_, modules)| modules.contains(&module))
 }
 
-/// `text` without comments and string literals (doc links and messages may
-/// name any module; only code imports).
+/// `text` without comments (line and block), string literals (plain and
+/// raw) and character literals: doc links and messages may name any
+/// module; only code imports.
 fn code_only(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
     let mut code = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '/' if chars.peek() == Some(&'/') => {
-                for next in chars.by_ref() {
-                    if next == '\n' {
-                        code.push('\n');
+    let mut at = 0;
+    let starts = |at: usize, pattern: &str| {
+        pattern
+            .chars()
+            .enumerate()
+            .all(|(offset, c)| chars.get(at + offset) == Some(&c))
+    };
+    while at < chars.len() {
+        let c = chars[at];
+        if starts(at, "//") {
+            while at < chars.len() && chars[at] != '\n' {
+                at += 1;
+            }
+        } else if starts(at, "/*") {
+            let mut depth = 0usize;
+            loop {
+                if at >= chars.len() {
+                    break;
+                } else if starts(at, "/*") {
+                    depth += 1;
+                    at += 2;
+                } else if starts(at, "*/") {
+                    depth -= 1;
+                    at += 2;
+                    if depth == 0 {
                         break;
                     }
+                } else {
+                    at += 1;
                 }
             }
-            '"' => {
-                let mut escaped = false;
-                for next in chars.by_ref() {
-                    match next {
-                        '\\' if !escaped => escaped = true,
-                        '"' if !escaped => break,
-                        _ => escaped = false,
-                    }
-                }
-                code.push_str("\"\"");
+            code.push(' ');
+        } else if c == 'r'
+            && (chars.get(at + 1) == Some(&'"') || chars.get(at + 1) == Some(&'#'))
+            && !chars[..at]
+                .last()
+                .is_some_and(|before| before.is_ascii_alphanumeric() || *before == '_')
+        {
+            // r"..." or r#"..."#: ends at the quote and as many hashes.
+            let mut hashes = 0;
+            let mut next = at + 1;
+            while chars.get(next) == Some(&'#') {
+                hashes += 1;
+                next += 1;
             }
-            other => code.push(other),
+            if chars.get(next) != Some(&'"') {
+                code.push(c); // `r#ident`, a raw identifier
+                at += 1;
+                continue;
+            }
+            let closing: String = std::iter::once('"')
+                .chain(std::iter::repeat_n('#', hashes))
+                .collect();
+            at = next + 1;
+            while at < chars.len() && !starts(at, &closing) {
+                at += 1;
+            }
+            at += closing.len();
+            code.push_str("\"\"");
+        } else if c == '"' {
+            at += 1;
+            while at < chars.len() && chars[at] != '"' {
+                at += if chars[at] == '\\' { 2 } else { 1 };
+            }
+            at += 1;
+            code.push_str("\"\"");
+        } else if c == '\'' {
+            // A character literal ('x', '\n', '\u{..}'), or a lifetime.
+            let end = if chars.get(at + 1) == Some(&'\\') {
+                (at + 2..chars.len()).find(|&index| chars[index] == '\'')
+            } else if chars.get(at + 2) == Some(&'\'') {
+                Some(at + 2)
+            } else {
+                None
+            };
+            match end {
+                Some(end) => {
+                    at = end + 1;
+                    code.push_str("' '");
+                }
+                None => {
+                    code.push(c);
+                    at += 1;
+                }
+            }
+        } else {
+            code.push(c);
+            at += 1;
         }
     }
     code
@@ -67,42 +134,91 @@ fn identifier(text: &str) -> &str {
     &text[..end]
 }
 
-/// The first segments of every `crate::` path in `code`: `crate::a::b` and
-/// `crate::{a, b::c}` name `a` (and `b`).
-fn crate_paths(code: &str) -> BTreeSet<String> {
+/// The first segments of every path from the crate root in `code`:
+/// `crate::a::b` and `crate::{a, b::c}` name `a` (and `b`); so does
+/// `super::a` when its `super`s reach the root: from a file `depth`
+/// modules deep (1 for `store.rs`, 2 for `store/compose.rs`), inside as
+/// many inline `mod name { .. }` blocks as it is in.
+fn crate_paths(code: &str, depth: usize) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        let preceded_by_ident = rest[..at]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-        rest = &rest[at + "crate::".len()..];
-        if preceded_by_ident {
-            continue; // `xcs_crate::`, say: not this crate
-        }
-        if let Some(group) = rest.strip_prefix('{') {
-            let mut depth = 0usize;
-            let mut start_of_item = true;
-            for (index, c) in group.char_indices() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => break,
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => start_of_item = true,
-                    c if c.is_whitespace() => {}
-                    _ if start_of_item && depth == 0 => {
-                        start_of_item = false;
-                        names.insert(identifier(&group[index..]).to_owned());
-                    }
-                    _ => {}
+    let mut braces = 0usize;
+    // The brace depth inside each inline module open here.
+    let mut inline_modules: Vec<usize> = Vec::new();
+    let mut pending_module = false;
+    let bytes = code.as_bytes();
+    let mut at = 0;
+    while at < code.len() {
+        let rest = &code[at..];
+        let starts_word = at == 0 || {
+            let before = bytes[at - 1];
+            !(before.is_ascii_alphanumeric() || before == b'_' || before == b':')
+        };
+        match bytes[at] {
+            b'{' => {
+                braces += 1;
+                if pending_module {
+                    inline_modules.push(braces);
+                    pending_module = false;
                 }
             }
-        } else {
-            names.insert(identifier(rest).to_owned());
+            b'}' => {
+                if inline_modules.last() == Some(&braces) {
+                    inline_modules.pop();
+                }
+                braces = braces.saturating_sub(1);
+            }
+            b';' => pending_module = false, // `mod name;`: a file
+            _ if starts_word && rest.starts_with("mod ") => pending_module = true,
+            _ if starts_word && (rest.starts_with("crate::") || rest.starts_with("super::")) => {
+                let mut path = rest;
+                let mut supers = 0;
+                while let Some(after) = path.strip_prefix("super::") {
+                    supers += 1;
+                    path = after;
+                }
+                if supers == 0 {
+                    path = path.strip_prefix("crate::").unwrap_or(path);
+                }
+                if supers == 0 || supers >= depth + inline_modules.len() {
+                    match path.strip_prefix('{') {
+                        Some(group) => names.extend(group_items(group)),
+                        None => {
+                            names.insert(identifier(path).to_owned());
+                        }
+                    }
+                }
+                // Past the prefix (always at least `crate::` or `super::`).
+                at += rest.len() - path.len();
+                continue;
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    names.remove("");
+    names
+}
+
+/// The first names of the items of a `{a, b::c, d::{e}}` group.
+fn group_items(group: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut start_of_item = true;
+    for (index, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => start_of_item = true,
+            c if c.is_whitespace() => {}
+            _ if start_of_item && depth == 0 => {
+                start_of_item = false;
+                items.push(identifier(&group[index..]).to_owned());
+            }
+            _ => {}
         }
     }
-    names
+    items
 }
 
 /// Items `lib.rs` re-exports at the crate root, by the module they come
@@ -126,29 +242,30 @@ fn root_exports(lib: &str) -> BTreeMap<String, String> {
     exports
 }
 
-/// The top-level module a file of `src` belongs to: `graph/run/node.rs`
-/// and `graph.rs` are `graph`.
-fn module_of(src: &Path, file: &Path) -> String {
+/// The top-level module a file of `src` belongs to (`graph/run/node.rs`
+/// and `graph.rs` are `graph`), and how deep its module is (1 and 3).
+fn module_of(src: &Path, file: &Path) -> (String, usize) {
     let relative = file.strip_prefix(src).unwrap_or(file);
     let first = relative
         .components()
         .next()
         .map(|component| component.as_os_str().to_string_lossy().into_owned())
         .unwrap_or_default();
-    first.trim_end_matches(".rs").to_owned()
+    let depth = relative.components().count();
+    (first.trim_end_matches(".rs").to_owned(), depth)
 }
 
 /// Every module → the modules it imports, for files given as
-/// (module, text); `crate::Item` re-exported by `lib.rs` counts as its
-/// module.
+/// ((module, depth), text); `crate::Item` re-exported by `lib.rs` counts
+/// as its module.
 fn imports(
-    files: &[(String, String)],
+    files: &[((String, usize), String)],
     exports: &BTreeMap<String, String>,
 ) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (module, text) in files {
+    for ((module, depth), text) in files {
         let targets = graph.entry(module.clone()).or_default();
-        for name in crate_paths(&code_only(text)) {
+        for name in crate_paths(&code_only(text), *depth) {
             let target = exports.get(&name).cloned().unwrap_or(name);
             if &target != module {
                 targets.insert(target);
@@ -270,10 +387,10 @@ fn host_modules_import_only_their_layer_and_below() {
 #[test]
 fn the_check_sees_upward_imports_groups_reexports_and_circles() {
     let exports = root_exports("pub use graph::{Graph, Plan};\npub use host::Host;\n");
-    let files = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+    let files = |pairs: &[(&str, &str)]| -> Vec<((String, usize), String)> {
         pairs
             .iter()
-            .map(|(module, text)| ((*module).to_owned(), (*text).to_owned()))
+            .map(|(module, text)| (((*module).to_owned(), 1), (*text).to_owned()))
             .collect()
     };
 

@@ -569,3 +569,87 @@ async fn graph_policies_do_not_change_the_host() {
         "only the run's calls were retried"
     );
 }
+
+/// A graph's own breaker keeps its state across the runs of one checked
+/// graph (its clones included), apart from the operator's breaker on the
+/// host: the host's breaker stays closed and its `breaker_state` gauge is
+/// not written.
+#[tokio::test]
+async fn a_graph_breaker_spans_the_runs_of_its_plan_not_the_host() {
+    let host = Host::builder().build().unwrap();
+    let factorial = load(&host, xcs_tests::FACTORIAL).await;
+    let graph = xcs::graph::Graph::from_toml(
+        r#"
+        [[node]]
+        id = "f"
+        operator = "factorial"
+        args = { n = 25 }
+
+        [policy.factorial]
+        cache = false
+        breaker = { failures = 2, cool_down = "1h" }
+        "#,
+    )
+    .unwrap();
+    let plan = graph
+        .check(&xcs::graph::Operators::new().with(factorial.clone()))
+        .unwrap();
+    let options = xcs::graph::RunOptions::default();
+    for run in [plan.clone(), plan.clone()] {
+        let report = run.run(&Value::Null, &options).await;
+        expect_kind(report.into_result(), ErrorKind::Operator);
+    }
+    let report = plan.run(&Value::Null, &options).await;
+    expect_kind(report.into_result(), ErrorKind::CircuitOpen);
+    assert_eq!(factorial.breaker_state(), BreakerState::Closed);
+    expect_kind(
+        factorial.call(&json!([25]), &Limits::default()).await,
+        ErrorKind::Operator,
+    );
+    let text = host.metrics_text();
+    assert!(
+        text.contains(
+            r#"xcs_breaker_transitions_total{operator="factorial",from="closed",to="open"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"xcs_breaker_state{operator="factorial"}"#),
+        "{text}"
+    );
+}
+
+/// Bounds far past what tokio's semaphores can hold (a bulkhead, a map's
+/// and a run's concurrency) are taken as "unbounded", not a panic.
+#[tokio::test]
+async fn enormous_bounds_are_not_a_panic() {
+    let host = Host::builder().build().unwrap();
+    let upper = load(&host, xcs_tests::UPPER).await;
+    let graph = xcs::graph::Graph::from_toml(
+        r#"
+        [[node]]
+        id = "up"
+        operator = "upper"
+        map = "text"
+        max_concurrency = 9223372036854775807
+        args = { text = ["a", "b"] }
+
+        [outputs]
+        up = "@up"
+
+        [policy.upper]
+        bulkhead = { max_in_flight = 9223372036854775807, max_queue = 9223372036854775807 }
+        "#,
+    )
+    .unwrap();
+    let plan = graph
+        .check(&xcs::graph::Operators::new().with(upper))
+        .unwrap();
+    let options = xcs::graph::RunOptions::default().max_concurrency(usize::MAX);
+    let outputs = plan
+        .run(&Value::Null, &options)
+        .await
+        .into_result()
+        .unwrap();
+    assert_eq!(outputs["up"], json!(["A", "B"]));
+}

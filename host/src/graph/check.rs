@@ -2,6 +2,7 @@
 //! cycles; every problem is reported, together, before anything runs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -9,6 +10,7 @@ use super::{Graph, GraphProblem, Operators, Source};
 use crate::codec;
 use crate::error::{Error, list_or_none};
 use crate::operator::Operator;
+use crate::policy::{Installed, PolicyState};
 use crate::types::WitType;
 
 /// A source with node ids resolved to indices.
@@ -17,6 +19,18 @@ pub(crate) enum Resolved {
     Input(String),
     Node { index: usize, field: Option<String> },
     Literal(Value),
+    List(Vec<Resolved>),
+}
+
+impl Resolved {
+    /// Calls `each` with every node this source reads, in order.
+    pub(crate) fn for_each_node(&self, each: &mut impl FnMut(usize)) {
+        match self {
+            Resolved::Node { index, .. } => each(*index),
+            Resolved::List(items) => items.iter().for_each(|item| item.for_each_node(each)),
+            Resolved::Input(_) | Resolved::Literal(_) => {}
+        }
+    }
 }
 
 /// A checked graph, ready to run: every operator resolved, every edge
@@ -30,6 +44,16 @@ pub struct Plan {
     pub(crate) dependents: Vec<Vec<usize>>,
     pub(crate) outputs: Vec<(String, Resolved)>,
     pub(crate) input_types: BTreeMap<String, WitType>,
+    /// The graph's own policies, by operator key, with the state they keep
+    /// across every run of this plan (and its clones).
+    pub(crate) policies: Arc<HashMap<String, Arc<GraphPolicy>>>,
+}
+
+/// A graph's own policy for an operator, and its state.
+#[derive(Debug)]
+pub(crate) struct GraphPolicy {
+    pub(crate) installed: Installed,
+    pub(crate) state: PolicyState,
 }
 
 impl Plan {
@@ -112,6 +136,27 @@ impl Checker<'_> {
                     );
                 }
                 Some(Resolved::Literal(value.clone()))
+            }
+            Source::List(items) => {
+                let element = match expected {
+                    None => None,
+                    Some(WitType::List(element)) => Some(&**element),
+                    Some(other) => {
+                        self.problem(
+                            consumer,
+                            format!("{what}: a list of sources `{source}` cannot feed {other}"),
+                        );
+                        None
+                    }
+                };
+                let resolved = items
+                    .iter()
+                    .enumerate()
+                    .map(|(position, item)| {
+                        self.resolve(consumer, &format!("{what}[{position}]"), item, element)
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(Resolved::List(resolved))
             }
             Source::Node { node, field } => {
                 let Some(&index) = self.index.get(node.as_str()) else {
@@ -257,11 +302,11 @@ impl Graph {
                 };
                 let what = format!("parameter `{name}`");
                 if let Some(resolved) = checker.resolve(id, &what, source, expected.as_ref()) {
-                    if let Resolved::Node { index, .. } = resolved
-                        && !node_dependencies.contains(&index)
-                    {
-                        node_dependencies.push(index);
-                    }
+                    resolved.for_each_node(&mut |index| {
+                        if !node_dependencies.contains(&index) {
+                            node_dependencies.push(index);
+                        }
+                    });
                     resolved_args.push((name.clone(), resolved));
                 }
             }
@@ -331,6 +376,18 @@ impl Graph {
             dependents,
             outputs,
             input_types: checker.input_types,
+            policies: Arc::new(
+                self.policies
+                    .iter()
+                    .map(|(key, policy)| {
+                        let policy = GraphPolicy {
+                            installed: Installed::new(policy.clone()),
+                            state: PolicyState::default(),
+                        };
+                        (key.clone(), Arc::new(policy))
+                    })
+                    .collect(),
+            ),
         })
     }
 }

@@ -81,24 +81,15 @@ impl Plan {
                 quoted(&label)
             );
             for (param, resolved) in &self.args[index] {
-                let from = match resolved {
-                    Resolved::Input(name) => format!("input.{name}"),
-                    Resolved::Node { index, .. } => self.graph.nodes[*index].id.clone(),
-                    Resolved::Literal(_) => continue,
-                };
-                let label = match resolved {
-                    Resolved::Node {
-                        field: Some(field), ..
-                    } => format!("{field} → {param}"),
-                    _ => param.clone(),
-                };
-                let _ = writeln!(
-                    dot,
-                    "  {} -> {} [label={}];",
-                    quoted(&from),
-                    quoted(&node.id),
-                    quoted(&label)
-                );
+                for (from, label) in self.edges(param, resolved) {
+                    let _ = writeln!(
+                        dot,
+                        "  {} -> {} [label={}];",
+                        quoted(&from),
+                        quoted(&node.id),
+                        quoted(&label)
+                    );
+                }
             }
         }
         for (name, resolved) in &self.outputs {
@@ -109,15 +100,33 @@ impl Plan {
                 quoted(&output),
                 quoted(name)
             );
-            let from = match resolved {
-                Resolved::Input(input) => format!("input.{input}"),
-                Resolved::Node { index, .. } => self.graph.nodes[*index].id.clone(),
-                Resolved::Literal(_) => continue,
-            };
-            let _ = writeln!(dot, "  {} -> {};", quoted(&from), quoted(&output));
+            for (from, _) in self.edges(name, resolved) {
+                let _ = writeln!(dot, "  {} -> {};", quoted(&from), quoted(&output));
+            }
         }
         dot.push_str("}\n");
         dot
+    }
+
+    /// The edges into parameter (or output) `param` from `resolved`: the
+    /// DOT node each comes from, and its label.
+    fn edges(&self, param: &str, resolved: &Resolved) -> Vec<(String, String)> {
+        match resolved {
+            Resolved::Input(name) => vec![(format!("input.{name}"), param.to_owned())],
+            Resolved::Node { index, field } => {
+                let label = match field {
+                    Some(field) => format!("{field} → {param}"),
+                    None => param.to_owned(),
+                };
+                vec![(self.graph.nodes[*index].id.clone(), label)]
+            }
+            Resolved::Literal(_) => Vec::new(),
+            Resolved::List(items) => items
+                .iter()
+                .enumerate()
+                .flat_map(|(position, item)| self.edges(&format!("{param}[{position}]"), item))
+                .collect(),
+        }
     }
 }
 

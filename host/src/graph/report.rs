@@ -54,6 +54,8 @@ pub enum Stopped {
     Deadline,
     /// The graph inputs were invalid: nothing ran.
     InvalidInputs,
+    /// The run was cancelled from outside (its async runtime shut down).
+    Interrupted,
 }
 
 impl fmt::Display for Stopped {
@@ -63,6 +65,7 @@ impl fmt::Display for Stopped {
             Stopped::FailedFirst { node } => write!(f, "`{node}` failed first"),
             Stopped::Deadline => f.write_str("the graph deadline passed"),
             Stopped::InvalidInputs => f.write_str("the graph inputs are invalid"),
+            Stopped::Interrupted => f.write_str("the run was cancelled from outside"),
         }
     }
 }

@@ -20,7 +20,6 @@ use super::report::{NodeReport, NodeStatus, RunReport, Stopped};
 use crate::codec;
 use crate::error::Error;
 use crate::limits::Limits;
-use crate::policy::PolicyState;
 use crate::slots::Slots;
 
 mod node;
@@ -116,6 +115,12 @@ fn resolve_value(
     match resolved {
         Resolved::Input(name) => inputs.get(name).cloned().unwrap_or(Value::Null),
         Resolved::Literal(value) => value.clone(),
+        Resolved::List(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| resolve_value(item, inputs, outputs))
+                .collect(),
+        ),
         Resolved::Node { index, field } => {
             let output = outputs[*index].as_deref().unwrap_or(&Value::Null);
             match field {
@@ -150,6 +155,7 @@ impl Plan {
         }
         let plan = self.clone();
         let (inputs, options) = (inputs.clone(), options.clone());
+        let started = Instant::now();
         let mut coordinator = AbortOnDrop(tokio::spawn(async move {
             plan.run_here(&inputs, &options).await
         }));
@@ -157,9 +163,32 @@ impl Plan {
             Ok(report) => report,
             Err(error) => match error.try_into_panic() {
                 Ok(panic) => std::panic::resume_unwind(panic),
-                // Only `AbortOnDrop` aborts it, and it is still held here.
-                Err(cancelled) => unreachable!("the run's coordinator was cancelled: {cancelled}"),
+                // Not `AbortOnDrop` (it is still held here): the runtime
+                // is shutting down under the caller.
+                Err(_cancelled) => self.interrupted(started),
             },
+        }
+    }
+
+    /// The report of a run its runtime cancelled.
+    fn interrupted(&self, started: Instant) -> RunReport {
+        let mut nodes: Vec<NodeReport> = self
+            .graph
+            .nodes
+            .iter()
+            .map(|node| NodeReport::pending(&node.id, &node.operator))
+            .collect();
+        for node in &mut nodes {
+            node.stopped = Some(Stopped::Interrupted);
+        }
+        RunReport {
+            outputs: Map::new(),
+            nodes,
+            duration: started.elapsed(),
+            max_concurrency: 0,
+            error: Some(Error::Cancelled {
+                reason: "the graph run's async runtime shut down".into(),
+            }),
         }
     }
 
@@ -201,7 +230,7 @@ impl Plan {
             run_slots: Slots::new(max_concurrency),
             host_slots: runtime
                 .map_or_else(|| Slots::new(1), |runtime| runtime.scheduler_slots.clone()),
-            slot_ids: SlotIds::new(max_concurrency),
+            slot_ids: SlotIds::default(),
         });
         let mut run = Run::new(self, options, inputs, shared, nodes, max_concurrency);
         let (nodes, outputs, error) = run.drive().await;
@@ -248,25 +277,16 @@ impl Plan {
         Ok(object)
     }
 
-    /// The policies of each node's calls in one run: a graph's own policy
-    /// for an operator key gets one state per run, shared by the nodes that
-    /// call it.
+    /// The policies of each node's calls: the graph's own for the node's
+    /// operator key (with the plan's state for it), else the operator's on
+    /// its host.
     fn node_policies(&self) -> Vec<NodePolicy> {
-        let own: HashMap<&str, NodePolicy> = self
-            .graph
-            .policies
-            .iter()
-            .map(|(key, policy)| {
-                let state = Arc::new((policy.clone(), PolicyState::default()));
-                (key.as_str(), NodePolicy::Graph(state))
-            })
-            .collect();
         self.graph
             .nodes
             .iter()
             .zip(&self.operators)
-            .map(|(node, operator)| match own.get(node.operator.as_str()) {
-                Some(policy) => policy.clone(),
+            .map(|(node, operator)| match self.policies.get(&node.operator) {
+                Some(own) => NodePolicy::Graph(own.clone()),
                 None => NodePolicy::Host(operator.runtime().policy_for(operator.name())),
             })
             .collect()
@@ -293,6 +313,8 @@ struct Run<'a> {
     outputs: Vec<Option<Arc<Value>>>,
     running: Vec<bool>,
     tasks: JoinSet<NodeOutcome>,
+    /// The node each running task runs.
+    task_nodes: HashMap<tokio::task::Id, usize>,
     ended: usize,
     first_error: Option<Error>,
 }
@@ -312,9 +334,7 @@ impl<'a> Run<'a> {
         let total = plan.graph.nodes.len();
         let mut keep = vec![false; total];
         for (_, resolved) in &plan.outputs {
-            if let Resolved::Node { index, .. } = resolved {
-                keep[*index] = true;
-            }
+            resolved.for_each_node(&mut |index| keep[index] = true);
         }
         Run {
             plan,
@@ -330,6 +350,7 @@ impl<'a> Run<'a> {
             outputs: vec![None; total],
             running: vec![false; total],
             tasks: JoinSet::new(),
+            task_nodes: HashMap::new(),
             ended: 0,
             first_error: None,
         }
@@ -345,14 +366,36 @@ impl<'a> Run<'a> {
         }
         let deadline = tokio::time::Instant::from_std(self.shared.started + self.options.timeout);
         loop {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next()).await {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
                 Ok(None) => return self.finish(),
                 Err(_elapsed) => return self.deadline_passed(),
                 Ok(Some(Err(error))) => {
-                    self.tasks.abort_all();
-                    resume_panic(error);
+                    let task = error.id();
+                    if error.is_panic() {
+                        self.tasks.abort_all();
+                        resume_panic(error);
+                    }
+                    // Cancelled, not by the run (it aborts its tasks only
+                    // right before it returns): the runtime is shutting down.
+                    let Some(index) = self.task_nodes.remove(&task) else {
+                        continue;
+                    };
+                    let outcome = NodeOutcome {
+                        index,
+                        result: Err(Error::Cancelled {
+                            reason: format!(
+                                "node `{}`: its task was cancelled",
+                                self.nodes[index].id
+                            ),
+                        }),
+                        calls: Vec::new(),
+                    };
+                    if let Some(ended) = self.ended(outcome) {
+                        return ended;
+                    }
                 }
-                Ok(Some(Ok(outcome))) => {
+                Ok(Some(Ok((task, outcome)))) => {
+                    self.task_nodes.remove(&task);
                     if let Some(ended) = self.ended(outcome) {
                         return ended;
                     }
@@ -384,7 +427,7 @@ impl<'a> Run<'a> {
         };
         let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
         let (shared, id) = (self.shared.clone(), node.id.clone());
-        match &node.map {
+        let task = match &node.map {
             None => self
                 .tasks
                 .spawn(run_node(shared, index, id, call, input).instrument(span)),
@@ -395,6 +438,7 @@ impl<'a> Run<'a> {
                     .spawn(run_map_node(shared, index, id, call, input, map).instrument(span))
             }
         };
+        self.task_nodes.insert(task.id(), index);
     }
 
     /// Records a node's outcome and acts on it; `Some` when the run is over.
@@ -498,10 +542,8 @@ impl<'a> Run<'a> {
     fn finish(&mut self) -> Ended {
         let mut graph_outputs = Map::new();
         for (name, resolved) in &self.plan.outputs {
-            let produced = match resolved {
-                Resolved::Node { index, .. } => self.outputs[*index].is_some(),
-                _ => true,
-            };
+            let mut produced = true;
+            resolved.for_each_node(&mut |index| produced &= self.outputs[index].is_some());
             if produced {
                 let value = resolve_value(resolved, &self.inputs, &self.outputs);
                 graph_outputs.insert(name.clone(), value);

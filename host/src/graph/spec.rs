@@ -247,9 +247,16 @@ fn to_json(value: toml::Value) -> Value {
     }
 }
 
-/// Reads `@input.NAME`, `@NODE`, `@NODE.FIELD`, `@@literal`, or a literal.
-pub(crate) fn source(value: toml::Value) -> Source {
-    match value {
+/// The key of a table that holds a literal as JSON text: `{ "@json" =
+/// "[1, null]" }` (for what TOML cannot write: `null`, integers past
+/// `i64`).
+const JSON_KEY: &str = "@json";
+
+/// Reads `@input.NAME`, `@NODE`, `@NODE.FIELD`, `@@literal`, a literal, an
+/// array of any of these (a list source when one of them is a reference),
+/// or `{ "@json" = "..." }`.
+pub(crate) fn source(value: toml::Value) -> Result<Source, String> {
+    Ok(match value {
         toml::Value::String(text) => match text.strip_prefix('@') {
             Some(escaped) if escaped.starts_with('@') => {
                 Source::Literal(Value::String(escaped.to_owned()))
@@ -263,8 +270,204 @@ pub(crate) fn source(value: toml::Value) -> Source {
             },
             None => Source::Literal(Value::String(text)),
         },
+        toml::Value::Array(items) => {
+            let items = items
+                .into_iter()
+                .map(source)
+                .collect::<Result<Vec<_>, _>>()?;
+            if items.iter().all(|item| matches!(item, Source::Literal(_))) {
+                let values = items.into_iter().map(|item| match item {
+                    Source::Literal(value) => value,
+                    _ => Value::Null, // all are literals: checked above
+                });
+                Source::Literal(Value::Array(values.collect()))
+            } else {
+                Source::List(items)
+            }
+        }
+        toml::Value::Table(table) if table.len() == 1 && table.contains_key(JSON_KEY) => {
+            let Some(toml::Value::String(text)) = table.get(JSON_KEY) else {
+                return Err(format!("`{JSON_KEY}` holds JSON text, a string"));
+            };
+            let value = serde_json::from_str(text)
+                .map_err(|error| format!("`{JSON_KEY}` is not JSON: {error}"))?;
+            Source::Literal(value)
+        }
         other => Source::Literal(to_json(other)),
+    })
+}
+
+/// `source` as a TOML value that [`source()`] reads back as the same.
+fn write_source(value: &Source) -> toml::Value {
+    match value {
+        Source::Input(name) => toml::Value::String(format!("@input.{name}")),
+        Source::Node { node, field: None } => toml::Value::String(format!("@{node}")),
+        Source::Node {
+            node,
+            field: Some(field),
+        } => toml::Value::String(format!("@{node}.{field}")),
+        Source::List(items) => toml::Value::Array(items.iter().map(write_source).collect()),
+        Source::Literal(value) => write_literal(value).unwrap_or_else(|| {
+            let mut table = toml::Table::new();
+            table.insert(JSON_KEY.into(), toml::Value::String(value.to_string()));
+            toml::Value::Table(table)
+        }),
     }
+}
+
+/// `value` in plain TOML as [`source()`] reads it back (strings that
+/// start with `@` escaped, in arrays too), when TOML can say it; `None`
+/// otherwise.
+fn write_literal(value: &Value) -> Option<toml::Value> {
+    match value {
+        Value::String(text) if text.starts_with('@') => {
+            Some(toml::Value::String(format!("@{text}")))
+        }
+        Value::Array(items) => Some(toml::Value::Array(
+            items.iter().map(write_literal).collect::<Option<_>>()?,
+        )),
+        Value::Object(object) if object.len() == 1 && object.contains_key(JSON_KEY) => None,
+        other => raw_toml(other),
+    }
+}
+
+/// `value` in TOML as it is (what a table's contents are read as), when
+/// TOML can say it: no `null`, no integer past `i64`.
+fn raw_toml(value: &Value) -> Option<toml::Value> {
+    Some(match value {
+        Value::Null => return None,
+        Value::Bool(b) => toml::Value::Boolean(*b),
+        Value::Number(number) => match number.as_i64() {
+            Some(integer) => toml::Value::Integer(integer),
+            None if number.is_f64() => toml::Value::Float(number.as_f64()?),
+            None => return None,
+        },
+        Value::String(text) => toml::Value::String(text.clone()),
+        Value::Array(items) => {
+            toml::Value::Array(items.iter().map(raw_toml).collect::<Option<_>>()?)
+        }
+        Value::Object(object) => {
+            let mut table = toml::Table::new();
+            for (key, value) in object {
+                table.insert(key.clone(), raw_toml(value)?);
+            }
+            toml::Value::Table(table)
+        }
+    })
+}
+
+/// The graph in the TOML format, such that [`parse`] gives it back.
+pub(crate) fn write(graph: &Graph) -> Result<String, Error> {
+    let duration = |duration: std::time::Duration| {
+        toml::Value::String(humantime::format_duration(duration).to_string())
+    };
+    let mut nodes = Vec::with_capacity(graph.nodes.len());
+    let mut problems = Vec::new();
+    for node in &graph.nodes {
+        let mut table = toml::Table::new();
+        table.insert("id".into(), node.id.clone().into());
+        table.insert("operator".into(), node.operator.clone().into());
+        if let Some(map) = &node.map {
+            table.insert("map".into(), map.param.clone().into());
+            if let Some(max) = map.max_concurrency {
+                let max = i64::try_from(max).unwrap_or(i64::MAX);
+                table.insert("max_concurrency".into(), max.into());
+            }
+        }
+        if let Some(limits) = &node.limits {
+            let written = Limits::default()
+                .timeout(limits.timeout)
+                .fuel(limits.fuel)
+                .max_memory_bytes(limits.max_memory_bytes);
+            if &written != limits {
+                problems.push(GraphProblem::node(
+                    &node.id,
+                    "only a node's timeout, fuel and memory can be written as TOML",
+                ));
+            }
+            table.insert("timeout".into(), duration(limits.timeout));
+            if let Some(fuel) = limits.fuel {
+                let fuel = i64::try_from(fuel).unwrap_or(i64::MAX);
+                table.insert("fuel".into(), fuel.into());
+            }
+            table.insert("memory".into(), limits.max_memory_bytes.to_string().into());
+        }
+        let mut args = toml::Table::new();
+        for (name, value) in &node.args {
+            args.insert(name.clone(), write_source(value));
+        }
+        table.insert("args".into(), toml::Value::Table(args));
+        nodes.push(toml::Value::Table(table));
+    }
+    let mut outputs = toml::Table::new();
+    for (name, value) in &graph.outputs {
+        outputs.insert(name.clone(), write_source(value));
+    }
+    let mut policies = toml::Table::new();
+    for (operator, policy) in &graph.policies {
+        policies.insert(
+            operator.clone(),
+            toml::Value::Table(write_policy(policy, duration)),
+        );
+    }
+    if !problems.is_empty() {
+        return Err(graph_error(problems));
+    }
+    let mut document = toml::Table::new();
+    document.insert("node".into(), toml::Value::Array(nodes));
+    document.insert("outputs".into(), toml::Value::Table(outputs));
+    if !policies.is_empty() {
+        document.insert("policy".into(), toml::Value::Table(policies));
+    }
+    toml::to_string(&document).map_err(|error| {
+        graph_error(vec![GraphProblem::graph(format!(
+            "the graph cannot be written as TOML: {error}"
+        ))])
+    })
+}
+
+fn write_policy(
+    policy: &Policy,
+    duration: impl Fn(std::time::Duration) -> toml::Value,
+) -> toml::Table {
+    let mut table = toml::Table::new();
+    table.insert("cache".into(), policy.cache.into());
+    if let Some(retry) = &policy.retry {
+        let mut spec = toml::Table::new();
+        spec.insert("attempts".into(), i64::from(retry.max_attempts).into());
+        spec.insert("base_delay".into(), duration(retry.base_delay));
+        spec.insert("multiplier".into(), retry.multiplier.into());
+        spec.insert("max_delay".into(), duration(retry.max_delay));
+        spec.insert("jitter".into(), retry.jitter.into());
+        if let Some(timeout) = retry.attempt_timeout {
+            spec.insert("attempt_timeout".into(), duration(timeout));
+        }
+        spec.insert("on_timeout".into(), retry.on_timeout.into());
+        spec.insert("on_trap".into(), retry.on_trap.into());
+        table.insert("retry".into(), toml::Value::Table(spec));
+    }
+    if let Some(breaker) = &policy.breaker {
+        let mut spec = toml::Table::new();
+        spec.insert(
+            "failures".into(),
+            i64::from(breaker.consecutive_failures).into(),
+        );
+        if let Some((ratio, window)) = breaker.failure_ratio {
+            spec.insert("failure_ratio".into(), ratio.into());
+            spec.insert("window".into(), i64::from(window).into());
+        }
+        spec.insert("cool_down".into(), duration(breaker.cool_down));
+        spec.insert("probes".into(), i64::from(breaker.half_open_probes).into());
+        table.insert("breaker".into(), toml::Value::Table(spec));
+    }
+    if let Some(bulkhead) = &policy.bulkhead {
+        let mut spec = toml::Table::new();
+        let count = |count: usize| toml::Value::Integer(i64::try_from(count).unwrap_or(i64::MAX));
+        spec.insert("max_in_flight".into(), count(bulkhead.max_in_flight));
+        spec.insert("max_queue".into(), count(bulkhead.max_queue));
+        table.insert("bulkhead".into(), toml::Value::Table(spec));
+    }
+    table
 }
 
 pub(crate) fn parse(text: &str) -> Result<Graph, Error> {
@@ -279,7 +482,13 @@ pub(crate) fn parse(text: &str) -> Result<Graph, Error> {
     for node_spec in spec.nodes {
         let mut node = Node::new(&node_spec.id, node_spec.operator);
         for (name, value) in node_spec.args {
-            node = node.arg(name, source(value));
+            match source(value) {
+                Ok(value) => node = node.arg(name, value),
+                Err(message) => problems.push(GraphProblem::node(
+                    &node_spec.id,
+                    format!("argument `{name}`: {message}"),
+                )),
+            }
         }
         if let Some(param) = node_spec.map {
             node = node.map_over(param, node_spec.max_concurrency);
@@ -307,7 +516,12 @@ pub(crate) fn parse(text: &str) -> Result<Graph, Error> {
         graph = graph.node(node);
     }
     for (name, value) in spec.outputs {
-        graph = graph.output(name, source(value));
+        match source(value) {
+            Ok(value) => graph = graph.output(name, value),
+            Err(message) => {
+                problems.push(GraphProblem::graph(format!("output `{name}`: {message}")))
+            }
+        }
     }
     for (operator, policy_spec) in spec.policy {
         let policy = policy(&operator, policy_spec, &mut problems);
@@ -330,25 +544,28 @@ mod tests {
     fn references_and_literals() {
         assert_eq!(
             source(toml::Value::String("@input.docs".into())),
-            Source::input("docs")
+            Ok(Source::input("docs"))
         );
         assert_eq!(
             source(toml::Value::String("@count".into())),
-            Source::node("count")
+            Ok(Source::node("count"))
         );
         assert_eq!(
             source(toml::Value::String("@stats.mean".into())),
-            Source::field("stats", "mean")
+            Ok(Source::field("stats", "mean"))
         );
         assert_eq!(
             source(toml::Value::String("@@home".into())),
-            Source::literal(json!("@home"))
+            Ok(Source::literal(json!("@home")))
         );
         assert_eq!(
             source(toml::Value::String("plain".into())),
-            Source::literal(json!("plain"))
+            Ok(Source::literal(json!("plain")))
         );
-        assert_eq!(source(toml::Value::Integer(3)), Source::literal(json!(3)));
+        assert_eq!(
+            source(toml::Value::Integer(3)).expect("a source"),
+            Source::literal(json!(3))
+        );
     }
 
     #[test]
@@ -432,6 +649,63 @@ mod tests {
             error.to_string().contains("policy.x.retry.jitter is NaN"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn written_graphs_read_back_the_same() {
+        let text = r#"
+            [[node]]
+            id = "a"
+            operator = "x"
+            map = "items"
+            max_concurrency = 3
+            timeout = "1s 500ms"
+            fuel = 1000
+            memory = "8MiB"
+            args = { items = [1, 2], name = "@@at", deep = { "@json" = "[null, 18446744073709551615]" } }
+
+            [[node]]
+            id = "b"
+            operator = "y"
+            args = { xs = ["@a", "@a.f", "@@lit", 4], raw = { s = "@raw", l = ["@raw"] } }
+
+            [outputs]
+            b = "@b"
+            both = ["@a", "@b"]
+            none = { "@json" = "null" }
+
+            [policy.x]
+            cache = false
+            retry = { attempts = 4, base_delay = "5ms", attempt_timeout = "1s", on_timeout = true }
+            breaker = { failures = 3, failure_ratio = 0.5, window = 10, cool_down = "2s", probes = 2 }
+            bulkhead = { max_in_flight = 2, max_queue = 8 }
+            "#;
+        let graph = parse(text).expect("valid");
+        let written = write(&graph).expect("writable");
+        assert_eq!(parse(&written).expect("reads back"), graph, "{written}");
+        let node_b = &graph.nodes()[1];
+        assert_eq!(
+            node_b.args[0],
+            (
+                "raw".to_owned(),
+                Source::literal(json!({"s": "@raw", "l": ["@raw"]}))
+            ),
+            "table contents are read as they are"
+        );
+        assert_eq!(
+            node_b.args[1],
+            (
+                "xs".to_owned(),
+                Source::list([
+                    Source::node("a"),
+                    Source::field("a", "f"),
+                    Source::literal(json!("@lit")),
+                    Source::literal(json!(4)),
+                ])
+            )
+        );
+        let error = parse("[outputs]\nx = { \"@json\" = \"[\" }").expect_err("bad JSON");
+        assert!(error.to_string().contains("not JSON"), "{error}");
     }
 
     #[test]

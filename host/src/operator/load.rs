@@ -21,6 +21,8 @@ use crate::types::{Param, Signature, WitType};
 /// The interfaces of the contract, as components import them.
 const HOST_INTERFACE: &str = "xcs:operator/host@0.1.0";
 const TYPES_INTERFACE: &str = "xcs:operator/types@0.1.0";
+/// The interface that makes an operator a composite.
+pub(crate) const COMPOSE_INTERFACE: &str = "xcs:operator/compose@0.1.0";
 const CONTRACT_PACKAGE: &str = "xcs:operator/";
 
 /// WASI interfaces the sandbox provides, all inert unless granted: no
@@ -163,7 +165,7 @@ fn check_imports(
     let mut imports = Vec::new();
     for (name, _) in component.component_type().imports(&runtime.engine) {
         imports.push(name.to_owned());
-        if name == HOST_INTERFACE || name == TYPES_INTERFACE {
+        if [HOST_INTERFACE, TYPES_INTERFACE, COMPOSE_INTERFACE].contains(&name) {
             continue;
         }
         let unversioned = name.split('@').next().unwrap_or(name);
@@ -178,7 +180,7 @@ fn check_imports(
             continue;
         }
         let hint = if name.starts_with(CONTRACT_PACKAGE) {
-            format!("this host implements {HOST_INTERFACE}")
+            format!("this host implements {HOST_INTERFACE} and {COMPOSE_INTERFACE}")
         } else if name.starts_with("wasi:") {
             "the sandbox provides no sockets, HTTP or other ambient authority".into()
         } else {
@@ -286,7 +288,7 @@ fn link(
     runtime: &Runtime,
     component: &Component,
     source_name: &str,
-) -> Result<(InstancePre<StoreState>, bindings::OperatorPre<StoreState>), Error> {
+) -> Result<(InstancePre<StoreState>, bindings::CompositePre<StoreState>), Error> {
     let pre = runtime.linker.instantiate_pre(component).map_err(|error| {
         contract(
             source_name,
@@ -294,7 +296,7 @@ fn link(
             error::cause(error),
         )
     })?;
-    let bindings_pre = bindings::OperatorPre::new(pre.clone()).map_err(|error| {
+    let bindings_pre = bindings::CompositePre::new(pre.clone()).map_err(|error| {
         contract(
             source_name,
             "no valid `metadata` export".into(),
@@ -308,7 +310,7 @@ fn link(
 /// the host's default limits, like any call.
 async fn read_metadata(
     runtime: &Runtime,
-    bindings_pre: bindings::OperatorPre<StoreState>,
+    bindings_pre: bindings::CompositePre<StoreState>,
     source_name: &str,
 ) -> Result<Metadata, Error> {
     let sandbox_name: Arc<str> = Arc::from(format!("{source_name} (metadata)"));

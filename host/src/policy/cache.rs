@@ -32,17 +32,18 @@ impl ResultKey {
     pub(crate) fn new(
         operator: &Arc<str>,
         digest: &str,
+        policy: u64,
         input: &Value,
         limits: &Limits,
     ) -> Option<ResultKey> {
-        let mut key = String::with_capacity(digest.len() + 64);
+        let mut key = String::with_capacity(digest.len() + 80);
         key.push_str(digest);
-        // Limits decide whether a call succeeds: calls under other limits
-        // must not share an execution (single flight) or, in principle, a
-        // result.
+        // Limits and policies decide whether a call succeeds: calls under
+        // others must not share an execution (single flight) or, in
+        // principle, a result.
         let _ = write!(
             key,
-            "\n{:?}/{:?}/{}/{}/{}\n",
+            "\n{policy:x}/{:?}/{:?}/{}/{}/{}\n",
             limits.timeout,
             limits.fuel,
             limits.max_memory_bytes,
@@ -140,7 +141,7 @@ mod tests {
         );
         let name: Arc<str> = Arc::from("op");
         assert_eq!(
-            ResultKey::new(&name, "sha256:00", &deep, &Limits::default()),
+            ResultKey::new(&name, "sha256:00", 0, &deep, &Limits::default()),
             None
         );
         // Tear down without recursion: a test thread's stack is small.
@@ -154,9 +155,11 @@ mod tests {
         let name: Arc<str> = Arc::from("op");
         let input = json!({"x": 1});
         let short = Limits::default().timeout(std::time::Duration::from_secs(1));
-        let a = ResultKey::new(&name, "sha256:00", &input, &Limits::default());
-        let b = ResultKey::new(&name, "sha256:00", &input, &short);
+        let a = ResultKey::new(&name, "sha256:00", 0, &input, &Limits::default());
+        let b = ResultKey::new(&name, "sha256:00", 0, &input, &short);
+        let c = ResultKey::new(&name, "sha256:00", 1, &input, &Limits::default());
         assert!(a.is_some());
         assert_ne!(a, b);
+        assert_ne!(a, c, "policies are part of the key");
     }
 }

@@ -10,36 +10,39 @@ use tokio::task::{JoinError, JoinSet};
 
 use crate::call::{self, Called, Policies};
 use crate::error::Error;
+use crate::graph::check::GraphPolicy;
 use crate::graph::report::Span;
 use crate::limits::Limits;
 use crate::operator::Operator;
-use crate::policy::{Policy, PolicyState};
+use crate::policy::Installed;
 use crate::slots::Slots;
 
-/// Hands out slot numbers, so the timeline shows one track per slot.
+/// Hands out slot numbers, so the timeline shows one track per slot: one
+/// given back, else a new one (numbers are made as they are needed, so a
+/// bound of a billion costs nothing).
+#[derive(Default)]
 pub(super) struct SlotIds {
-    free: Mutex<Vec<usize>>,
+    free: Mutex<(Vec<usize>, usize)>,
 }
 
 impl SlotIds {
-    pub(super) fn new(count: usize) -> Self {
-        SlotIds {
-            free: Mutex::new((0..count).rev().collect()),
-        }
-    }
-
     fn take(&self) -> usize {
-        self.free
+        let mut free = self
+            .free
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop()
-            .unwrap_or(usize::MAX)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (returned, made) = &mut *free;
+        returned.pop().unwrap_or_else(|| {
+            *made += 1;
+            *made - 1
+        })
     }
 
     fn give(&self, slot: usize) {
         self.free
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
             .push(slot);
     }
 }
@@ -56,20 +59,24 @@ pub(super) struct Shared {
 /// state the run keeps, for this run only), or the operator's on its host.
 #[derive(Clone)]
 pub(super) enum NodePolicy {
-    Graph(Arc<(Policy, PolicyState)>),
-    Host(Arc<Policy>),
+    Graph(Arc<GraphPolicy>),
+    Host(Arc<Installed>),
 }
 
 impl NodePolicy {
     fn policies<'a>(&'a self, operator: &'a Operator) -> Policies<'a> {
         match self {
             NodePolicy::Graph(own) => Policies {
-                policy: &own.0,
-                state: &own.1,
+                policy: &own.installed.policy,
+                fingerprint: own.installed.fingerprint,
+                state: &own.state,
+                on_host: false,
             },
-            NodePolicy::Host(policy) => Policies {
-                policy,
+            NodePolicy::Host(installed) => Policies {
+                policy: &installed.policy,
+                fingerprint: installed.fingerprint,
                 state: operator.policy_state(),
+                on_host: true,
             },
         }
     }
