@@ -168,6 +168,7 @@
 
 #![deny(missing_docs)]
 
+pub mod compose;
 mod error;
 pub mod log;
 

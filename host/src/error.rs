@@ -182,6 +182,17 @@ pub enum Error {
         problems: Vec<GraphProblem>,
     },
 
+    /// A composite could not be analysed as asked: it nests deeper than
+    /// `max_depth`, records more calls than `max_calls`, or (with `strict`)
+    /// cannot be traced completely.
+    #[error("{composite}: {reason}")]
+    Analysis {
+        /// The composite concerned.
+        composite: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
+
     /// A graph node failed; the kind is the cause's.
     #[error("node `{node}`{}: {cause}", element.map(|index| format!(" (element {index})")).unwrap_or_default())]
     Node {
@@ -358,6 +369,8 @@ pub enum ErrorKind {
     Overloaded,
     /// `graph`
     Graph,
+    /// `analysis`
+    Analysis,
     /// `cancelled`
     Cancelled,
     /// `io`
@@ -382,6 +395,7 @@ impl ErrorKind {
         ErrorKind::CircuitOpen,
         ErrorKind::Overloaded,
         ErrorKind::Graph,
+        ErrorKind::Analysis,
         ErrorKind::Cancelled,
         ErrorKind::Io,
         ErrorKind::Config,
@@ -403,6 +417,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit-open",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Graph => "graph",
+            ErrorKind::Analysis => "analysis",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Io => "io",
             ErrorKind::Config => "config",
@@ -439,6 +454,7 @@ impl Error {
             Error::CircuitOpen { .. } => ErrorKind::CircuitOpen,
             Error::Overloaded { .. } => ErrorKind::Overloaded,
             Error::Graph { .. } => ErrorKind::Graph,
+            Error::Analysis { .. } => ErrorKind::Analysis,
             Error::Node { cause, .. } => cause.kind(),
             Error::GraphTimeout { .. } => ErrorKind::Timeout,
             Error::Cancelled { .. } => ErrorKind::Cancelled,

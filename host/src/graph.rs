@@ -25,12 +25,16 @@ use crate::operator::Operator;
 use crate::policy::Policy;
 
 mod check;
+mod compose;
 mod pictures;
 mod report;
 mod run;
 mod spec;
 
 pub use check::Plan;
+pub use compose::{
+    COMPOSITE_OUTPUT, ComposeOptions, Composite, StopReason, Trace, TraceReport, TraceStop,
+};
 pub use report::{NodeError, NodeReport, NodeStatus, RunReport, Span, Stopped};
 pub use run::{ProgressFn, RunOptions};
 
@@ -171,6 +175,16 @@ impl Node {
     /// The operator's key.
     pub fn operator(&self) -> &str {
         &self.operator
+    }
+
+    /// Its arguments, by parameter name.
+    pub fn args(&self) -> &[(String, Source)] {
+        &self.args
+    }
+
+    /// For a map node, the parameter it maps over.
+    pub fn map_param(&self) -> Option<&str> {
+        self.map.as_ref().map(|map| map.param.as_str())
     }
 }
 

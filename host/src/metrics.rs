@@ -58,6 +58,9 @@ pub(crate) struct Metrics {
     cache_hits: Family<OperatorLabel, Counter>,
     cache_misses: Family<OperatorLabel, Counter>,
     cache_evictions: Family<OperatorLabel, Counter>,
+    traces: Family<OperatorLabel, Counter>,
+    trace_hits: Family<OperatorLabel, Counter>,
+    trace_misses: Family<OperatorLabel, Counter>,
     breaker_state: Family<OperatorLabel, Gauge>,
     breaker_transitions: Family<TransitionLabel, Counter>,
     in_flight: Family<OperatorLabel, Gauge>,
@@ -118,6 +121,19 @@ impl Default for Metrics {
                 r,
                 "cache_evictions",
                 "Results evicted from the cache (size or age)",
+                Family::default(),
+            ),
+            traces: registered(r, "traces", "Dry traces of a composite", Family::default()),
+            trace_hits: registered(
+                r,
+                "trace_cache_hits",
+                "Composite runs answered by a cached trace",
+                Family::default(),
+            ),
+            trace_misses: registered(
+                r,
+                "trace_cache_misses",
+                "Composite runs that traced anew",
                 Family::default(),
             ),
             breaker_state: registered(
@@ -187,6 +203,9 @@ pub(crate) struct OperatorHandles {
     retries: Counter,
     cache_hits: Counter,
     cache_misses: Counter,
+    traces: Counter,
+    trace_hits: Counter,
+    trace_misses: Counter,
     in_flight: Gauge,
     queued: Gauge,
     latency: Histogram,
@@ -224,6 +243,21 @@ impl OperatorHandles {
             &self.cache_hits
         } else {
             &self.cache_misses
+        }
+        .inc();
+    }
+
+    /// A composite was traced.
+    pub(crate) fn traced(&self) {
+        self.traces.inc();
+    }
+
+    /// A composite's run found its trace cached (`hit`) or not.
+    pub(crate) fn trace_lookup(&self, hit: bool) {
+        if hit {
+            &self.trace_hits
+        } else {
+            &self.trace_misses
         }
         .inc();
     }
@@ -268,6 +302,9 @@ impl Metrics {
             retries: self.retries.get_or_create(&label(operator)).clone(),
             cache_hits: self.cache_hits.get_or_create(&label(operator)).clone(),
             cache_misses: self.cache_misses.get_or_create(&label(operator)).clone(),
+            traces: self.traces.get_or_create(&label(operator)).clone(),
+            trace_hits: self.trace_hits.get_or_create(&label(operator)).clone(),
+            trace_misses: self.trace_misses.get_or_create(&label(operator)).clone(),
             in_flight: self.in_flight.get_or_create(&label(operator)).clone(),
             queued: self.queued.get_or_create(&label(operator)).clone(),
             latency: self.latency.get_or_create(&label(operator)).clone(),
@@ -382,6 +419,9 @@ impl Metrics {
                     cache_hits: counter(&self.cache_hits, &operator),
                     cache_misses: counter(&self.cache_misses, &operator),
                     cache_evictions: counter(&self.cache_evictions, &operator),
+                    traces: counter(&self.traces, &operator),
+                    trace_hits: counter(&self.trace_hits, &operator),
+                    trace_misses: counter(&self.trace_misses, &operator),
                     breaker_transitions,
                     in_flight: self
                         .in_flight
@@ -422,6 +462,12 @@ pub struct OperatorMetrics {
     pub cache_misses: u64,
     /// Results evicted from the cache.
     pub cache_evictions: u64,
+    /// Dry traces of this composite.
+    pub traces: u64,
+    /// Runs of this composite answered by a cached trace.
+    pub trace_hits: u64,
+    /// Runs of this composite that traced anew.
+    pub trace_misses: u64,
     /// Circuit breaker state changes.
     pub breaker_transitions: u64,
     /// Calls running now.

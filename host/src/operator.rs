@@ -18,7 +18,7 @@ use crate::metrics::OperatorHandles;
 use crate::policy::{BreakerState, PolicyState};
 use crate::runtime::Runtime;
 use crate::sandbox::{self, CallStats};
-use crate::store::StoreState;
+use crate::store::{ComposeStop, Composer, StoreState};
 use crate::types::Signature;
 
 pub(crate) mod load;
@@ -142,23 +142,58 @@ impl Operator {
         input: &Value,
         limits: &Limits,
     ) -> Result<CallOutput, Error> {
+        match self.attempt_composed(input, limits, None).await? {
+            Composed::Returned(output) => Ok(output),
+            // Without a composer, `compose` calls fail (a `config` error).
+            Composed::Finished | Composed::Stopped { .. } => Err(Error::Config {
+                message: format!("{}: a composite ended without its composer", self.name()),
+            }),
+        }
+    }
+
+    /// One attempt of a composite whose `compose` calls go to `composer`
+    /// (or of any operator, with `None`).
+    pub(crate) async fn attempt_composed(
+        &self,
+        input: &Value,
+        limits: &Limits,
+        composer: Option<Box<dyn Composer>>,
+    ) -> Result<Composed, Error> {
         let inner = &*self.inner;
         let args = codec::encode_params(&inner.signature.params, input, limits.max_input_bytes)
             .map_err(|error| error.into_error(&inner.name))?;
         let (pre, invoke) = (inner.pre.clone(), inner.invoke);
-        let (result, stats) = sandbox::attempt(&inner.runtime, &inner.name, limits, move |store| {
-            Box::pin(async move {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                let func = instance.get_func(&mut *store, invoke).ok_or_else(|| {
-                    wasmtime::Error::msg("`invoke` export disappeared after type checking")
-                })?;
-                let mut results = [Val::Bool(false)];
-                func.call_async(&mut *store, &args, &mut results).await?;
-                let [result] = results;
-                Ok(result)
+        let state = move |state: StoreState| match composer {
+            Some(composer) => state.with_composer(composer),
+            None => state,
+        };
+        let (end, stats) =
+            sandbox::attempt_in(&inner.runtime, &inner.name, limits, state, move |store| {
+                Box::pin(async move {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    let func = instance.get_func(&mut *store, invoke).ok_or_else(|| {
+                        wasmtime::Error::msg("`invoke` export disappeared after type checking")
+                    })?;
+                    let mut results = [Val::Bool(false)];
+                    match func.call_async(&mut *store, &args, &mut results).await {
+                        Ok(()) => {
+                            let [result] = results;
+                            Ok(GuestEnd::Returned(result))
+                        }
+                        Err(error) => match error.downcast_ref::<ComposeStop>() {
+                            Some(ComposeStop::Finished) => Ok(GuestEnd::Finished),
+                            Some(ComposeStop::Stopped) => Ok(GuestEnd::Stopped(backtrace(&error))),
+                            _ => Err(error),
+                        },
+                    }
+                })
             })
-        })
-        .await?;
+            .await?;
+        let result = match end {
+            GuestEnd::Returned(result) => result,
+            GuestEnd::Finished => return Ok(Composed::Finished),
+            GuestEnd::Stopped(backtrace) => return Ok(Composed::Stopped { backtrace }),
+        };
         match result {
             Val::Result(Ok(payload)) => {
                 let value = match payload {
@@ -171,11 +206,11 @@ impl Operator {
                     stats.fuel_consumed,
                     stats.peak_memory_bytes,
                 );
-                Ok(CallOutput {
+                Ok(Composed::Returned(CallOutput {
                     value,
                     stats,
                     cached: false,
-                })
+                }))
             }
             Val::Result(Err(Some(error))) => Err(operator_error(&inner.name, *error)),
             other => Err(Error::Contract {
@@ -185,6 +220,40 @@ impl Operator {
             }),
         }
     }
+}
+
+/// How a guest's `invoke` ended.
+enum GuestEnd {
+    Returned(Val),
+    Finished,
+    Stopped(Vec<String>),
+}
+
+/// How a composite's attempt ended.
+#[derive(Debug)]
+pub(crate) enum Composed {
+    /// `invoke` returned a value (any operator).
+    Returned(CallOutput),
+    /// It called `finish`: its result is a deferred the composer knows.
+    Finished,
+    /// Its trace stopped (the composer knows why), in these functions,
+    /// innermost first.
+    Stopped { backtrace: Vec<String> },
+}
+
+/// The guest functions on the stack when `error` left the guest, innermost
+/// first, by name (those the component names).
+fn backtrace(error: &wasmtime::Error) -> Vec<String> {
+    error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|trace| {
+            trace
+                .frames()
+                .iter()
+                .filter_map(|frame| frame.func_name().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The error an operator returned, as an [`Error::Operator`].

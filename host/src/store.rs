@@ -34,9 +34,7 @@ pub(crate) mod bindings {
 
 mod compose;
 
-#[expect(unused_imports, reason = "the composite runner (graph layer) lands next")]
-pub(crate) use compose::{ArgValue, ComposerFuture, Deferred};
-pub(crate) use compose::{ComposeStop, Composer};
+pub(crate) use compose::{ArgValue, ComposeStop, Composer, ComposerFuture};
 
 use bindings::xcs::operator::types::Level;
 
@@ -431,7 +429,6 @@ impl StoreState {
     }
 
     /// The same, for a composite whose `compose` calls go to `composer`.
-    #[expect(dead_code, reason = "the composite runner (graph layer) lands next")]
     pub(crate) fn with_composer(mut self, composer: Box<dyn Composer>) -> StoreState {
         self.composer = Some(composer);
         self

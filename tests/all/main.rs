@@ -5,6 +5,7 @@ mod fixtures;
 mod util;
 
 mod chaos;
+mod compose;
 mod concurrency;
 mod graph;
 mod hostile;

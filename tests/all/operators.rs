@@ -384,3 +384,129 @@ async fn burn() {
     );
     assert_healthy(&host).await;
 }
+
+#[tokio::test]
+async fn most_common() {
+    let vote = load(&host(), xcs_tests::MOST_COMMON).await;
+    assert_eq!(
+        vote.signature().to_string(),
+        "func(votes: list<string>) -> result<string, error>"
+    );
+    let call = |votes: Value| {
+        let vote = vote.clone();
+        async move { vote.call(&json!([votes]), &Limits::default()).await }
+    };
+    assert_eq!(call(json!(["b", "a", "b"])).await.unwrap(), json!("b"));
+    assert_eq!(
+        call(json!(["x", "y"])).await.unwrap(),
+        json!("x"),
+        "a tie: the first"
+    );
+    assert_eq!(call(json!(["y", "x", "x", "y"])).await.unwrap(), json!("y"));
+    expect_kind(call(json!([])).await, ErrorKind::Operator);
+    assert_healthy(&host()).await;
+}
+
+#[tokio::test]
+async fn guess() {
+    let (latency, in_flight) = xcs_tests::latency::capability();
+    let host = Host::builder().grant(latency).build().unwrap();
+    let guess = load(&host, xcs_tests::GUESS).await;
+    let call = |text: &str, variant: u32, wait: u32| {
+        let (guess, input) = (
+            guess.clone(),
+            json!({"text": text, "variant": variant, "wait-ms": wait}),
+        );
+        async move { guess.call(&input, &Limits::default()).await }
+    };
+    assert_eq!(call("a b c", 4, 0).await.unwrap(), json!("b"));
+    assert_eq!(in_flight.peak(), 0, "no wait asked for");
+    assert_eq!(call("a b c", 2, 5).await.unwrap(), json!("c"));
+    assert_eq!(in_flight.peak(), 1, "it waited on the capability");
+    expect_kind(call("", 0, 0).await, ErrorKind::Operator);
+    assert_healthy(&host).await;
+}
+
+/// The composites (their behaviour is in `compose.rs`): they load as
+/// composites, and called as plain operators they say how to run them.
+#[tokio::test]
+async fn ensemble() {
+    assert_composite(
+        xcs_tests::ENSEMBLE,
+        "func(text: string, n: u32, wait-ms: u32) -> result<string, error>",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refine() {
+    assert_composite(
+        xcs_tests::REFINE,
+        "func(text: string, threshold: u32) -> result<string, error>",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn recurse() {
+    assert_composite(xcs_tests::RECURSE, "func(depth: u32) -> result<u32, error>").await;
+}
+
+#[tokio::test]
+async fn pipeline() {
+    assert_composite(
+        xcs_tests::PIPELINE,
+        "func(documents: list<string>) -> result<record { count: u32, mean: f64, min: f64, max: f64 }, error>",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn twice() {
+    assert_composite(
+        xcs_tests::TWICE,
+        "func(ms: u32) -> result<list<u32>, error>",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn spy() {
+    assert_composite(
+        xcs_tests::SPY,
+        "func(text: string, ms: u32) -> result<string, error>",
+    )
+    .await;
+}
+
+async fn assert_composite(path: &str, signature: &str) {
+    let (latency, _) = xcs_tests::latency::capability();
+    let host = Host::builder()
+        .grant(latency)
+        .build()
+        .expect("the host builds");
+    let composite = load(&host, path).await;
+    assert!(composite.is_composite(), "{}", composite.name());
+    assert!(
+        composite
+            .imports()
+            .iter()
+            .any(|import| import == "xcs:operator/compose@0.1.0")
+    );
+    assert_eq!(composite.signature().to_string(), signature);
+    let input = match composite.signature().params.len() {
+        1 => json!([3]),
+        _ => Value::Null,
+    };
+    let error = composite
+        .call(&input, &Limits::default())
+        .await
+        .expect_err("a composite runs with its operators");
+    if error.kind() == ErrorKind::Config {
+        assert!(error.to_string().contains("is a composite"), "{error}");
+    } else {
+        assert_eq!(error.kind(), ErrorKind::Validation, "{error}");
+    }
+    // Plain operators are not composites.
+    assert!(!load(&host, xcs_tests::UPPER).await.is_composite());
+}

@@ -60,6 +60,26 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
         }
     });
 
+    let into_error = quote! {
+        |error| {
+            let (code, message, retryable) = ::xcs_guest::__private::into_parts(error);
+            Error { code, message, retryable }
+        }
+    };
+    let body = if operator.finishes {
+        // A composite that returns `Ok(deferred)` hands it to `finish`,
+        // which ends its code there.
+        quote! {
+            match super::#fn_name(#(#param_names),*) {
+                ::core::result::Result::Ok(output) => ::xcs_guest::compose::finish(&output),
+                ::core::result::Result::Err(error) => ::core::result::Result::Err((#into_error)(error)),
+            }
+        }
+    } else {
+        quote! {
+            super::#fn_name(#(#param_names),*).map_err(#into_error)
+        }
+    };
     Ok(quote! {
         #function
 
@@ -93,10 +113,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 fn invoke(
                     #(#param_names: #param_types),*
                 ) -> ::core::result::Result<#ok_type, Error> {
-                    super::#fn_name(#(#param_names),*).map_err(|error| {
-                        let (code, message, retryable) = ::xcs_guest::__private::into_parts(error);
-                        Error { code, message, retryable }
-                    })
+                    #body
                 }
             }
 

@@ -15,8 +15,12 @@ use syn::{FnArg, GenericArgument, Pat, PathArguments, ReturnType, Signature};
 pub(crate) struct Operator {
     /// Parameters in order: the Rust name and the type.
     pub(crate) params: Vec<(Ident, Type)>,
-    /// The `T` of `Result<T, Error>`; `None` for `()`.
+    /// The `T` of `Result<T, Error>`; `None` for `()`. For a composite
+    /// returning `Result<Deferred<T>, Error>`, that `T`.
     pub(crate) ok: Option<Type>,
+    /// Whether it returns a `Deferred<T>`: the composite's result is what
+    /// that call produces (the glue hands it to `compose::finish`).
+    pub(crate) finishes: bool,
 }
 
 /// A WIT value type that an operator may take or return.
@@ -132,16 +136,20 @@ pub(crate) fn read(sig: &Signature) -> syn::Result<Operator> {
             Err(error) => note(error),
         }
     }
-    let ok = match read_return(&sig.output) {
+    let (ok, finishes) = match read_return(&sig.output) {
         Ok(ok) => ok,
         Err(error) => {
             note(error);
-            None
+            (None, false)
         }
     };
     match errors {
         Some(errors) => Err(errors),
-        None => Ok(Operator { params, ok }),
+        None => Ok(Operator {
+            params,
+            ok,
+            finishes,
+        }),
     }
 }
 
@@ -180,7 +188,8 @@ fn read_param(arg: &FnArg) -> syn::Result<(Ident, Type)> {
     Ok((name, read_type(&typed.ty)?))
 }
 
-fn read_return(output: &ReturnType) -> syn::Result<Option<Type>> {
+/// The `Ok` payload, and whether it is a composite's `Deferred<T>`.
+fn read_return(output: &ReturnType) -> syn::Result<(Option<Type>, bool)> {
     const EXPECTED: &str = "an operator must return `Result<T, xcs_guest::Error>` \
                             (use `Result<(), xcs_guest::Error>` to return nothing)";
     let ReturnType::Type(_, ty) = output else {
@@ -201,7 +210,18 @@ fn read_return(output: &ReturnType) -> syn::Result<Option<Type>> {
             "the error type of an operator must be `xcs_guest::Error`",
         ));
     }
-    read_payload(ok)
+    if let Some((ident, args)) = last_segment(ok)
+        && ident == "Deferred"
+    {
+        return match args.as_slice() {
+            [value] => Ok((read_payload(value)?, true)),
+            _ => Err(syn::Error::new_spanned(
+                ok,
+                "a composite returns `Result<Deferred<T>, xcs_guest::Error>`",
+            )),
+        };
+    }
+    Ok((read_payload(ok)?, false))
 }
 
 /// `Some((T, E))` if `ty` is `Result<T, E>` (by its last path segment).

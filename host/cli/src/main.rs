@@ -203,6 +203,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::StackOverflow | ErrorKind::Trap => 9,
         ErrorKind::CircuitOpen | ErrorKind::Overloaded => 10,
         ErrorKind::Graph => 11,
+        ErrorKind::Analysis => 12,
         ErrorKind::Cancelled => 13,
         _ => 1,
     }

@@ -47,6 +47,9 @@ pub struct Plan {
     /// The graph's own policies, by operator key, with the state they keep
     /// across every run of this plan (and its clones).
     pub(crate) policies: Arc<HashMap<String, Arc<GraphPolicy>>>,
+    /// The operators the graph was checked against: those its composite
+    /// nodes may call.
+    pub(crate) operator_set: Operators,
 }
 
 /// A graph's own policy for an operator, and its state.
@@ -388,6 +391,7 @@ impl Graph {
                     })
                     .collect(),
             ),
+            operator_set: operators.clone(),
         })
     }
 }

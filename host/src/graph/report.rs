@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::compose::TraceReport;
 use crate::error::{Error, ErrorKind};
 
 /// How a node ended.
@@ -193,9 +194,24 @@ pub struct RunReport {
     /// node named), the graph deadline, or invalid inputs. With
     /// `keep_going`, the first failure, after everything that could run ran.
     pub error: Option<Error>,
+    /// For a composite's run (or a graph with composite nodes): how its
+    /// tracing went.
+    pub trace: Option<TraceReport>,
 }
 
 impl RunReport {
+    /// The report of a run that failed with `error` before any node ran.
+    pub(crate) fn failed(error: Error) -> RunReport {
+        RunReport {
+            outputs: Map::new(),
+            nodes: Vec::new(),
+            duration: Duration::ZERO,
+            max_concurrency: 0,
+            error: Some(error),
+            trace: None,
+        }
+    }
+
     /// The outputs, or the error that ended the run.
     pub fn into_result(self) -> Result<Map<String, Value>, Error> {
         match self.error {

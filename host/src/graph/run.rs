@@ -2,32 +2,27 @@
 //! at most `max_concurrency` guests run at once (per run, and per host),
 //! under a graph deadline.
 //!
-//! One coordinator task owns the run's state ([`Run`]): it spawns a task
-//! per ready node, and as each one ends it records the outcome, frees the
-//! inputs nobody needs any more, and starts what became ready — or, on a
-//! failure, skips what depends on it (`keep_going`) or cancels the rest.
+//! One coordinator task owns the run's state (`run/coordinator.rs`); each
+//! node runs in a task of its own (`run/node.rs`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use super::check::{Plan, Resolved};
-use super::report::{NodeReport, NodeStatus, RunReport, Stopped};
+use super::compose::ComposeOptions;
+use super::report::{NodeReport, RunReport, Stopped};
 use crate::codec;
 use crate::error::Error;
 use crate::limits::Limits;
 use crate::slots::Slots;
 
+mod coordinator;
 mod node;
 
-use node::{
-    CallRecord, NodeCall, NodeOutcome, NodePolicy, Shared, SlotIds, resume_panic, run_map_node,
-    run_node,
-};
+use coordinator::Run;
+use node::{NodePolicy, Shared, SlotIds};
 
 /// Called after each node ends with (nodes ended, nodes in all).
 pub type ProgressFn = Arc<dyn Fn(usize, usize) + Send + Sync>;
@@ -40,6 +35,7 @@ pub struct RunOptions {
     pub(crate) keep_going: bool,
     pub(crate) limits: Option<Limits>,
     pub(crate) progress: Option<ProgressFn>,
+    pub(crate) compose: ComposeOptions,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -60,6 +56,7 @@ impl Default for RunOptions {
     /// | `timeout` | 5 minutes |
     /// | `keep_going` | off: the first failure cancels the rest |
     /// | `limits` | the host's default limits, unless a node has its own |
+    /// | `compose` | [`ComposeOptions::default()`] |
     fn default() -> Self {
         RunOptions {
             max_concurrency: None,
@@ -67,6 +64,7 @@ impl Default for RunOptions {
             keep_going: false,
             limits: None,
             progress: None,
+            compose: ComposeOptions::default(),
         }
     }
 }
@@ -100,14 +98,22 @@ impl RunOptions {
         self
     }
 
-    /// Called after each node ends, with (ended, total).
+    /// How the graph's composite nodes run (see [`crate::graph::compose`]).
+    /// Default: [`ComposeOptions::default()`].
+    pub fn compose(mut self, options: ComposeOptions) -> Self {
+        self.compose = options;
+        self
+    }
+
+    /// Called after each node ends, with (ended, total; the total grows
+    /// as composites record calls).
     pub fn on_progress(mut self, progress: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(progress));
         self
     }
 }
 
-fn resolve_value(
+pub(crate) fn resolve_value(
     resolved: &Resolved,
     inputs: &Map<String, Value>,
     outputs: &[Option<Arc<Value>>],
@@ -189,6 +195,7 @@ impl Plan {
             error: Some(Error::Cancelled {
                 reason: "the graph run's async runtime shut down".into(),
             }),
+            trace: None,
         }
     }
 
@@ -208,12 +215,13 @@ impl Plan {
             .iter()
             .map(|node| NodeReport::pending(&node.id, &node.operator))
             .collect();
-        let report = |nodes, outputs, error| RunReport {
+        let report = |nodes, outputs, error, trace| RunReport {
             outputs,
             nodes,
             duration: started.elapsed(),
             max_concurrency,
             error,
+            trace,
         };
         let inputs = match self.check_inputs(inputs) {
             Ok(inputs) => inputs,
@@ -222,7 +230,7 @@ impl Plan {
                 for node in &mut nodes {
                     node.stopped = Some(Stopped::InvalidInputs);
                 }
-                return report(nodes, Map::new(), Some(error));
+                return report(nodes, Map::new(), Some(error), None);
             }
         };
         let shared = Arc::new(Shared {
@@ -233,8 +241,8 @@ impl Plan {
             slot_ids: SlotIds::default(),
         });
         let mut run = Run::new(self, options, inputs, shared, nodes, max_concurrency);
-        let (nodes, outputs, error) = run.drive().await;
-        report(nodes, outputs, error)
+        let (nodes, outputs, error, trace) = run.drive().await;
+        report(nodes, outputs, error, trace)
     }
 
     /// Checks the graph inputs against the types their consumers need.
@@ -280,7 +288,7 @@ impl Plan {
     /// The policies of each node's calls: the graph's own for the node's
     /// operator key (with the plan's state for it), else the operator's on
     /// its host.
-    fn node_policies(&self) -> Vec<NodePolicy> {
+    pub(crate) fn node_policies(&self) -> Vec<NodePolicy> {
         self.graph
             .nodes
             .iter()
@@ -290,269 +298,5 @@ impl Plan {
                 None => NodePolicy::Host(operator.runtime().policy_for(operator.name())),
             })
             .collect()
-    }
-}
-
-/// The coordinator's state of one run.
-struct Run<'a> {
-    plan: &'a Plan,
-    options: &'a RunOptions,
-    inputs: Map<String, Value>,
-    shared: Arc<Shared>,
-    max_concurrency: usize,
-    policies: Vec<NodePolicy>,
-    nodes: Vec<NodeReport>,
-    /// Per node, how many of its producers have not succeeded yet.
-    waiting_on: Vec<usize>,
-    /// Per node, how many consumers still need its output; an output
-    /// nobody needs any more is dropped, so a long chain runs in bounded
-    /// memory.
-    consumers_left: Vec<usize>,
-    /// Outputs that a graph output names, kept to the end.
-    keep: Vec<bool>,
-    outputs: Vec<Option<Arc<Value>>>,
-    running: Vec<bool>,
-    tasks: JoinSet<NodeOutcome>,
-    /// The node each running task runs.
-    task_nodes: HashMap<tokio::task::Id, usize>,
-    ended: usize,
-    first_error: Option<Error>,
-}
-
-/// What a run produced: the node reports, the graph outputs, the error.
-type Ended = (Vec<NodeReport>, Map<String, Value>, Option<Error>);
-
-impl<'a> Run<'a> {
-    fn new(
-        plan: &'a Plan,
-        options: &'a RunOptions,
-        inputs: Map<String, Value>,
-        shared: Arc<Shared>,
-        nodes: Vec<NodeReport>,
-        max_concurrency: usize,
-    ) -> Self {
-        let total = plan.graph.nodes.len();
-        let mut keep = vec![false; total];
-        for (_, resolved) in &plan.outputs {
-            resolved.for_each_node(&mut |index| keep[index] = true);
-        }
-        Run {
-            plan,
-            options,
-            inputs,
-            shared,
-            max_concurrency,
-            policies: plan.node_policies(),
-            nodes,
-            waiting_on: plan.dependencies.iter().map(Vec::len).collect(),
-            consumers_left: plan.dependents.iter().map(Vec::len).collect(),
-            keep,
-            outputs: vec![None; total],
-            running: vec![false; total],
-            tasks: JoinSet::new(),
-            task_nodes: HashMap::new(),
-            ended: 0,
-            first_error: None,
-        }
-    }
-
-    /// Runs every node that can run, until the graph is done, fails or
-    /// passes its deadline.
-    async fn drive(&mut self) -> Ended {
-        for index in 0..self.nodes.len() {
-            if self.waiting_on[index] == 0 {
-                self.spawn(index);
-            }
-        }
-        let deadline = tokio::time::Instant::from_std(self.shared.started + self.options.timeout);
-        loop {
-            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
-                Ok(None) => return self.finish(),
-                Err(_elapsed) => return self.deadline_passed(),
-                Ok(Some(Err(error))) => {
-                    let task = error.id();
-                    if error.is_panic() {
-                        self.tasks.abort_all();
-                        resume_panic(error);
-                    }
-                    // Cancelled, not by the run (it aborts its tasks only
-                    // right before it returns): the runtime is shutting down.
-                    let Some(index) = self.task_nodes.remove(&task) else {
-                        continue;
-                    };
-                    let outcome = NodeOutcome {
-                        index,
-                        result: Err(Error::Cancelled {
-                            reason: format!(
-                                "node `{}`: its task was cancelled",
-                                self.nodes[index].id
-                            ),
-                        }),
-                        calls: Vec::new(),
-                    };
-                    if let Some(ended) = self.ended(outcome) {
-                        return ended;
-                    }
-                }
-                Ok(Some(Ok((task, outcome)))) => {
-                    self.task_nodes.remove(&task);
-                    if let Some(ended) = self.ended(outcome) {
-                        return ended;
-                    }
-                }
-            }
-        }
-    }
-
-    fn spawn(&mut self, index: usize) {
-        self.running[index] = true;
-        let plan = self.plan;
-        let node = &plan.graph.nodes[index];
-        let operator = &plan.operators[index];
-        let input: Map<String, Value> = plan.args[index]
-            .iter()
-            .map(|(name, resolved)| {
-                let value = resolve_value(resolved, &self.inputs, &self.outputs);
-                (name.clone(), value)
-            })
-            .collect();
-        let call = NodeCall {
-            operator: operator.clone(),
-            policy: self.policies[index].clone(),
-            limits: node
-                .limits
-                .clone()
-                .or_else(|| self.options.limits.clone())
-                .unwrap_or_else(|| operator.runtime().default_limits.clone()),
-        };
-        let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
-        let (shared, id) = (self.shared.clone(), node.id.clone());
-        let task = match &node.map {
-            None => self
-                .tasks
-                .spawn(run_node(shared, index, id, call, input).instrument(span)),
-            Some(map) => {
-                let bound = map.max_concurrency.unwrap_or(self.max_concurrency).max(1);
-                let map = (map.param.clone(), bound);
-                self.tasks
-                    .spawn(run_map_node(shared, index, id, call, input, map).instrument(span))
-            }
-        };
-        self.task_nodes.insert(task.id(), index);
-    }
-
-    /// Records a node's outcome and acts on it; `Some` when the run is over.
-    fn ended(&mut self, outcome: NodeOutcome) -> Option<Ended> {
-        let index = outcome.index;
-        self.ended += 1;
-        self.running[index] = false;
-        self.record_calls(index, &outcome.calls);
-        for &producer in &self.plan.dependencies[index] {
-            self.consumers_left[producer] -= 1;
-            if self.consumers_left[producer] == 0 && !self.keep[producer] {
-                self.outputs[producer] = None;
-            }
-        }
-        let stop = match outcome.result {
-            Ok(value) => {
-                self.succeeded(index, value);
-                None
-            }
-            Err(error) => self.failed(index, error),
-        };
-        if let Some(progress) = &self.options.progress {
-            progress(self.ended, self.nodes.len());
-        }
-        stop
-    }
-
-    fn record_calls(&mut self, index: usize, calls: &[CallRecord]) {
-        let report = &mut self.nodes[index];
-        report.attempts = calls.iter().map(|call| u64::from(call.attempts)).sum();
-        report.start = calls.iter().map(|call| call.span.start).min();
-        report.end = Some(self.shared.started.elapsed());
-        report.fuel_consumed = calls.iter().map(|call| call.fuel).sum();
-        report.peak_memory_bytes = calls.iter().map(|call| call.peak_memory).max().unwrap_or(0);
-        report.spans = calls.iter().map(|call| call.span).collect();
-        report.spans.sort_by_key(|span| span.start);
-    }
-
-    fn succeeded(&mut self, index: usize, value: Value) {
-        self.nodes[index].status = NodeStatus::Ok;
-        self.outputs[index] = Some(Arc::new(value));
-        for &dependent in &self.plan.dependents[index] {
-            self.waiting_on[dependent] -= 1;
-            if self.waiting_on[dependent] == 0
-                && self.nodes[dependent].status == NodeStatus::Cancelled
-            {
-                self.spawn(dependent);
-            }
-        }
-    }
-
-    /// With `keep_going`, skips everything downstream of the failed node;
-    /// otherwise cancels the rest and ends the run.
-    fn failed(&mut self, index: usize, error: Error) -> Option<Ended> {
-        self.nodes[index].fail(&error);
-        let failed = self.nodes[index].id.clone();
-        if !self.options.keep_going {
-            self.tasks.abort_all();
-            self.cancel_pending(&Stopped::FailedFirst { node: failed });
-            return Some((std::mem::take(&mut self.nodes), Map::new(), Some(error)));
-        }
-        let mut downstream = self.plan.dependents[index].clone();
-        while let Some(dependent) = downstream.pop() {
-            let report = &mut self.nodes[dependent];
-            if report.status == NodeStatus::Cancelled && report.stopped.is_none() {
-                report.status = NodeStatus::Skipped;
-                report.stopped = Some(Stopped::DependsOnFailed {
-                    node: failed.clone(),
-                });
-                self.ended += 1;
-                downstream.extend(self.plan.dependents[dependent].iter().copied());
-            }
-        }
-        self.first_error.get_or_insert(error);
-        None
-    }
-
-    fn cancel_pending(&mut self, why: &Stopped) {
-        for node in &mut self.nodes {
-            if node.status == NodeStatus::Cancelled {
-                node.stopped = Some(why.clone());
-            }
-        }
-    }
-
-    fn deadline_passed(&mut self) -> Ended {
-        self.tasks.abort_all();
-        let running: Vec<String> = (0..self.nodes.len())
-            .filter(|&index| self.running[index])
-            .map(|index| self.nodes[index].id.clone())
-            .collect();
-        let timeout = Error::GraphTimeout {
-            timeout: self.options.timeout,
-            running,
-        };
-        self.cancel_pending(&Stopped::Deadline);
-        let error = self.first_error.take().unwrap_or(timeout);
-        (std::mem::take(&mut self.nodes), Map::new(), Some(error))
-    }
-
-    fn finish(&mut self) -> Ended {
-        let mut graph_outputs = Map::new();
-        for (name, resolved) in &self.plan.outputs {
-            let mut produced = true;
-            resolved.for_each_node(&mut |index| produced &= self.outputs[index].is_some());
-            if produced {
-                let value = resolve_value(resolved, &self.inputs, &self.outputs);
-                graph_outputs.insert(name.clone(), value);
-            }
-        }
-        (
-            std::mem::take(&mut self.nodes),
-            graph_outputs,
-            self.first_error.take(),
-        )
     }
 }

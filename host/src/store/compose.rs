@@ -30,7 +30,6 @@ pub(crate) enum ArgValue {
 /// Why a composite's code stopped in a `compose` call: the error a host
 /// function returns to end the guest at once.
 #[derive(Debug)]
-#[expect(dead_code, reason = "the composite runner (graph layer) lands next")]
 pub(crate) enum ComposeStop {
     /// `finish` was called: the composite is done, its result is known.
     Finished,

@@ -58,7 +58,7 @@ pub(super) struct Shared {
 /// The policies of a node's calls: the graph's own for its operator (whose
 /// state the run keeps, for this run only), or the operator's on its host.
 #[derive(Clone)]
-pub(super) enum NodePolicy {
+pub(crate) enum NodePolicy {
     Graph(Arc<GraphPolicy>),
     Host(Arc<Installed>),
 }

@@ -1,0 +1,459 @@
+//! Composite operators: traced into graphs, and run (see [`Composite`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::check::Resolved;
+use super::run::RunOptions;
+use super::{Graph, Node, Operators, Plan, RunReport, Source};
+use crate::error::Error;
+use crate::limits::Limits;
+use crate::operator::Operator;
+
+mod journal;
+mod staged;
+mod trace;
+
+pub(crate) use journal::{Journal, Scope};
+pub(crate) use staged::{Event, run_composite, scope_for_node};
+pub(crate) use trace::{ScopeEnd, trace_in};
+
+/// How composites are traced and run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComposeOptions {
+    pub(crate) max_depth: usize,
+    pub(crate) max_calls: usize,
+    pub(crate) strict: bool,
+    pub(crate) limits: Option<Limits>,
+    pub(crate) trace_cache_capacity: u64,
+}
+
+impl Default for ComposeOptions {
+    /// | option | default |
+    /// |---|---|
+    /// | `max_depth` | 16 composites, the top one included |
+    /// | `max_calls` | 10,000 per trace or run |
+    /// | `strict` | off: an incomplete trace runs staged, with a warning |
+    /// | `limits` | the host's default limits (for the composite's own code) |
+    /// | `trace_cache_capacity` | 256 traces |
+    fn default() -> Self {
+        ComposeOptions {
+            max_depth: 16,
+            max_calls: 10_000,
+            strict: false,
+            limits: None,
+            trace_cache_capacity: 256,
+        }
+    }
+}
+
+impl ComposeOptions {
+    /// How deep composites may call composites, the top one counting as 1;
+    /// deeper is an `analysis` error naming the chain. Default: 16.
+    pub fn max_depth(mut self, depth: usize) -> Self {
+        self.max_depth = depth.max(1);
+        self
+    }
+
+    /// How many calls one trace or run may record, every composite in it
+    /// together; more is an `analysis` error. Default: 10,000.
+    pub fn max_calls(mut self, calls: usize) -> Self {
+        self.max_calls = calls;
+        self
+    }
+
+    /// Whether a composite that cannot be traced completely is an
+    /// `analysis` error (instead of a staged run). Default: off.
+    pub fn strict(mut self, on: bool) -> Self {
+        self.strict = on;
+        self
+    }
+
+    /// Limits of the composite's own code (its callees have their own: a
+    /// node's, the run's, or the host's defaults). Its timeout also bounds
+    /// how long it may wait for a forced value. Default: the host's
+    /// default limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// How many complete traces a [`Composite`] keeps, by canonical input.
+    /// Default: 256.
+    pub fn trace_cache_capacity(mut self, traces: u64) -> Self {
+        self.trace_cache_capacity = traces;
+        self
+    }
+}
+
+/// Why a trace stopped before the composite finished.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The composite forced the value of `node` (it needed it to go on).
+    Forced {
+        /// The node whose value was forced.
+        node: String,
+    },
+    /// The composite called the granted capability `function`.
+    Capability {
+        /// The capability function, `interface#name`.
+        function: String,
+    },
+    /// The composite called the composite `operator` with an argument that
+    /// is not known while tracing.
+    NestedInput {
+        /// The nested composite.
+        operator: String,
+    },
+}
+
+/// Where and why a trace stopped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TraceStop {
+    /// Why.
+    #[serde(flatten)]
+    pub reason: StopReason,
+    /// The composite whose code stopped.
+    pub composite: String,
+    /// How many calls that composite had recorded when it stopped.
+    pub calls: usize,
+    /// The composite's own stack where it stopped, innermost first, when
+    /// the component has function names.
+    pub backtrace: Vec<String>,
+}
+
+impl std::fmt::Display for TraceStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.reason {
+            StopReason::Forced { node } => write!(
+                f,
+                "`{}` forced the value of `{node}` after {} call(s)",
+                self.composite, self.calls
+            )?,
+            StopReason::Capability { function } => write!(
+                f,
+                "`{}` called the capability `{function}` after {} call(s)",
+                self.composite, self.calls
+            )?,
+            StopReason::NestedInput { operator } => write!(
+                f,
+                "`{}` called the composite `{operator}` with a value not known while tracing, \
+                 after {} call(s)",
+                self.composite, self.calls
+            )?,
+        }
+        if let Some(frame) = self.backtrace.first() {
+            write!(f, ", in {frame}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a dry trace found: the graph the composite builds (up to where it
+/// stopped, when it stopped), with one output, `output`, the composite's
+/// result.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// The recorded graph.
+    pub graph: Graph,
+    /// Where and why the trace stopped, if it did not complete.
+    pub stopped: Option<TraceStop>,
+    /// Calls recorded, merged ones included.
+    pub calls: usize,
+    /// Calls merged into identical earlier calls of deterministic operators.
+    pub merged: usize,
+}
+
+impl Trace {
+    /// Whether the composite was traced to its end: the graph is all of it.
+    pub fn is_complete(&self) -> bool {
+        self.stopped.is_none()
+    }
+}
+
+/// How a composite's run went, as far as tracing is concerned: in the
+/// [`RunReport`] of [`Composite::run`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TraceReport {
+    /// Whether the composite traced completely (the run ran its graph).
+    pub complete: bool,
+    /// Whether the trace came from the composite's cache of traces.
+    pub cached: bool,
+    /// Where the trace stopped, when the run was staged.
+    pub stopped: Option<TraceStop>,
+    /// Values the composite forced during a staged run.
+    pub forced: usize,
+    /// Calls recorded (in the trace, or the staged run).
+    pub calls: usize,
+    /// Calls merged into identical earlier calls.
+    pub merged: usize,
+}
+
+/// Composite operators: operators whose code calls other operators by name
+/// (the `compose` interface of `wit/operator.wit`), traced into graphs
+/// without side effects, and run.
+///
+/// A [`Composite`] pairs a composite operator with the [`Operators`] it may
+/// call (never a path on disk). [`Composite::trace`] runs the composite's
+/// code in a sandbox where calls are only recorded: the result is a
+/// [`Trace`] holding the same [`Graph`] the TOML and builder front ends
+/// produce, built without running any callee and without reaching any
+/// capability. If the composite needs a value while it is traced (it
+/// forces a deferred to branch on it) or calls a capability, the trace
+/// stops there and says where ([`TraceStop`]); it never guesses.
+///
+/// [`Composite::run`] runs it. A composite that traces completely runs as
+/// its traced graph, from a bounded cache of traces keyed by the
+/// composite's digest and the canonical input. One that does not runs
+/// *staged*: its code runs once more, each recorded call is scheduled at
+/// once (independent calls overlap), and a forced value is computed and
+/// handed back while the composite goes on recording. That fallback is
+/// logged (a `tracing` warning) and in the report's [`TraceReport`];
+/// [`ComposeOptions::strict`] makes it an `analysis` error instead.
+///
+/// In both, identical calls of deterministic operators are merged (run
+/// once), nested composites flatten into the graph (their nodes' ids are
+/// prefixed by the calling node's), and every call is checked against the
+/// callee's signature when it is recorded: an unknown operator or a
+/// mistyped argument is a `graph` error naming the call, before anything
+/// downstream runs. Recursion is bounded by [`ComposeOptions::max_depth`]
+/// and the number of calls by [`ComposeOptions::max_calls`], both
+/// `analysis` errors.
+///
+/// ```
+/// # async fn example(host: xcs::Host) -> Result<(), xcs::Error> {
+/// use serde_json::json;
+/// use xcs::graph::{COMPOSITE_OUTPUT, Composite, Operators, RunOptions};
+///
+/// let mut operators = Operators::new();
+/// for name in ["guess", "most-common"] {
+///     let operator = host.load(format!("target/operators/{name}.wasm")).await?;
+///     operators.insert(name, operator);
+/// }
+/// let ensemble = host.load("target/operators/ensemble.wasm").await?;
+/// let ensemble = Composite::new(ensemble, operators)?;
+///
+/// let input = json!({"text": "a b a", "n": 3, "wait-ms": 0});
+/// let trace = ensemble.trace(&input).await?; // nothing runs
+/// assert!(trace.is_complete());
+/// println!("{}", trace.graph.to_toml()?);
+///
+/// let outputs = ensemble.run(&input, &RunOptions::default()).await.into_result()?;
+/// assert_eq!(outputs[COMPOSITE_OUTPUT], json!("a"));
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Cheap to clone: clones share the cache of traces.
+#[derive(Debug, Clone)]
+pub struct Composite {
+    operator: Operator,
+    operators: Operators,
+    options: ComposeOptions,
+    traces: moka::sync::Cache<String, Arc<Plan>>,
+}
+
+impl Composite {
+    /// `composite`, calling only `operators` (by key, usually their
+    /// names). A `config` error when `composite` is not a composite.
+    pub fn new(composite: Operator, operators: Operators) -> Result<Composite, Error> {
+        Composite::with_options(composite, operators, ComposeOptions::default())
+    }
+
+    /// Like [`Composite::new`], with `options`.
+    pub fn with_options(
+        composite: Operator,
+        operators: Operators,
+        options: ComposeOptions,
+    ) -> Result<Composite, Error> {
+        if !composite.is_composite() {
+            return Err(Error::Config {
+                message: format!(
+                    "`{}` is not a composite: it does not import xcs:operator/compose",
+                    composite.name()
+                ),
+            });
+        }
+        Ok(Composite {
+            traces: moka::sync::Cache::new(options.trace_cache_capacity),
+            operator: composite,
+            operators,
+            options,
+        })
+    }
+
+    /// The composite operator.
+    pub fn operator(&self) -> &Operator {
+        &self.operator
+    }
+
+    /// The operators it may call.
+    pub fn operators(&self) -> &Operators {
+        &self.operators
+    }
+
+    /// Traces the composite with `input` (its `invoke` arguments, as for
+    /// [`Operator::call`]): records its calls without running any, and
+    /// reaches no capability. Errors are the composite's own failures (a
+    /// trap, a refused call, too many calls, too deep a recursion).
+    pub async fn trace(&self, input: &Value) -> Result<Trace, Error> {
+        let metrics = self.operator.metrics();
+        metrics.traced();
+        trace_in(
+            &self.operator,
+            &self.operators,
+            &self.options,
+            input,
+            self.limits(),
+        )
+        .await
+    }
+
+    fn limits(&self) -> &Limits {
+        self.options
+            .limits
+            .as_ref()
+            .unwrap_or(&self.operator.runtime().default_limits)
+    }
+
+    /// The cache key of a trace with `input`: the composite's digest and
+    /// the input's canonical JSON (object keys sorted).
+    fn trace_key(&self, input: &Value) -> String {
+        // `serde_json`'s maps are sorted, so its text is canonical.
+        format!("{}\n{input}", self.operator.digest())
+    }
+
+    /// Runs the composite with `input`: as its cached or fresh trace when
+    /// it traces completely, else staged (see the [`Composite`] docs).
+    /// The report's [`RunReport::trace`] says which; the composite's result
+    /// is the output `output`.
+    pub async fn run(&self, input: &Value, options: &RunOptions) -> RunReport {
+        let key = self.trace_key(input);
+        let metrics = self.operator.metrics();
+        if let Some(plan) = self.traces.get(&key) {
+            metrics.trace_lookup(true);
+            let mut report = plan.run(&Value::Null, options).await;
+            report.trace = Some(TraceReport {
+                complete: true,
+                cached: true,
+                stopped: None,
+                forced: 0,
+                calls: plan.graph.nodes.len(),
+                merged: 0,
+            });
+            return report;
+        }
+        metrics.trace_lookup(false);
+        let trace = match self.trace(input).await {
+            Ok(trace) => trace,
+            Err(error) => return RunReport::failed(error),
+        };
+        let (calls, merged) = (trace.calls, trace.merged);
+        let Some(stop) = trace.stopped.clone() else {
+            let plan = match trace.graph.check(&self.operators) {
+                Ok(plan) => Arc::new(plan),
+                Err(error) => return RunReport::failed(error),
+            };
+            self.traces.insert(key, plan.clone());
+            let mut report = plan.run(&Value::Null, options).await;
+            report.trace = Some(TraceReport {
+                complete: true,
+                cached: false,
+                stopped: None,
+                forced: 0,
+                calls,
+                merged,
+            });
+            return report;
+        };
+        if self.options.strict {
+            return RunReport::failed(Error::Analysis {
+                composite: self.operator.name().to_owned(),
+                reason: format!("the trace is incomplete (strict): {stop}"),
+            });
+        }
+        tracing::warn!(
+            composite = self.operator.name(),
+            reason = %stop,
+            "the composite cannot be traced completely; running it staged"
+        );
+        let plan = staged_plan(&self.operator, &self.operators, input);
+        let options = options.clone().compose(self.options.clone());
+        let mut report = plan.run(&Value::Null, &options).await;
+        if let Some(trace) = &mut report.trace {
+            trace.stopped = Some(stop);
+        }
+        report
+    }
+
+    /// The number of traces in the cache.
+    pub fn cached_traces(&self) -> u64 {
+        self.traces.run_pending_tasks();
+        self.traces.entry_count()
+    }
+}
+
+/// A plan of one node, `composite` called with `input` (already checked by
+/// its trace), whose output [`COMPOSITE_OUTPUT`] is the composite's result; the
+/// composite's calls go to `operators`.
+fn staged_plan(composite: &Operator, operators: &Operators, input: &Value) -> Plan {
+    let params = &composite.signature().params;
+    let args: Vec<(String, Value)> = match input {
+        Value::Object(object) => object
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+        Value::Array(items) => params
+            .iter()
+            .zip(items)
+            .map(|(param, value)| (param.name.clone(), value.clone()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let name = composite.name();
+    let mut node = Node::new(name, name);
+    for (param, value) in &args {
+        node = node.arg(param.clone(), Source::Literal(value.clone()));
+    }
+    let graph = Graph::new()
+        .node(node)
+        .output(COMPOSITE_OUTPUT, Source::node(name));
+    Plan {
+        graph,
+        operators: vec![composite.clone()],
+        args: vec![
+            args.into_iter()
+                .map(|(param, value)| (param, Resolved::Literal(value)))
+                .collect(),
+        ],
+        dependencies: vec![Vec::new()],
+        dependents: vec![Vec::new()],
+        outputs: vec![(
+            COMPOSITE_OUTPUT.to_owned(),
+            Resolved::Node {
+                index: 0,
+                field: None,
+            },
+        )],
+        input_types: Default::default(),
+        policies: Arc::new(HashMap::new()),
+        operator_set: operators.clone(),
+    }
+}
+
+/// The graph output that holds a composite's result.
+pub const COMPOSITE_OUTPUT: &str = "output";
+
+/// A graph with one node per recorded call, and the composite's result as
+/// the output [`COMPOSITE_OUTPUT`].
+pub(crate) fn traced_graph(journal: Journal, output: Option<Source>) -> Graph {
+    let mut graph = journal.graph;
+    if let Some(output) = output {
+        graph = graph.output(COMPOSITE_OUTPUT, output);
+    }
+    graph
+}

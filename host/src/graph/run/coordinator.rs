@@ -1,0 +1,796 @@
+//! The coordinator of one run: it owns the run's state, spawns a task per
+//! ready node, and as each one ends records the outcome, frees the inputs
+//! nobody needs any more, and starts what became ready — or, on a failure,
+//! skips what depends on it (`keep_going`) or cancels the rest.
+//!
+//! Composite nodes grow the graph while it runs: their code runs in a task
+//! of its own whose calls come in as events (a recorded node, a forced
+//! value); a composite node ends with its result, once the nodes that
+//! result comes from have.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::node::{
+    CallRecord, NodeCall, NodeOutcome, NodePolicy, Shared, resume_panic, run_map_node, run_node,
+};
+use super::{RunOptions, resolve_value};
+use crate::error::Error;
+use crate::graph::check::{Plan, Resolved};
+use crate::graph::compose::{
+    Event, Journal, Scope, ScopeEnd, TraceReport, run_composite, scope_for_node,
+};
+use crate::graph::report::{NodeReport, NodeStatus, Stopped};
+use crate::graph::{Node, Source};
+use crate::limits::Limits;
+use crate::operator::Operator;
+
+/// What a run produced: the node reports, the graph outputs, the error,
+/// and how its composites went.
+pub(super) type Ended = (
+    Vec<NodeReport>,
+    Map<String, Value>,
+    Option<Error>,
+    Option<TraceReport>,
+);
+
+/// A node a composite recorded during the run.
+struct RecordedNode {
+    node: Node,
+    operator: Operator,
+    args: Vec<(String, Resolved)>,
+    policy: NodePolicy,
+    /// For a composite: the scope its code runs in.
+    scope: Option<Scope>,
+}
+
+/// Something that waits for the values of nodes.
+enum Waiter {
+    /// A composite's forced value.
+    Reply {
+        needs: Resolved,
+        reply: oneshot::Sender<Result<Value, Error>>,
+    },
+    /// A composite node's result.
+    Complete { node: usize, needs: Resolved },
+}
+
+/// The composites of a run: made when the first one starts.
+struct Compose {
+    journal: Arc<Mutex<Journal>>,
+    sender: mpsc::UnboundedSender<Event>,
+    receiver: mpsc::UnboundedReceiver<Event>,
+    tasks: JoinSet<(usize, Result<ScopeEnd, Error>)>,
+    waiters: Vec<Waiter>,
+    forced: usize,
+}
+
+/// The coordinator's state of one run.
+pub(super) struct Run<'a> {
+    plan: &'a Plan,
+    options: &'a RunOptions,
+    inputs: Map<String, Value>,
+    shared: Arc<Shared>,
+    max_concurrency: usize,
+    /// Per node of the plan: its policies.
+    policies: Vec<NodePolicy>,
+    /// Nodes composites recorded, after the plan's.
+    recorded: Vec<RecordedNode>,
+    /// Node index by id, made when a composite records its first node.
+    ids: HashMap<String, usize>,
+    nodes: Vec<NodeReport>,
+    /// Per node, how many of its producers have not succeeded yet.
+    waiting_on: Vec<usize>,
+    /// Per node, how many consumers still need its output; an output
+    /// nobody needs any more is dropped, so a long chain runs in bounded
+    /// memory.
+    consumers_left: Vec<usize>,
+    /// Dependents that recorded nodes added (the plan's are in the plan).
+    more_dependents: Vec<Vec<usize>>,
+    /// Outputs kept to the end: those a graph output names, and every
+    /// recorded node's (a composite may force any of them later).
+    keep: Vec<bool>,
+    outputs: Vec<Option<Arc<Value>>>,
+    running: Vec<bool>,
+    tasks: JoinSet<NodeOutcome>,
+    /// The node each running task runs.
+    task_nodes: HashMap<tokio::task::Id, usize>,
+    ended: usize,
+    first_error: Option<Error>,
+    compose: Option<Compose>,
+}
+
+impl<'a> Run<'a> {
+    pub(super) fn new(
+        plan: &'a Plan,
+        options: &'a RunOptions,
+        inputs: Map<String, Value>,
+        shared: Arc<Shared>,
+        nodes: Vec<NodeReport>,
+        max_concurrency: usize,
+    ) -> Self {
+        let total = plan.graph.nodes.len();
+        let mut keep = vec![false; total];
+        for (_, resolved) in &plan.outputs {
+            resolved.for_each_node(&mut |index| keep[index] = true);
+        }
+        Run {
+            plan,
+            options,
+            inputs,
+            shared,
+            max_concurrency,
+            policies: plan.node_policies(),
+            recorded: Vec::new(),
+            ids: HashMap::new(),
+            nodes,
+            waiting_on: plan.dependencies.iter().map(Vec::len).collect(),
+            consumers_left: plan.dependents.iter().map(Vec::len).collect(),
+            more_dependents: vec![Vec::new(); total],
+            keep,
+            outputs: vec![None; total],
+            running: vec![false; total],
+            tasks: JoinSet::new(),
+            task_nodes: HashMap::new(),
+            ended: 0,
+            first_error: None,
+            compose: None,
+        }
+    }
+
+    fn plan_len(&self) -> usize {
+        self.plan.graph.nodes.len()
+    }
+
+    fn recorded(&self, index: usize) -> Option<&RecordedNode> {
+        index
+            .checked_sub(self.plan_len())
+            .and_then(|at| self.recorded.get(at))
+    }
+
+    fn graph_node(&self, index: usize) -> &Node {
+        self.recorded(index)
+            .map_or_else(|| &self.plan.graph.nodes[index], |recorded| &recorded.node)
+    }
+
+    fn operator(&self, index: usize) -> &Operator {
+        self.recorded(index).map_or_else(
+            || &self.plan.operators[index],
+            |recorded| &recorded.operator,
+        )
+    }
+
+    fn args(&self, index: usize) -> &[(String, Resolved)] {
+        self.recorded(index)
+            .map_or_else(|| &self.plan.args[index][..], |recorded| &recorded.args[..])
+    }
+
+    /// The nodes that depend on `index`, taken: a node ends (succeeds,
+    /// fails or is skipped) once, and only then are they visited.
+    fn take_dependents(&mut self, index: usize) -> impl Iterator<Item = usize> + use<'a> {
+        let plan = self.plan;
+        let more = std::mem::take(&mut self.more_dependents[index]);
+        plan.dependents
+            .get(index)
+            .into_iter()
+            .flatten()
+            .copied()
+            .chain(more)
+    }
+
+    fn policy(&self, index: usize) -> &NodePolicy {
+        self.recorded(index)
+            .map_or_else(|| &self.policies[index], |recorded| &recorded.policy)
+    }
+
+    /// Runs every node that can run, until the graph is done, fails or
+    /// passes its deadline.
+    pub(super) async fn drive(&mut self) -> Ended {
+        for index in 0..self.nodes.len() {
+            if self.waiting_on[index] == 0 {
+                self.spawn(index);
+            }
+        }
+        let deadline = tokio::time::Instant::from_std(self.shared.started + self.options.timeout);
+        loop {
+            let composites_running = self
+                .compose
+                .as_ref()
+                .is_some_and(|compose| !compose.tasks.is_empty());
+            if self.tasks.is_empty() && !composites_running {
+                let event = self
+                    .compose
+                    .as_mut()
+                    .and_then(|compose| compose.receiver.try_recv().ok());
+                match event {
+                    Some(event) => {
+                        if let Some(ended) = self.event(event) {
+                            return ended;
+                        }
+                        continue;
+                    }
+                    None => return self.finish(),
+                }
+            }
+            let step = match &mut self.compose {
+                // No composite: only node tasks and the deadline.
+                None => tokio::select! {
+                    joined = self.tasks.join_next_with_id() => Step::Task(joined),
+                    () = tokio::time::sleep_until(deadline) => Step::Deadline,
+                },
+                Some(compose) => tokio::select! {
+                    biased;
+                    Some(event) = compose.receiver.recv() => Step::Event(event),
+                    joined = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => Step::Task(joined),
+                    Some(done) = compose.tasks.join_next(), if !compose.tasks.is_empty() => Step::Composite(done),
+                    () = tokio::time::sleep_until(deadline) => Step::Deadline,
+                },
+            };
+            let ended = match step {
+                Step::Deadline => return self.deadline_passed(),
+                Step::Event(event) => self.event(event),
+                Step::Task(None) => None,
+                Step::Task(Some(Ok((task, outcome)))) => {
+                    self.task_nodes.remove(&task);
+                    self.ended(outcome)
+                }
+                Step::Task(Some(Err(error))) => self.task_failed(error),
+                Step::Composite(Ok((index, end))) => self.composite_ended(index, end),
+                Step::Composite(Err(error)) => {
+                    // Panics go on; a composite task is cancelled only with
+                    // the run (which aborts them right before it returns) or
+                    // its runtime.
+                    if error.is_panic() {
+                        self.abort_all();
+                        resume_panic(error);
+                    }
+                    None
+                }
+            };
+            if let Some(ended) = ended {
+                return ended;
+            }
+        }
+    }
+
+    fn task_failed(&mut self, error: tokio::task::JoinError) -> Option<Ended> {
+        let task = error.id();
+        if error.is_panic() {
+            self.abort_all();
+            resume_panic(error);
+        }
+        // Cancelled, not by the run (it aborts its tasks only right before
+        // it returns): the runtime is shutting down.
+        let index = self.task_nodes.remove(&task)?;
+        let outcome = NodeOutcome {
+            index,
+            result: Err(Error::Cancelled {
+                reason: format!("node `{}`: its task was cancelled", self.nodes[index].id),
+            }),
+            calls: Vec::new(),
+        };
+        self.ended(outcome)
+    }
+
+    fn abort_all(&mut self) {
+        self.tasks.abort_all();
+        if let Some(compose) = &mut self.compose {
+            compose.tasks.abort_all();
+        }
+    }
+
+    fn limits(&self, index: usize) -> Limits {
+        self.graph_node(index)
+            .limits
+            .clone()
+            .or_else(|| self.options.limits.clone())
+            .unwrap_or_else(|| self.operator(index).runtime().default_limits.clone())
+    }
+
+    fn spawn(&mut self, index: usize) {
+        self.running[index] = true;
+        let input: Map<String, Value> = self
+            .args(index)
+            .iter()
+            .map(|(name, resolved)| {
+                let value = resolve_value(resolved, &self.inputs, &self.outputs);
+                (name.clone(), value)
+            })
+            .collect();
+        let node = self.graph_node(index);
+        let (id, map) = (node.id.clone(), node.map.clone());
+        let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
+        let operator = self.operator(index).clone();
+        if operator.is_composite() {
+            self.spawn_composite(index, operator, Value::Object(input), span);
+            return;
+        }
+        let call = NodeCall {
+            operator,
+            policy: self.policy(index).clone(),
+            limits: self.limits(index),
+        };
+        let shared = self.shared.clone();
+        let task = match &map {
+            None => self
+                .tasks
+                .spawn(run_node(shared, index, id, call, input).instrument(span)),
+            Some(map) => {
+                let bound = map.max_concurrency.unwrap_or(self.max_concurrency).max(1);
+                let map = (map.param.clone(), bound);
+                self.tasks
+                    .spawn(run_map_node(shared, index, id, call, input, map).instrument(span))
+            }
+        };
+        self.task_nodes.insert(task.id(), index);
+    }
+
+    /// Starts a composite node's code: outside the concurrency bounds
+    /// (it only orchestrates, and waits for the values it forces).
+    fn spawn_composite(
+        &mut self,
+        index: usize,
+        operator: Operator,
+        input: Value,
+        span: tracing::Span,
+    ) {
+        let scope = match self
+            .recorded(index)
+            .and_then(|recorded| recorded.scope.clone())
+        {
+            Some(scope) => scope,
+            None => scope_for_node(&self.graph_node(index).id, operator.name()),
+        };
+        let limits = self
+            .graph_node(index)
+            .limits
+            .clone()
+            .or_else(|| self.options.compose.limits.clone())
+            .unwrap_or_else(|| operator.runtime().default_limits.clone());
+        self.nodes[index].start = Some(self.shared.started.elapsed());
+        let compose = self.compose();
+        let (journal, events) = (compose.journal.clone(), compose.sender.clone());
+        compose.tasks.spawn(
+            async move {
+                let end = run_composite(&operator, &input, scope, journal, events, &limits).await;
+                (index, end)
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The run's composites' state, made on first use.
+    fn compose(&mut self) -> &mut Compose {
+        let (plan, options) = (self.plan, self.options);
+        if self.compose.is_none() {
+            for (index, node) in plan.graph.nodes.iter().enumerate() {
+                self.ids.insert(node.id.clone(), index);
+            }
+        }
+        self.compose.get_or_insert_with(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let journal = Journal::new(plan.operator_set.clone(), options.compose.clone());
+            Compose {
+                journal: Arc::new(Mutex::new(journal)),
+                sender,
+                receiver,
+                tasks: JoinSet::new(),
+                waiters: Vec::new(),
+                forced: 0,
+            }
+        })
+    }
+
+    fn event(&mut self, event: Event) -> Option<Ended> {
+        match event {
+            Event::Recorded { index, scope } => self.add_recorded(index, scope),
+            Event::Force { source, reply } => {
+                let compose = self.compose();
+                compose.forced += 1;
+                match self.resolve(&source) {
+                    Ok(needs) => {
+                        self.compose().waiters.push(Waiter::Reply { needs, reply });
+                        self.wake_waiters()
+                    }
+                    Err(error) => {
+                        // The composite is gone if the send fails: nothing waits.
+                        let _ = reply.send(Err(error));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// `source` (from a composite's journal) with node ids as indices.
+    fn resolve(&self, source: &Source) -> Result<Resolved, Error> {
+        Ok(match source {
+            Source::Literal(value) => Resolved::Literal(value.clone()),
+            Source::Input(name) => Resolved::Input(name.clone()),
+            Source::List(items) => Resolved::List(
+                items
+                    .iter()
+                    .map(|item| self.resolve(item))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Source::Node { node, field } => match self.ids.get(node) {
+                Some(&index) => Resolved::Node {
+                    index,
+                    field: field.clone(),
+                },
+                None => {
+                    return Err(Error::Config {
+                        message: format!("a composite referred to `{node}`, which is not a node"),
+                    });
+                }
+            },
+        })
+    }
+
+    /// Adds node `index` of the journal, which a composite just recorded.
+    fn add_recorded(&mut self, journal_index: usize, scope: Option<Scope>) -> Option<Ended> {
+        let (node, operator) = {
+            let journal = self.compose().journal.clone();
+            let journal = journal
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let node = journal.graph.nodes[journal_index].clone();
+            let operator = journal.operators().get(&node.operator).cloned();
+            (node, operator)
+        };
+        let Some(operator) = operator else {
+            return None; // the journal checked the name when it recorded it
+        };
+        let index = self.nodes.len();
+        let mut args = Vec::with_capacity(node.args.len());
+        let mut dependencies = Vec::new();
+        for (name, source) in &node.args {
+            match self.resolve(source) {
+                Ok(resolved) => {
+                    resolved.for_each_node(&mut |producer| {
+                        if !dependencies.contains(&producer) {
+                            dependencies.push(producer);
+                        }
+                    });
+                    args.push((name.clone(), resolved));
+                }
+                Err(error) => {
+                    tracing::error!(node = %node.id, %error, "a recorded node refers to no node");
+                }
+            }
+        }
+        if self.ids.insert(node.id.clone(), index).is_some() {
+            tracing::warn!(node = %node.id, "a recorded node's id is the id of another node");
+        }
+        let policy = match self.plan.policies.get(&node.operator) {
+            Some(own) => NodePolicy::Graph(own.clone()),
+            None => NodePolicy::Host(operator.runtime().policy_for(operator.name())),
+        };
+        self.nodes
+            .push(NodeReport::pending(&node.id, &node.operator));
+        self.outputs.push(None);
+        self.running.push(false);
+        self.keep.push(true);
+        self.consumers_left.push(0);
+        self.more_dependents.push(Vec::new());
+        let mut waiting = 0;
+        let mut failed_producer = None;
+        for &producer in &dependencies {
+            match self.nodes[producer].status {
+                NodeStatus::Ok => {}
+                NodeStatus::Failed | NodeStatus::Skipped => {
+                    failed_producer.get_or_insert(producer);
+                }
+                NodeStatus::Cancelled => {
+                    waiting += 1;
+                    self.more_dependents[producer].push(index);
+                }
+            }
+        }
+        self.waiting_on.push(waiting);
+        self.recorded.push(RecordedNode {
+            node,
+            operator,
+            args,
+            policy,
+            scope,
+        });
+        if let Some(producer) = failed_producer {
+            let failed = self.nodes[producer].id.clone();
+            self.skip(index, &failed);
+            return self.wake_waiters();
+        }
+        if waiting == 0 {
+            self.spawn(index);
+        }
+        None
+    }
+
+    /// Node `index` cannot run: `failed` (a node it depends on) failed.
+    fn skip(&mut self, index: usize, failed: &str) {
+        let report = &mut self.nodes[index];
+        if report.status == NodeStatus::Cancelled && report.stopped.is_none() {
+            report.status = NodeStatus::Skipped;
+            report.stopped = Some(Stopped::DependsOnFailed {
+                node: failed.to_owned(),
+            });
+            self.ended += 1;
+        }
+    }
+
+    /// A composite node's code ended.
+    fn composite_ended(&mut self, index: usize, end: Result<ScopeEnd, Error>) -> Option<Ended> {
+        let id = self.nodes[index].id.clone();
+        let outcome = |result| NodeOutcome {
+            index,
+            result,
+            calls: Vec::new(),
+        };
+        let node_error = |error| Error::Node {
+            node: id.clone(),
+            element: None,
+            cause: Box::new(error),
+        };
+        match end {
+            Err(error) => self.ended(outcome(Err(node_error(error)))),
+            Ok(ScopeEnd::Returned(value)) => self.ended(outcome(Ok(value))),
+            Ok(ScopeEnd::Finished(expr)) => {
+                let source = self
+                    .compose()
+                    .journal
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .expr(expr)
+                    .map(|expr| expr.source.clone());
+                let needs = source
+                    .ok_or_else(|| Error::Config {
+                        message: format!("`{id}` finished with no result"),
+                    })
+                    .and_then(|source| self.resolve(&source));
+                match needs {
+                    Ok(needs) => {
+                        self.compose()
+                            .waiters
+                            .push(Waiter::Complete { node: index, needs });
+                        self.wake_waiters()
+                    }
+                    Err(error) => self.ended(outcome(Err(node_error(error)))),
+                }
+            }
+            Ok(ScopeEnd::Stopped(stop)) => {
+                let error = Error::Config {
+                    message: format!("a run's composite stopped as in a trace: {stop}"),
+                };
+                self.ended(outcome(Err(node_error(error))))
+            }
+        }
+    }
+
+    /// Answers the waiters whose nodes have all ended.
+    fn wake_waiters(&mut self) -> Option<Ended> {
+        let Some(compose) = &mut self.compose else {
+            return None;
+        };
+        let waiters = std::mem::take(&mut compose.waiters);
+        let mut still = Vec::with_capacity(waiters.len());
+        let mut completions = Vec::new();
+        for waiter in waiters {
+            let needs = match &waiter {
+                Waiter::Reply { needs, .. } | Waiter::Complete { needs, .. } => needs,
+            };
+            match self.settled(needs) {
+                None => still.push(waiter),
+                Some(settled) => {
+                    let value = settled.map(|()| resolve_value(needs, &self.inputs, &self.outputs));
+                    match waiter {
+                        Waiter::Reply { reply, .. } => {
+                            // The composite is gone if the send fails.
+                            let _ = reply.send(value);
+                        }
+                        Waiter::Complete { node, .. } => completions.push((node, value)),
+                    }
+                }
+            }
+        }
+        if let Some(compose) = &mut self.compose {
+            compose.waiters.extend(still);
+        }
+        for (node, value) in completions {
+            let id = self.nodes[node].id.clone();
+            let result = value.map_err(|error| Error::Node {
+                node: id,
+                element: None,
+                cause: Box::new(error),
+            });
+            let outcome = NodeOutcome {
+                index: node,
+                result,
+                calls: Vec::new(),
+            };
+            if let Some(ended) = self.ended(outcome) {
+                return Some(ended);
+            }
+        }
+        None
+    }
+
+    /// `Some(Ok)` once every node `needs` reads succeeded, `Some(Err)` once
+    /// one of them failed or was skipped, `None` while one is pending.
+    fn settled(&self, needs: &Resolved) -> Option<Result<(), Error>> {
+        let mut pending = false;
+        let mut failed = None;
+        needs.for_each_node(&mut |index| match self.nodes[index].status {
+            NodeStatus::Ok => {}
+            NodeStatus::Failed | NodeStatus::Skipped => {
+                failed.get_or_insert(index);
+            }
+            NodeStatus::Cancelled => pending = true,
+        });
+        if let Some(index) = failed {
+            let report = &self.nodes[index];
+            let why = report.error.as_ref().map_or_else(
+                || {
+                    report
+                        .stopped
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                },
+                |error| error.message.clone(),
+            );
+            return Some(Err(Error::Node {
+                node: report.id.clone(),
+                element: None,
+                cause: Box::new(Error::Cancelled {
+                    reason: format!("its value is not there: {why}"),
+                }),
+            }));
+        }
+        (!pending).then_some(Ok(()))
+    }
+
+    /// Records a node's outcome and acts on it; `Some` when the run is over.
+    fn ended(&mut self, outcome: NodeOutcome) -> Option<Ended> {
+        let index = outcome.index;
+        self.ended += 1;
+        self.running[index] = false;
+        self.record_calls(index, &outcome.calls);
+        // Recorded nodes keep their outputs (and read only recorded ones).
+        let plan = self.plan;
+        for &producer in plan.dependencies.get(index).into_iter().flatten() {
+            self.consumers_left[producer] -= 1;
+            if self.consumers_left[producer] == 0 && !self.keep[producer] {
+                self.outputs[producer] = None;
+            }
+        }
+        let stop = match outcome.result {
+            Ok(value) => {
+                self.succeeded(index, value);
+                None
+            }
+            Err(error) => self.failed(index, error),
+        };
+        if let Some(progress) = &self.options.progress {
+            progress(self.ended, self.nodes.len());
+        }
+        stop.or_else(|| self.wake_waiters())
+    }
+
+    fn record_calls(&mut self, index: usize, calls: &[CallRecord]) {
+        let report = &mut self.nodes[index];
+        report.end = Some(self.shared.started.elapsed());
+        if calls.is_empty() {
+            return; // a composite node: its start was set when it started
+        }
+        report.attempts = calls.iter().map(|call| u64::from(call.attempts)).sum();
+        report.start = calls.iter().map(|call| call.span.start).min();
+        report.fuel_consumed = calls.iter().map(|call| call.fuel).sum();
+        report.peak_memory_bytes = calls.iter().map(|call| call.peak_memory).max().unwrap_or(0);
+        report.spans = calls.iter().map(|call| call.span).collect();
+        report.spans.sort_by_key(|span| span.start);
+    }
+
+    fn succeeded(&mut self, index: usize, value: Value) {
+        self.nodes[index].status = NodeStatus::Ok;
+        self.outputs[index] = Some(Arc::new(value));
+        for dependent in self.take_dependents(index) {
+            self.waiting_on[dependent] -= 1;
+            if self.waiting_on[dependent] == 0
+                && self.nodes[dependent].status == NodeStatus::Cancelled
+            {
+                self.spawn(dependent);
+            }
+        }
+    }
+
+    /// With `keep_going`, skips everything downstream of the failed node;
+    /// otherwise cancels the rest and ends the run.
+    fn failed(&mut self, index: usize, error: Error) -> Option<Ended> {
+        self.nodes[index].fail(&error);
+        let failed = self.nodes[index].id.clone();
+        if !self.options.keep_going {
+            self.abort_all();
+            self.cancel_pending(&Stopped::FailedFirst { node: failed });
+            return Some(self.take(Map::new(), Some(error)));
+        }
+        let mut downstream: Vec<usize> = self.take_dependents(index).collect();
+        while let Some(dependent) = downstream.pop() {
+            let report = &self.nodes[dependent];
+            if report.status == NodeStatus::Cancelled && report.stopped.is_none() {
+                self.skip(dependent, &failed);
+                downstream.extend(self.take_dependents(dependent));
+            }
+        }
+        self.first_error.get_or_insert(error);
+        None
+    }
+
+    fn cancel_pending(&mut self, why: &Stopped) {
+        for node in &mut self.nodes {
+            if node.status == NodeStatus::Cancelled {
+                node.stopped = Some(why.clone());
+            }
+        }
+    }
+
+    fn deadline_passed(&mut self) -> Ended {
+        self.abort_all();
+        let running: Vec<String> = (0..self.nodes.len())
+            .filter(|&index| self.running[index])
+            .map(|index| self.nodes[index].id.clone())
+            .collect();
+        let timeout = Error::GraphTimeout {
+            timeout: self.options.timeout,
+            running,
+        };
+        self.cancel_pending(&Stopped::Deadline);
+        let error = self.first_error.take().unwrap_or(timeout);
+        self.take(Map::new(), Some(error))
+    }
+
+    fn finish(&mut self) -> Ended {
+        let mut graph_outputs = Map::new();
+        for (name, resolved) in &self.plan.outputs {
+            let mut produced = true;
+            resolved.for_each_node(&mut |index| produced &= self.outputs[index].is_some());
+            if produced {
+                let value = resolve_value(resolved, &self.inputs, &self.outputs);
+                graph_outputs.insert(name.clone(), value);
+            }
+        }
+        let error = self.first_error.take();
+        self.take(graph_outputs, error)
+    }
+
+    /// What the run produced, taken out of the coordinator.
+    fn take(&mut self, outputs: Map<String, Value>, error: Option<Error>) -> Ended {
+        let trace = self.compose.as_ref().map(|compose| {
+            let journal = compose
+                .journal
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            TraceReport {
+                complete: false,
+                cached: false,
+                stopped: None,
+                forced: compose.forced,
+                calls: journal.calls,
+                merged: journal.merged,
+            }
+        });
+        (std::mem::take(&mut self.nodes), outputs, error, trace)
+    }
+}
+
+/// What the coordinator's loop woke up for.
+enum Step {
+    Deadline,
+    Event(Event),
+    Task(Option<Result<(tokio::task::Id, NodeOutcome), tokio::task::JoinError>>),
+    Composite(Result<(usize, Result<ScopeEnd, Error>), tokio::task::JoinError>),
+}
