@@ -237,6 +237,11 @@ impl Graph {
         &self.policies
     }
 
+    /// The graph outputs, by name.
+    pub fn outputs(&self) -> &[(String, Source)] {
+        &self.outputs
+    }
+
     /// The nodes, in the order they were added.
     pub fn nodes(&self) -> &[Node] {
         &self.nodes

@@ -241,19 +241,25 @@ pub(crate) enum Composed {
     Stopped { backtrace: Vec<String> },
 }
 
-/// The guest functions on the stack when `error` left the guest, innermost
-/// first, by name (those the component names).
+/// The guest's own functions on the stack when `error` left the guest,
+/// innermost first, by name (those the component names, demangled; the
+/// guest SDK's and the bindings' frames left out).
 fn backtrace(error: &wasmtime::Error) -> Vec<String> {
-    error
-        .downcast_ref::<wasmtime::WasmBacktrace>()
-        .map(|trace| {
-            trace
-                .frames()
+    let Some(trace) = error.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return Vec::new();
+    };
+    trace
+        .frames()
+        .iter()
+        .filter_map(|frame| frame.func_name())
+        .map(|name| format!("{:#}", rustc_demangle::demangle(name)))
+        .filter(|name| {
+            !["xcs_guest::", "wit_bindgen", "<xcs_guest", "__"]
                 .iter()
-                .filter_map(|frame| frame.func_name().map(str::to_owned))
-                .collect()
+                .any(|glue| name.starts_with(glue))
+                && !name.contains("::__xcs_operator::")
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// The error an operator returned, as an [`Error::Operator`].

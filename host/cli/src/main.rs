@@ -1,21 +1,20 @@
-//! The `xcs` command: inspect and call WebAssembly operators.
+//! The `xcs` command: inspect and call WebAssembly operators, check and
+//! run graphs, trace and run composites.
 
-use std::io::{IsTerminal, Read};
+mod graphs;
+mod io;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Value, json};
-use xcs::graph::{Graph, NodeStatus, Operators, Plan, RunOptions};
+use serde_json::json;
 use xcs::policy::{Policy, Retry};
 use xcs::{Error, ErrorKind, Host, Limits};
 
-/// The most JSON text read as graph inputs: four times `xcs call`'s
-/// default `--max-input` (the canonical size of a value is at most its
-/// JSON text's, and JSON may be padded with white space).
-const MAX_GRAPH_INPUT_TEXT: u64 = 4 * (64 << 20);
+use crate::io::{read_input, write_metrics};
 
 /// Run untrusted WebAssembly operators in a sandbox.
 #[derive(Debug, Parser)]
@@ -53,9 +52,10 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         metrics: Option<PathBuf>,
     },
-    /// Check a graph file and run it; print its outputs as JSON.
+    /// Check a graph file (or trace a composite) and run it; print its
+    /// outputs as JSON.
     Run {
-        /// The graph (.toml).
+        /// The graph (.toml), or a composite operator (.wasm).
         graph: PathBuf,
         #[command(flatten)]
         input: InputArgs,
@@ -70,6 +70,10 @@ enum Command {
         /// Run every node that does not depend on a failed one.
         #[arg(long)]
         keep_going: bool,
+        /// A composite that cannot be traced completely is an `analysis`
+        /// error, instead of a staged run.
+        #[arg(long)]
+        strict: bool,
         /// Write the graph, coloured by outcome, as Graphviz DOT.
         #[arg(long, value_name = "FILE")]
         dot: Option<PathBuf>,
@@ -82,6 +86,26 @@ enum Command {
         /// Write the metrics in the Prometheus text format.
         #[arg(long, value_name = "FILE")]
         metrics: Option<PathBuf>,
+    },
+    /// Trace a composite operator: print the graph it builds, without
+    /// running any operator it calls (or where and why the trace stopped).
+    Trace {
+        /// The composite (.wasm).
+        composite: PathBuf,
+        #[command(flatten)]
+        input: InputArgs,
+        #[command(flatten)]
+        graph_args: GraphArgs,
+        /// Write the traced graph as Graphviz DOT.
+        #[arg(long, value_name = "FILE")]
+        dot: Option<PathBuf>,
+        /// Print JSON: the nodes with their arguments and types, the output,
+        /// and where the trace stopped.
+        #[arg(long, conflicts_with = "toml")]
+        json: bool,
+        /// Print the graph in the graph-file format, for `xcs run`.
+        #[arg(long)]
+        toml: bool,
     },
     /// Check a graph file without running anything.
     Check {
@@ -138,14 +162,15 @@ impl PolicyArgs {
 }
 
 #[derive(Debug, Args)]
-struct GraphArgs {
-    /// Where operators named in the graph are found, as <name>.wasm.
+pub(crate) struct GraphArgs {
+    /// Where operators named in the graph are found, as `<name>.wasm` (and
+    /// the operators a composite may call: every `.wasm` there).
     #[arg(long, value_name = "DIR", default_value = "target/operators")]
     operators: PathBuf,
 }
 
 #[derive(Debug, Args)]
-struct InputArgs {
+pub(crate) struct InputArgs {
     /// The input as JSON: an object keyed by parameter name, or an array of
     /// arguments in order. Without --input or --input-file, stdin is read
     /// (when it is not a terminal; otherwise there are no arguments).
@@ -288,26 +313,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 graph,
                 graph_args,
                 dot,
+            } => graphs::check(&graph, &graph_args, dot.as_deref()).await,
+            Command::Trace {
+                composite,
+                input,
+                graph_args,
+                dot,
+                json,
+                toml,
             } => {
-                let (plan, _host) = plan(&graph, &graph_args).await?;
-                if let Some(dot_path) = dot {
-                    write_file(&dot_path, plan.to_dot(None).as_bytes())?;
-                }
-                let inputs: Vec<String> = plan
-                    .inputs()
-                    .iter()
-                    .map(|(name, ty)| format!("{name}: {ty}"))
-                    .collect();
-                println!(
-                    "ok: {} node(s); inputs: {}",
-                    plan.graph().nodes().len(),
-                    if inputs.is_empty() {
-                        "none".into()
-                    } else {
-                        inputs.join(", ")
-                    }
-                );
-                Ok(())
+                let flags = graphs::TraceFlags { dot, json, toml };
+                graphs::trace(&composite, &input, &graph_args, &flags).await
             }
             Command::Run {
                 graph,
@@ -316,84 +332,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_concurrency,
                 timeout,
                 keep_going,
+                strict,
                 dot,
                 timeline,
                 report,
                 metrics,
             } => {
-                let (plan, host) = plan(&graph, &graph_args).await?;
-                let inputs = read_input(&input, "graph", MAX_GRAPH_INPUT_TEXT)?;
-                let mut options = RunOptions::default()
-                    .timeout(timeout)
-                    .keep_going(keep_going);
-                if let Some(max) = max_concurrency {
-                    options = options.max_concurrency(max);
+                let flags = graphs::RunFlags {
+                    max_concurrency,
+                    timeout,
+                    keep_going,
+                    strict,
+                    dot,
+                    timeline,
+                    report,
+                    metrics,
+                };
+                if graph.extension().is_some_and(|ext| ext == "wasm") {
+                    graphs::run_composite(&graph, &input, &graph_args, &flags).await
+                } else {
+                    graphs::run_graph(&graph, &input, &graph_args, &flags).await
                 }
-                let progress = std::io::stderr().is_terminal().then(|| {
-                    let bar = indicatif::ProgressBar::new(plan.graph().nodes().len() as u64);
-                    bar.set_style(
-                        indicatif::ProgressStyle::with_template(
-                            "{bar:40} {pos}/{len} nodes {elapsed}",
-                        )
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                    );
-                    bar
-                });
-                if let Some(bar) = &progress {
-                    let bar = bar.clone();
-                    options =
-                        options.on_progress(move |done, _total| bar.set_position(done as u64));
-                }
-                let run = plan.run(&inputs, &options).await;
-                if let Some(bar) = progress {
-                    bar.finish_and_clear();
-                }
-                if run.error.is_none() || keep_going {
-                    println!("{}", serde_json::to_string(&run.outputs)?);
-                }
-                // The pictures are written even when the run failed; failing to
-                // write one is reported, but never hides the run's own outcome.
-                let mut written = Ok(());
-                if let Some(path) = dot {
-                    written = written.and(write_file(&path, plan.to_dot(Some(&run)).as_bytes()));
-                }
-                if let Some(path) = timeline {
-                    written = written.and(write_file(
-                        &path,
-                        serde_json::to_string(&run.to_timeline())?.as_bytes(),
-                    ));
-                }
-                if let Some(path) = report {
-                    written = written.and(write_file(
-                        &path,
-                        serde_json::to_string_pretty(&run.nodes)?.as_bytes(),
-                    ));
-                }
-                if run.error.is_none() {
-                    written?;
-                } else if let Err(error) = written {
-                    eprintln!("warning: {error:#}");
-                }
-                write_metrics(&host, metrics.as_deref(), run.error.is_none())?;
-                let unsuccessful: Vec<_> = run
-                    .nodes
-                    .iter()
-                    .filter(|node| matches!(node.status, NodeStatus::Failed | NodeStatus::Skipped))
-                    .collect();
-                if unsuccessful.len() > 1 {
-                    // Every node that did not succeed; the error line below names the first.
-                    for node in unsuccessful {
-                        if let Some(error) = &node.error {
-                            eprintln!(
-                                "node `{}` failed [{}]: {}",
-                                node.id, error.kind, error.message
-                            );
-                        } else if let Some(why) = &node.stopped {
-                            eprintln!("node `{}` skipped: {why}", node.id);
-                        }
-                    }
-                }
-                run.into_result().map(drop).map_err(Into::into)
             }
         }
     })
@@ -452,107 +411,6 @@ async fn call(
     }
     write_metrics(&host, metrics, output.is_ok())?;
     output.map(drop).map_err(Into::into)
-}
-
-/// Writes the metrics file when asked; a failure to write it is an error
-/// only when nothing else failed.
-fn write_metrics(host: &Host, path: Option<&Path>, succeeded: bool) -> anyhow::Result<()> {
-    let Some(path) = path else { return Ok(()) };
-    match write_file(path, host.metrics_text().as_bytes()) {
-        Err(error) if succeeded => Err(error),
-        Err(error) => {
-            eprintln!("warning: {error:#}");
-            Ok(())
-        }
-        Ok(()) => Ok(()),
-    }
-}
-
-/// Reads, parses, loads the operators of, and checks a graph file.
-async fn plan(path: &Path, args: &GraphArgs) -> anyhow::Result<(Plan, Host)> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
-    let graph = Graph::from_toml(&text)?;
-    let host = Host::builder().build()?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let operators = load_operators(&host, &graph, &args.operators, base).await?;
-    Ok((graph.check(&operators)?, host))
-}
-
-/// Loads the operators `graph` names: a key ending in `.wasm` is a path
-/// relative to `base` (the graph file's directory); any other key is looked
-/// up as `<dir>/<key>.wasm`. A key with no file is left out: the check
-/// reports it as an unknown operator, with the others it finds.
-async fn load_operators(
-    host: &Host,
-    graph: &Graph,
-    dir: &Path,
-    base: &Path,
-) -> anyhow::Result<Operators> {
-    let mut operators = Operators::new();
-    for node in graph.nodes() {
-        let key = node.operator();
-        if operators.get(key).is_some() {
-            continue;
-        }
-        let path = if key.ends_with(".wasm") {
-            base.join(key)
-        } else {
-            dir.join(format!("{key}.wasm"))
-        };
-        if path.is_file() {
-            operators.insert(key, host.load(&path).await?);
-        }
-    }
-    Ok(operators)
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    std::fs::write(path, bytes).map_err(|source| Error::io(path, source).into())
-}
-
-/// Reads the input JSON, at most `max_text` bytes of it.
-fn read_input(args: &InputArgs, operator: &str, max_text: u64) -> anyhow::Result<Value> {
-    let (origin, text) = if let Some(text) = &args.input {
-        ("--input", text.clone())
-    } else if let Some(file) = &args.input_file {
-        let file_handle = std::fs::File::open(file).map_err(|source| Error::io(file, source))?;
-        ("--input-file", read_bounded(file_handle, max_text, file)?)
-    } else if std::io::stdin().is_terminal() {
-        return Ok(Value::Null);
-    } else {
-        let text = read_bounded(std::io::stdin().lock(), max_text, Path::new("<stdin>"))?;
-        if text.trim().is_empty() {
-            // Nothing piped in: no arguments.
-            return Ok(Value::Null);
-        }
-        ("stdin", text)
-    };
-    if text.len() as u64 > max_text {
-        return Err(Error::InputTooLarge {
-            operator: operator.to_owned(),
-            size: text.len() as u64,
-            limit: max_text,
-        }
-        .into());
-    }
-    serde_json::from_str(&text).map_err(|error| {
-        Error::Validation {
-            operator: operator.to_owned(),
-            path: "$".into(),
-            expected: format!("JSON ({origin})"),
-            found: format!("invalid JSON: {error}"),
-        }
-        .into()
-    })
-}
-
-fn read_bounded(reader: impl Read, max: u64, path: &Path) -> anyhow::Result<String> {
-    let mut text = String::new();
-    reader
-        .take(max.saturating_add(1))
-        .read_to_string(&mut text)
-        .map_err(|source| Error::io(path, source))?;
-    Ok(text)
 }
 
 #[cfg(test)]

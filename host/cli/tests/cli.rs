@@ -990,3 +990,135 @@ fn run_writes_metrics() {
         "{text}"
     );
 }
+
+/// The operators the composites `pipeline` and `refine` call, and the
+/// composites, in a scratch operators directory.
+fn composite_operators(scratch: &Scratch) -> String {
+    scratch.operators(&[
+        ("sort", xcs_tests::SORT),
+        ("word-count", xcs_tests::WORD_COUNT),
+        ("stats", xcs_tests::STATS),
+        ("upper", xcs_tests::UPPER),
+        ("most-common", xcs_tests::MOST_COMMON),
+        ("pipeline", xcs_tests::PIPELINE),
+        ("refine", xcs_tests::REFINE),
+        ("recurse", xcs_tests::RECURSE),
+    ])
+}
+
+/// `xcs trace --toml` writes the traced graph as a graph file; `xcs run`
+/// on it gives the outputs `xcs run` on the composite gives.
+#[test]
+fn a_traced_graph_runs_as_the_composite_does() {
+    let scratch = Scratch::new();
+    let operators = composite_operators(&scratch);
+    let input = r#"{"documents": ["b c d", "a"]}"#;
+    let args = |command: &'static str, target: &str| -> Vec<String> {
+        [
+            command,
+            target,
+            "--operators",
+            operators.as_str(),
+            "--input",
+            input,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let args = |command: &'static str, target: &str, extra: &[&str]| -> Vec<String> {
+        let mut all = args(command, target);
+        all.extend(extra.iter().map(|flag| (*flag).to_owned()));
+        all
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        xcs_with_stdin(&args, None, &scratch)
+    };
+    let pipeline = Path::new(&operators).join("pipeline.wasm");
+    let pipeline = pipeline.to_str().expect("UTF-8");
+    let traced = run(args("trace", pipeline, &["--toml"]));
+    traced.assert_success();
+    assert!(traced.stdout.contains("[[node]]"), "{traced:#?}");
+    let graph = scratch.file("traced.toml", traced.stdout.as_bytes());
+    let from_file = run(args("run", &graph, &[]));
+    from_file.assert_success();
+    let from_composite = run(args("run", pipeline, &[]));
+    from_composite.assert_success();
+    assert_eq!(from_file.stdout, from_composite.stdout);
+    let outputs: Value = serde_json::from_str(&from_composite.stdout).expect("JSON");
+    assert_eq!(outputs["output"]["count"], 2, "{outputs}");
+
+    let text = run(args("trace", pipeline, &[]));
+    text.assert_success();
+    assert!(
+        text.stdout
+            .starts_with("complete: 3 call(s), 0 merged, 3 node(s)"),
+        "{text:#?}"
+    );
+    let json = run(args("trace", pipeline, &["--json"]));
+    json.assert_success();
+    let json: Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(json["complete"], true);
+    assert_eq!(json["nodes"][1]["type"], "list<u32>", "{json:#}");
+    assert_eq!(json["nodes"][1]["map"], "text", "{json:#}");
+}
+
+/// A composite that forces a value: `trace` says where (exit 0), `run`
+/// runs it staged with a warning, `run --strict` is an `analysis` error.
+#[test]
+fn a_forcing_composite_traces_partly_and_runs_staged_unless_strict() {
+    let scratch = Scratch::new();
+    let operators = composite_operators(&scratch);
+    let refine = Path::new(&operators).join("refine.wasm");
+    let refine = refine.to_str().expect("UTF-8");
+    let input = r#"{"text": "one two three", "threshold": 2}"#;
+    let base = ["--operators", operators.as_str(), "--input", input];
+    let trace = xcs_with_stdin(&[&["trace", refine][..], &base].concat(), None, &scratch);
+    trace.assert_success();
+    assert!(
+        trace
+            .stdout
+            .starts_with("stopped: `refine` forced the value of `word-count#1` after 1 call(s)"),
+        "{trace:#?}"
+    );
+    let dot = scratch.join("refine.dot");
+    let run = xcs_with_stdin(
+        &[&["run", refine, "--dot", &dot][..], &base].concat(),
+        None,
+        &scratch,
+    );
+    run.assert_success();
+    assert_eq!(run.stdout.trim(), r#"{"output":"ONE TWO THREE"}"#);
+    assert!(run.stderr.contains("run staged"), "{run:#?}");
+    assert!(
+        written(&dot).contains("refine/upper#2"),
+        "the recorded calls are drawn"
+    );
+    let strict = xcs_with_stdin(
+        &[&["run", refine, "--strict"][..], &base].concat(),
+        None,
+        &scratch,
+    );
+    strict.assert_error(12, "analysis", &["forced the value of `word-count#1`"]);
+}
+
+/// Recursion past `max_depth` is an `analysis` error (exit 12).
+#[test]
+fn a_composite_recursing_too_deep_exits_12() {
+    let scratch = Scratch::new();
+    let operators = composite_operators(&scratch);
+    let recurse = Path::new(&operators).join("recurse.wasm");
+    let run = xcs_with_stdin(
+        &[
+            "run",
+            recurse.to_str().expect("UTF-8"),
+            "--operators",
+            &operators,
+            "--input",
+            "[50]",
+        ],
+        None,
+        &scratch,
+    );
+    run.assert_error(12, "analysis", &["max_depth (16)", "recurse → recurse"]);
+}

@@ -28,6 +28,7 @@ pub struct ComposeOptions {
     pub(crate) strict: bool,
     pub(crate) limits: Option<Limits>,
     pub(crate) trace_cache_capacity: u64,
+    pub(crate) max_recorded_bytes: u64,
 }
 
 impl Default for ComposeOptions {
@@ -38,6 +39,7 @@ impl Default for ComposeOptions {
     /// | `strict` | off: an incomplete trace runs staged, with a warning |
     /// | `limits` | the host's default limits (for the composite's own code) |
     /// | `trace_cache_capacity` | 256 traces |
+    /// | `max_recorded_bytes` | 64 MiB of JSON arguments per trace or run |
     fn default() -> Self {
         ComposeOptions {
             max_depth: 16,
@@ -45,6 +47,7 @@ impl Default for ComposeOptions {
             strict: false,
             limits: None,
             trace_cache_capacity: 256,
+            max_recorded_bytes: 64 << 20,
         }
     }
 }
@@ -77,6 +80,14 @@ impl ComposeOptions {
     /// default limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = Some(limits);
+        self
+    }
+
+    /// How many bytes of JSON arguments one trace or run may record, every
+    /// composite in it together (the host keeps them until it ends); more
+    /// is an `analysis` error. Default: 64 MiB.
+    pub fn max_recorded_bytes(mut self, bytes: u64) -> Self {
+        self.max_recorded_bytes = bytes;
         self
     }
 
@@ -337,6 +348,7 @@ impl Composite {
         if let Some(plan) = self.traces.get(&key) {
             metrics.trace_lookup(true);
             let mut report = plan.run(&Value::Null, options).await;
+            report.graph = Some(plan.graph.clone());
             report.trace = Some(TraceReport {
                 complete: true,
                 cached: true,
@@ -360,6 +372,7 @@ impl Composite {
             };
             self.traces.insert(key, plan.clone());
             let mut report = plan.run(&Value::Null, options).await;
+            report.graph = Some(plan.graph.clone());
             report.trace = Some(TraceReport {
                 complete: true,
                 cached: false,

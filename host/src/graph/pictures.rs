@@ -38,6 +38,13 @@ impl Plan {
     /// status, coloured, when `report` is given), inputs and outputs as
     /// ellipses, edges labelled with the parameter they feed.
     pub fn to_dot(&self, report: Option<&RunReport>) -> String {
+        // Reports by node id: a composite's run reports more nodes than
+        // its plan has, in another order.
+        let reports: std::collections::HashMap<&str, &super::report::NodeReport> = report
+            .into_iter()
+            .flat_map(|report| &report.nodes)
+            .map(|node| (node.id.as_str(), node))
+            .collect();
         let mut dot = String::from(
             "digraph xcs {\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fillcolor=white, fontname=\"Helvetica\"];\n",
         );
@@ -57,7 +64,7 @@ impl Plan {
                 let _ = write!(label, " (map over {})", map.param);
             }
             let mut fill = "white";
-            if let Some(node_report) = report.and_then(|report| report.nodes.get(index)) {
+            if let Some(node_report) = reports.get(node.id.as_str()) {
                 fill = colour(node_report.status);
                 let status = serde_json::to_value(node_report.status).ok();
                 let status = status.as_ref().and_then(Value::as_str).unwrap_or("?");
@@ -139,7 +146,13 @@ impl RunReport {
             "name": "process_name", "ph": "M", "pid": 1,
             "args": { "name": format!("xcs run (max concurrency {})", self.max_concurrency) },
         })];
-        for slot in 0..self.max_concurrency {
+        // The slots used (a bound of a billion has no billion tracks).
+        let slots: std::collections::BTreeSet<usize> = self
+            .nodes
+            .iter()
+            .flat_map(|node| node.spans.iter().map(|span| span.slot))
+            .collect();
+        for slot in slots {
             events.push(json!({
                 "name": "thread_name", "ph": "M", "pid": 1, "tid": slot,
                 "args": { "name": format!("slot {slot}") },

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::Graph;
 use super::compose::TraceReport;
 use crate::error::{Error, ErrorKind};
 
@@ -197,6 +198,10 @@ pub struct RunReport {
     /// For a composite's run (or a graph with composite nodes): how its
     /// tracing went.
     pub trace: Option<TraceReport>,
+    /// For a run whose composites recorded calls as it ran: the whole
+    /// graph that ran, the plan's nodes and the recorded ones (check it
+    /// against the operators to draw it with the report).
+    pub graph: Option<Graph>,
 }
 
 impl RunReport {
@@ -209,6 +214,7 @@ impl RunReport {
             max_concurrency: 0,
             error: Some(error),
             trace: None,
+            graph: None,
         }
     }
 

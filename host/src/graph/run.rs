@@ -98,7 +98,7 @@ impl RunOptions {
         self
     }
 
-    /// How the graph's composite nodes run (see [`crate::graph::compose`]).
+    /// How the graph's composite nodes run (see [`Composite`](crate::graph::Composite)).
     /// Default: [`ComposeOptions::default()`].
     pub fn compose(mut self, options: ComposeOptions) -> Self {
         self.compose = options;
@@ -196,6 +196,7 @@ impl Plan {
                 reason: "the graph run's async runtime shut down".into(),
             }),
             trace: None,
+            graph: None,
         }
     }
 
@@ -215,13 +216,14 @@ impl Plan {
             .iter()
             .map(|node| NodeReport::pending(&node.id, &node.operator))
             .collect();
-        let report = |nodes, outputs, error, trace| RunReport {
+        let report = |nodes, outputs, error, (trace, graph)| RunReport {
             outputs,
             nodes,
             duration: started.elapsed(),
             max_concurrency,
             error,
             trace,
+            graph,
         };
         let inputs = match self.check_inputs(inputs) {
             Ok(inputs) => inputs,
@@ -230,7 +232,7 @@ impl Plan {
                 for node in &mut nodes {
                     node.stopped = Some(Stopped::InvalidInputs);
                 }
-                return report(nodes, Map::new(), Some(error), None);
+                return report(nodes, Map::new(), Some(error), (None, None));
             }
         };
         let shared = Arc::new(Shared {

@@ -93,6 +93,8 @@ pub(crate) struct Journal {
     pub(crate) calls: usize,
     /// Calls merged into an earlier identical one.
     pub(crate) merged: usize,
+    /// Bytes of JSON arguments recorded.
+    recorded_bytes: u64,
 }
 
 /// The most expressions (deferreds of calls, fields, gathers) per allowed
@@ -111,6 +113,7 @@ impl Journal {
             seen: HashMap::new(),
             calls: 0,
             merged: 0,
+            recorded_bytes: 0,
         }
     }
 
@@ -254,6 +257,23 @@ impl Journal {
                 format!(
                     "recorded more than max_calls ({}) calls",
                     self.options.max_calls
+                ),
+            ));
+        }
+        let bytes: u64 = args
+            .iter()
+            .map(|(name, value)| match value {
+                ArgValue::Json(text) => (name.len() + text.len()) as u64,
+                ArgValue::Deferred(_) => name.len() as u64,
+            })
+            .sum();
+        self.recorded_bytes = self.recorded_bytes.saturating_add(bytes);
+        if self.recorded_bytes > self.options.max_recorded_bytes {
+            return Err(analysis(
+                scope,
+                format!(
+                    "recorded more than max_recorded_bytes ({} bytes) of arguments",
+                    self.options.max_recorded_bytes
                 ),
             ));
         }

@@ -26,17 +26,17 @@ use crate::graph::compose::{
     Event, Journal, Scope, ScopeEnd, TraceReport, run_composite, scope_for_node,
 };
 use crate::graph::report::{NodeReport, NodeStatus, Stopped};
-use crate::graph::{Node, Source};
+use crate::graph::{Graph, Node, Source};
 use crate::limits::Limits;
 use crate::operator::Operator;
 
 /// What a run produced: the node reports, the graph outputs, the error,
-/// and how its composites went.
+/// and how its composites went with the graph they grew.
 pub(super) type Ended = (
     Vec<NodeReport>,
     Map<String, Value>,
     Option<Error>,
-    Option<TraceReport>,
+    (Option<TraceReport>, Option<Graph>),
 );
 
 /// A node a composite recorded during the run.
@@ -783,7 +783,19 @@ impl<'a> Run<'a> {
                 merged: journal.merged,
             }
         });
-        (std::mem::take(&mut self.nodes), outputs, error, trace)
+        let graph = trace.as_ref().map(|_| {
+            let mut graph = self.plan.graph.clone();
+            graph
+                .nodes
+                .extend(self.recorded.iter().map(|recorded| recorded.node.clone()));
+            graph
+        });
+        (
+            std::mem::take(&mut self.nodes),
+            outputs,
+            error,
+            (trace, graph),
+        )
     }
 }
 

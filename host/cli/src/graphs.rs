@@ -1,0 +1,406 @@
+//! `xcs check`, `xcs run` (a graph file or a composite) and `xcs trace`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use xcs::graph::{
+    ComposeOptions, Composite, Graph, NodeStatus, Operators, Plan, RunOptions, RunReport, Trace,
+};
+use xcs::{Error, Host};
+
+use crate::io::{read_input, write_file, write_metrics};
+use crate::{GraphArgs, InputArgs};
+
+/// The most JSON text read as graph inputs: four times `xcs call`'s
+/// default `--max-input` (the canonical size of a value is at most its
+/// JSON text's, and JSON may be padded with white space).
+const MAX_GRAPH_INPUT_TEXT: u64 = 4 * (64 << 20);
+
+/// How `xcs run` runs, and what it writes.
+#[derive(Debug)]
+pub(crate) struct RunFlags {
+    pub(crate) max_concurrency: Option<usize>,
+    pub(crate) timeout: Duration,
+    pub(crate) keep_going: bool,
+    pub(crate) strict: bool,
+    pub(crate) dot: Option<PathBuf>,
+    pub(crate) timeline: Option<PathBuf>,
+    pub(crate) report: Option<PathBuf>,
+    pub(crate) metrics: Option<PathBuf>,
+}
+
+/// Reads, parses, loads the operators of, and checks a graph file.
+pub(crate) async fn plan(path: &Path, args: &GraphArgs) -> anyhow::Result<(Plan, Host)> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
+    let graph = Graph::from_toml(&text)?;
+    let host = Host::builder().build()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let operators = load_operators(&host, &graph, &args.operators, base).await?;
+    Ok((graph.check(&operators)?, host))
+}
+
+/// Loads the operators `graph` names: a key ending in `.wasm` is a path
+/// relative to `base` (the graph file's directory); any other key is looked
+/// up as `<dir>/<key>.wasm`. A key with no file is left out: the check
+/// reports it as an unknown operator, with the others it finds. The
+/// operators of composite nodes (they call by name) come from `dir`.
+async fn load_operators(
+    host: &Host,
+    graph: &Graph,
+    dir: &Path,
+    base: &Path,
+) -> anyhow::Result<Operators> {
+    let mut operators = Operators::new();
+    for node in graph.nodes() {
+        let key = node.operator();
+        if operators.get(key).is_some() {
+            continue;
+        }
+        let path = if key.ends_with(".wasm") {
+            base.join(key)
+        } else {
+            dir.join(format!("{key}.wasm"))
+        };
+        if path.is_file() {
+            operators.insert(key, host.load(&path).await?);
+        }
+    }
+    let has_composites = graph.nodes().iter().any(|node| {
+        operators
+            .get(node.operator())
+            .is_some_and(xcs::Operator::is_composite)
+    });
+    if has_composites {
+        for (key, operator) in load_dir(host, dir).await? {
+            if operators.get(&key).is_none() {
+                operators.insert(key, operator);
+            }
+        }
+    }
+    Ok(operators)
+}
+
+/// Every operator in `dir` (`*.wasm`), by metadata name. One that does not
+/// load (it needs a capability the CLI cannot grant, say) is left out with
+/// a warning: a composite that calls it fails with an unknown operator.
+async fn load_dir(host: &Host, dir: &Path) -> anyhow::Result<Vec<(String, xcs::Operator)>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::io(dir, source))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .collect();
+    paths.sort();
+    let mut operators = Vec::new();
+    let mut left_out = Vec::new();
+    for path in paths {
+        match host.load(&path).await {
+            Ok(operator) => operators.push((operator.name().to_owned(), operator)),
+            Err(error) => {
+                tracing::info!(path = %path.display(), %error, "left out of the operators");
+                left_out.push(format!("{} [{}]", path.display(), error.kind()));
+            }
+        }
+    }
+    if !left_out.is_empty() {
+        eprintln!(
+            "note: left out of the operators (they do not load here; -v says why): {}",
+            left_out.join(", ")
+        );
+    }
+    Ok(operators)
+}
+
+pub(crate) async fn check(
+    graph: &Path,
+    args: &GraphArgs,
+    dot: Option<&Path>,
+) -> anyhow::Result<()> {
+    let (plan, _host) = plan(graph, args).await?;
+    if let Some(dot_path) = dot {
+        write_file(dot_path, plan.to_dot(None).as_bytes())?;
+    }
+    let inputs: Vec<String> = plan
+        .inputs()
+        .iter()
+        .map(|(name, ty)| format!("{name}: {ty}"))
+        .collect();
+    println!(
+        "ok: {} node(s); inputs: {}",
+        plan.graph().nodes().len(),
+        if inputs.is_empty() {
+            "none".into()
+        } else {
+            inputs.join(", ")
+        }
+    );
+    Ok(())
+}
+
+fn options(flags: &RunFlags, nodes: usize) -> (RunOptions, Option<indicatif::ProgressBar>) {
+    let mut options = RunOptions::default()
+        .timeout(flags.timeout)
+        .keep_going(flags.keep_going);
+    if let Some(max) = flags.max_concurrency {
+        options = options.max_concurrency(max);
+    }
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(nodes as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} nodes {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    if let Some(bar) = &progress {
+        let bar = bar.clone();
+        options = options.on_progress(move |done, total| {
+            // A composite's graph grows as it runs.
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        });
+    }
+    (options, progress)
+}
+
+/// `xcs run <graph.toml>`.
+pub(crate) async fn run_graph(
+    path: &Path,
+    input: &InputArgs,
+    args: &GraphArgs,
+    flags: &RunFlags,
+) -> anyhow::Result<()> {
+    let (plan, host) = plan(path, args).await?;
+    let inputs = read_input(input, "graph", MAX_GRAPH_INPUT_TEXT)?;
+    let (options, progress) = options(flags, plan.graph().nodes().len());
+    let report = plan.run(&inputs, &options).await;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    finish_run(&host, Some(plan), report, flags)
+}
+
+/// `xcs run <composite.wasm>`.
+pub(crate) async fn run_composite(
+    path: &Path,
+    input: &InputArgs,
+    args: &GraphArgs,
+    flags: &RunFlags,
+) -> anyhow::Result<()> {
+    let host = Host::builder().build()?;
+    let (composite, operators) = composite(&host, path, args, flags.strict).await?;
+    let inputs = read_input(input, composite.operator().name(), MAX_GRAPH_INPUT_TEXT)?;
+    let (options, progress) = options(flags, 1);
+    let report = composite.run(&inputs, &options).await;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if let Some(trace) = &report.trace
+        && !trace.complete
+        && let Some(stopped) = &trace.stopped
+    {
+        eprintln!("warning: not traced completely, run staged: {stopped}");
+    }
+    // The graph that ran, drawn with the report: the composite's own node
+    // (a staged run) is checked against the composite itself.
+    let mut drawable = operators.clone();
+    drawable.insert(composite.operator().name(), composite.operator().clone());
+    let plan = report
+        .graph
+        .as_ref()
+        .and_then(|graph| graph.check(&drawable).ok());
+    finish_run(&host, plan, report, flags)
+}
+
+/// The composite at `path`, with the operators of `--operators`.
+async fn composite(
+    host: &Host,
+    path: &Path,
+    args: &GraphArgs,
+    strict: bool,
+) -> anyhow::Result<(Composite, Operators)> {
+    let operator = host.load(path).await?;
+    let mut operators = Operators::new();
+    for (key, loaded) in load_dir(host, &args.operators).await? {
+        operators.insert(key, loaded);
+    }
+    let options = ComposeOptions::default().strict(strict);
+    let composite = Composite::with_options(operator, operators.clone(), options)?;
+    Ok((composite, operators))
+}
+
+/// Prints a run's outputs and failures, writes its pictures and metrics;
+/// the run's error, if any.
+fn finish_run(
+    host: &Host,
+    plan: Option<Plan>,
+    run: RunReport,
+    flags: &RunFlags,
+) -> anyhow::Result<()> {
+    if run.error.is_none() || flags.keep_going {
+        println!("{}", serde_json::to_string(&run.outputs)?);
+    }
+    // The pictures are written even when the run failed; failing to write
+    // one is reported, but never hides the run's own outcome.
+    let mut written = Ok(());
+    if let Some(path) = &flags.dot {
+        let dot = plan.as_ref().map_or_else(
+            || "digraph xcs {\n}\n".to_owned(),
+            |plan| plan.to_dot(Some(&run)),
+        );
+        written = written.and(write_file(path, dot.as_bytes()));
+    }
+    if let Some(path) = &flags.timeline {
+        written = written.and(write_file(
+            path,
+            serde_json::to_string(&run.to_timeline())?.as_bytes(),
+        ));
+    }
+    if let Some(path) = &flags.report {
+        let report = match &run.trace {
+            None => serde_json::to_string_pretty(&run.nodes)?,
+            Some(trace) => {
+                serde_json::to_string_pretty(&json!({ "nodes": run.nodes, "trace": trace }))?
+            }
+        };
+        written = written.and(write_file(path, report.as_bytes()));
+    }
+    if run.error.is_none() {
+        written?;
+    } else if let Err(error) = written {
+        eprintln!("warning: {error:#}");
+    }
+    write_metrics(host, flags.metrics.as_deref(), run.error.is_none())?;
+    let unsuccessful: Vec<_> = run
+        .nodes
+        .iter()
+        .filter(|node| matches!(node.status, NodeStatus::Failed | NodeStatus::Skipped))
+        .collect();
+    if unsuccessful.len() > 1 {
+        // Every node that did not succeed; the error line below names the first.
+        for node in unsuccessful {
+            if let Some(error) = &node.error {
+                eprintln!(
+                    "node `{}` failed [{}]: {}",
+                    node.id, error.kind, error.message
+                );
+            } else if let Some(why) = &node.stopped {
+                eprintln!("node `{}` skipped: {why}", node.id);
+            }
+        }
+    }
+    run.into_result().map(drop).map_err(Into::into)
+}
+
+/// What `xcs trace` prints.
+#[derive(Debug)]
+pub(crate) struct TraceFlags {
+    pub(crate) dot: Option<PathBuf>,
+    pub(crate) json: bool,
+    pub(crate) toml: bool,
+}
+
+/// `xcs trace <composite.wasm>`: the graph, without running any callee.
+pub(crate) async fn trace(
+    path: &Path,
+    input: &InputArgs,
+    args: &GraphArgs,
+    flags: &TraceFlags,
+) -> anyhow::Result<()> {
+    let host = Host::builder().build()?;
+    let (composite, operators) = composite(&host, path, args, false).await?;
+    let inputs = read_input(input, composite.operator().name(), MAX_GRAPH_INPUT_TEXT)?;
+    let trace = composite.trace(&inputs).await?;
+    if let Some(dot) = &flags.dot {
+        let plan = trace
+            .graph
+            .check(&operators)
+            .context("checking the traced graph")?;
+        write_file(dot, plan.to_dot(None).as_bytes())?;
+    }
+    if flags.toml {
+        print!("{}", trace.graph.to_toml()?);
+    } else if flags.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&trace_json(&trace, &operators))?
+        );
+    } else {
+        print_trace(&trace, &operators);
+    }
+    Ok(())
+}
+
+/// The WIT type node `id` of `trace` outputs, when its operator is known.
+fn output_type(operators: &Operators, node: &xcs::graph::Node) -> Option<String> {
+    let result = operators.get(node.operator())?.signature().result.clone()?;
+    Some(match node.map_param() {
+        Some(_) => format!("list<{result}>"),
+        None => result.to_string(),
+    })
+}
+
+fn trace_json(trace: &Trace, operators: &Operators) -> Value {
+    let nodes: Vec<Value> = trace
+        .graph
+        .nodes()
+        .iter()
+        .map(|node| {
+            let args: serde_json::Map<String, Value> = node
+                .args()
+                .iter()
+                .map(|(name, source)| (name.clone(), Value::String(source.to_string())))
+                .collect();
+            json!({
+                "id": node.id(),
+                "operator": node.operator(),
+                "map": node.map_param(),
+                "args": args,
+                "type": output_type(operators, node),
+            })
+        })
+        .collect();
+    json!({
+        "complete": trace.is_complete(),
+        "stopped": trace.stopped,
+        "calls": trace.calls,
+        "merged": trace.merged,
+        "nodes": nodes,
+        "output": trace.graph.outputs().first().map(|(_, source)| source.to_string()),
+    })
+}
+
+fn print_trace(trace: &Trace, operators: &Operators) {
+    match &trace.stopped {
+        None => println!(
+            "complete: {} call(s), {} merged, {} node(s)",
+            trace.calls,
+            trace.merged,
+            trace.graph.nodes().len()
+        ),
+        Some(stop) => println!("stopped: {stop}"),
+    }
+    for node in trace.graph.nodes() {
+        let args: Vec<String> = node
+            .args()
+            .iter()
+            .map(|(name, source)| format!("{name} = {source}"))
+            .collect();
+        let map = node
+            .map_param()
+            .map(|param| format!(", map over {param}"))
+            .unwrap_or_default();
+        let ty = output_type(operators, node).unwrap_or_else(|| "?".into());
+        println!(
+            "  {}: {}({}) -> {ty}{map}",
+            node.id(),
+            node.operator(),
+            args.join(", ")
+        );
+    }
+    if let Some((_, output)) = trace.graph.outputs().first() {
+        println!("output: {output}");
+    }
+}
