@@ -156,6 +156,14 @@
 //! WASI interfaces (random, clocks) are imported the usual way, e.g. with
 //! the `wasip2` crate; the host virtualises them.
 //!
+//! # Composites
+//!
+//! An operator may call other operators by name through [`compose`]: each
+//! call returns a [`compose::Deferred`] at once, which can be an argument
+//! of further calls, forced with `get`, or returned. A function that
+//! returns `Result<Deferred<T>, Error>` is a composite whose result is
+//! what that call produces; its WIT result is `T`'s. See [`compose`].
+//!
 //! # What the attribute generates
 //!
 //! The function stays as written. Beside it, a private module calls
