@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde_json::Value;
 use serde_json::json;
 use xcs::graph::{
-    COMPOSITE_OUTPUT, ComposeOptions, Composite, NodeStatus, Operators, RunOptions, Source,
-    StopReason,
+    COMPOSITE_OUTPUT, ComposeOptions, Composite, Graph, NodeStatus, Operators, RunOptions, Source,
+    StopReason, Stopped,
 };
 use xcs::{Capability, ErrorKind, Host};
 use xcs_tests::latency::{self, InFlight};
@@ -442,4 +443,112 @@ async fn traces_are_cached_by_input() {
         (2, 1, 2)
     );
     assert_eq!(ensemble.cached_traces(), 2);
+}
+
+/// A composite can be a node of a graph file: it runs there (staged), its
+/// calls joining the graph; with `keep_going` a failure elsewhere does not
+/// stop it.
+#[tokio::test]
+async fn a_composite_node_in_a_graph_runs_and_keep_going_holds() {
+    let (host, mut operators, _) = composites(2).await;
+    operators.insert("factorial", load(&host, xcs_tests::FACTORIAL).await);
+    let graph = Graph::from_toml(
+        r#"
+        [[node]]
+        id = "boom"
+        operator = "factorial"
+        args = { n = 25 }
+
+        [[node]]
+        id = "pipe"
+        operator = "pipeline"
+        args = { documents = ["a b", "c"] }
+
+        [outputs]
+        stats = "@pipe"
+        "#,
+    )
+    .unwrap();
+    let plan = graph.check(&operators).unwrap();
+    let report = plan
+        .run(&Value::Null, &RunOptions::default().keep_going(true))
+        .await;
+    assert_eq!(report.node("boom").unwrap().status, NodeStatus::Failed);
+    assert_eq!(report.node("pipe").unwrap().status, NodeStatus::Ok);
+    for recorded in ["pipe/sort#1", "pipe/word-count#2", "pipe/stats#3"] {
+        assert_eq!(
+            report.node(recorded).map(|node| node.status),
+            Some(NodeStatus::Ok),
+            "{recorded}: {:?}",
+            report.nodes
+        );
+    }
+    assert_eq!(
+        report.graph.as_ref().map(|graph| graph.nodes().len()),
+        Some(5)
+    );
+    assert_eq!(report.trace.as_ref().map(|trace| trace.calls), Some(3));
+    assert_eq!(
+        report.outputs["stats"],
+        json!({"count": 2, "mean": 1.5, "min": 1.0, "max": 2.0})
+    );
+    expect_kind(report.into_result(), ErrorKind::Operator);
+}
+
+/// Without `keep_going`, a failure cancels a composite that is still
+/// running, its sandbox included: the pool slot it held is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_cancels_a_running_composite_and_its_sandbox() {
+    let (latency, in_flight) = latency::capability();
+    let host = Host::builder()
+        .grant(latency)
+        .max_concurrent_instances(3)
+        .build()
+        .unwrap();
+    let operators = operators_on(&host).await;
+    // `boom` fails after 200 ms (a guess with no words), by which time
+    // `slow` sleeps in its sandbox, for a minute.
+    let graph = Graph::from_toml(
+        r#"
+        [[node]]
+        id = "boom"
+        operator = "guess"
+        args = { text = "", variant = 0, wait-ms = 200 }
+
+        [[node]]
+        id = "slow"
+        operator = "spy"
+        args = { text = "late", ms = 60000 }
+        "#,
+    )
+    .unwrap();
+    let plan = graph.check(&operators).unwrap();
+    let report = plan.run(&Value::Null, &RunOptions::default()).await;
+    assert_eq!(in_flight.peak(), 2, "both slept at once");
+    let slow = report.node("slow").unwrap();
+    assert_eq!(slow.status, NodeStatus::Cancelled);
+    assert_eq!(
+        slow.stopped,
+        Some(Stopped::FailedFirst {
+            node: "boom".into()
+        })
+    );
+    let error = expect_kind(report.into_result(), ErrorKind::Operator);
+    assert!(
+        error.to_string().contains("no words to guess from"),
+        "{error}"
+    );
+    // The three pool slots are free: three calls at once get one each.
+    let upper = operators.get("upper").unwrap().clone();
+    let limits = xcs::Limits::default().timeout(std::time::Duration::from_secs(5));
+    let inputs = [json!(["a"]), json!(["b"]), json!(["c"])];
+    let (a, b, c) = tokio::join!(
+        upper.call(&inputs[0], &limits),
+        upper.call(&inputs[1], &limits),
+        upper.call(&inputs[2], &limits)
+    );
+    assert_eq!(
+        (a.unwrap(), b.unwrap(), c.unwrap()),
+        (json!("A"), json!("B"), json!("C"))
+    );
 }

@@ -369,6 +369,7 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
             "version": metadata.version,
             "description": metadata.description,
             "deterministic": metadata.deterministic,
+            "composite": operator.is_composite(),
             "params": signature.params,
             "result": signature.result.as_ref().map(ToString::to_string),
             "signature": signature.to_string(),
@@ -385,6 +386,10 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
             if metadata.deterministic { "yes" } else { "no" }
         );
         println!("invoke:        {signature}");
+        if operator.is_composite() {
+            // What it calls depends on its input: `xcs trace` shows it.
+            println!("composite:     yes (calls operators by name; `xcs trace` shows which)");
+        }
         println!("imports:");
         for import in operator.imports() {
             println!("  {import}");

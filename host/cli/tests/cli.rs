@@ -191,6 +191,26 @@ fn inspect_prints_name_and_invoke_signature() {
 }
 
 #[test]
+fn inspect_says_an_operator_is_a_composite() {
+    let run = xcs(&["inspect", xcs_tests::PIPELINE]);
+    run.assert_success();
+    assert!(
+        run.stdout
+            .lines()
+            .any(|line| line.starts_with("composite:     yes")),
+        "{run:#?}"
+    );
+    assert!(
+        run.stdout.contains("  xcs:operator/compose@0.1.0"),
+        "{run:#?}"
+    );
+    assert_eq!(inspect_json(xcs_tests::PIPELINE)["composite"], true);
+    assert_eq!(inspect_json(xcs_tests::UPPER)["composite"], false);
+    let plain = xcs(&["inspect", xcs_tests::UPPER]);
+    assert!(!plain.stdout.contains("composite:"), "{plain:#?}");
+}
+
+#[test]
 fn inspect_json_describes_params_result_imports_and_digest() {
     let description = inspect_json(xcs_tests::STATS);
     assert_eq!(description["name"], "stats");
