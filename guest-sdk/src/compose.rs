@@ -73,6 +73,12 @@ impl<T> Deferred<T> {
         }
     }
 
+    /// The same deferred, read as a `U` when forced (the host's value is
+    /// what it is: `U` only says how to deserialize it).
+    pub fn cast<U>(self) -> Deferred<U> {
+        Deferred::new(self.handle)
+    }
+
     /// Field `name` (its WIT name, kebab-case) of this record value.
     pub fn field<U>(&self, name: &str) -> Deferred<U> {
         Deferred::new(imp::field(&self.handle, name))
@@ -207,7 +213,15 @@ pub fn map<T>(operator: &str, over: &str, args: Args<'_>) -> Deferred<Vec<T>> {
 
 /// The list of the values of `items`, in order.
 pub fn gather<T>(items: &[Deferred<T>]) -> Deferred<Vec<T>> {
-    let handles: Vec<&imp::Handle> = items.iter().map(|item| &item.handle).collect();
+    gather_each(items)
+}
+
+/// The list of the values of `items` (borrowed from anywhere), in order;
+/// the same deferred may be gathered more than once.
+pub fn gather_each<'a, T: 'a>(
+    items: impl IntoIterator<Item = &'a Deferred<T>>,
+) -> Deferred<Vec<T>> {
+    let handles: Vec<&imp::Handle> = items.into_iter().map(|item| &item.handle).collect();
     Deferred::new(imp::gather(&handles))
 }
 

@@ -142,7 +142,7 @@ impl Operator {
         input: &Value,
         limits: &Limits,
     ) -> Result<CallOutput, Error> {
-        match self.attempt_composed(input, limits, None).await? {
+        match self.attempt_composed(input, limits, None, false).await? {
             Composed::Returned(output) => Ok(output),
             // Without a composer, `compose` calls fail (a `config` error).
             Composed::Finished | Composed::Stopped { .. } => Err(Error::Config {
@@ -152,16 +152,37 @@ impl Operator {
     }
 
     /// One attempt of a composite whose `compose` calls go to `composer`
-    /// (or of any operator, with `None`).
+    /// (or of any operator, with `None`); with `claim_slot`, it first waits
+    /// for one of the host's composite slots (within its deadline).
     pub(crate) async fn attempt_composed(
         &self,
         input: &Value,
         limits: &Limits,
         composer: Option<Box<dyn Composer>>,
+        claim_slot: bool,
     ) -> Result<Composed, Error> {
         let inner = &*self.inner;
         let args = codec::encode_params(&inner.signature.params, input, limits.max_input_bytes)
             .map_err(|error| error.into_error(&inner.name))?;
+        // A composite's code waits for a composite slot, within its deadline.
+        let mut waited_limits = None;
+        let _composite_slot = match claim_slot {
+            false => None,
+            true => {
+                let started = std::time::Instant::now();
+                let slot = inner.runtime.composite_slots.acquire_owned();
+                let Ok(slot) = tokio::time::timeout(limits.timeout, slot).await else {
+                    return Err(Error::Timeout {
+                        operator: inner.name.to_string(),
+                        timeout: limits.timeout,
+                    });
+                };
+                let left = limits.timeout.saturating_sub(started.elapsed());
+                waited_limits = Some(limits.clone().timeout(left));
+                Some(slot)
+            }
+        };
+        let limits = waited_limits.as_ref().unwrap_or(limits);
         let (pre, invoke) = (inner.pre.clone(), inner.invoke);
         let state = move |state: StoreState| match composer {
             Some(composer) => state.with_composer(composer),

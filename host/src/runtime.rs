@@ -144,6 +144,10 @@ pub(crate) struct Runtime {
     /// The host-wide bound on graph-node guests.
     pub(crate) max_concurrency: usize,
     pub(crate) scheduler_slots: Slots,
+    /// Composites whose code runs at once (traced or staged): half the
+    /// pool, so that they, who hold their slot while they wait for values,
+    /// never take every slot from the calls they wait for.
+    pub(crate) composite_slots: Slots,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) results: moka::future::Cache<ResultKey, CachedResult>,
     pub(crate) result_ttl: Duration,
@@ -209,6 +213,7 @@ impl Runtime {
             max_concurrent_instances: slots,
             max_concurrency: settings.max_concurrency,
             scheduler_slots: Slots::new(settings.max_concurrency),
+            composite_slots: Slots::new((slots as usize / 2).max(1)),
             metrics,
             results,
             result_ttl: settings.result_ttl,

@@ -552,3 +552,61 @@ async fn a_failure_cancels_a_running_composite_and_its_sandbox() {
         (json!("A"), json!("B"), json!("C"))
     );
 }
+
+/// Hostile composites that make the host keep things (gathers doubling or
+/// nesting, calls, deferreds or argument bytes without end) are refused
+/// with an `analysis` error; the host stays healthy.
+#[tokio::test]
+async fn what_a_composite_makes_the_host_keep_is_bounded() {
+    let (host, mut operators, _) = composites(2).await;
+    let hoard = load(&host, xcs_tests::HOARD).await;
+    operators.insert("hoard", hoard);
+    let hoard = composite(&operators, "hoard");
+    for (mode, expected) in [
+        ("double", "references"),
+        ("nest", "gathers nest deeper than 32"),
+        ("calls", "max_calls (10000)"),
+        ("handles", "deferred values"),
+        ("bytes", "max_recorded_bytes"),
+    ] {
+        let error = hoard.trace(&json!([mode])).await.expect_err("refused");
+        assert_eq!(error.kind(), ErrorKind::Analysis, "{mode}: {error}");
+        assert!(error.to_string().contains(expected), "{mode}: {error}");
+    }
+    crate::util::assert_healthy(&host).await;
+}
+
+/// A graph file may not map a composite, set a policy for one, or map
+/// over a parameter it does not bind.
+#[tokio::test]
+async fn the_graph_check_refuses_what_cannot_apply_to_composites() {
+    let (host, mut operators, _) = composites(2).await;
+    operators.insert("factorial", load(&host, xcs_tests::FACTORIAL).await);
+    let graph = Graph::from_toml(
+        r#"
+        [[node]]
+        id = "each"
+        operator = "refine"
+        map = "text"
+        args = { text = ["a", "b"], threshold = 1 }
+
+        [[node]]
+        id = "unbound"
+        operator = "most-common"
+        map = "votes"
+
+        [policy.refine]
+        retry = { attempts = 2 }
+        "#,
+    )
+    .unwrap();
+    let error = graph.check(&operators).expect_err("refused");
+    let message = error.to_string();
+    for expected in [
+        "node `each`: `refine` is a composite: a map node cannot call it",
+        "node `unbound`: maps over `votes`, which is not bound",
+        "a policy names `refine`, a composite",
+    ] {
+        assert!(message.contains(expected), "{expected} in {message}");
+    }
+}

@@ -510,3 +510,8 @@ async fn assert_composite(path: &str, signature: &str) {
     // Plain operators are not composites.
     assert!(!load(&host, xcs_tests::UPPER).await.is_composite());
 }
+
+#[tokio::test]
+async fn hoard() {
+    assert_composite(xcs_tests::HOARD, "func(mode: string) -> result<u32, error>").await;
+}

@@ -207,10 +207,16 @@ pub(crate) async fn run_composite(
     // (a staged run) is checked against the composite itself.
     let mut drawable = operators.clone();
     drawable.insert(composite.operator().name(), composite.operator().clone());
-    let plan = report
-        .graph
-        .as_ref()
-        .and_then(|graph| graph.check(&drawable).ok());
+    let plan = match (&report.graph, &flags.dot) {
+        (Some(graph), Some(_)) => match graph.check(&drawable) {
+            Ok(plan) => Some(plan),
+            Err(error) => {
+                eprintln!("warning: the graph that ran cannot be drawn: {error}");
+                None
+            }
+        },
+        _ => None,
+    };
     finish_run(&host, plan, report, flags)
 }
 
@@ -321,6 +327,11 @@ pub(crate) async fn trace(
         write_file(dot, plan.to_dot(None).as_bytes())?;
     }
     if flags.toml {
+        if let Some(stop) = &trace.stopped {
+            // A partial graph, without the composite's output.
+            eprintln!("warning: the trace is incomplete; the graph stops where it did: {stop}");
+            println!("# An incomplete trace: {stop}");
+        }
         print!("{}", trace.graph.to_toml()?);
     } else if flags.json {
         println!(

@@ -270,6 +270,23 @@ impl Graph {
                 if map.max_concurrency == Some(0) {
                     checker.problem(id, "a map's max_concurrency must be at least 1".into());
                 }
+                if params.iter().any(|param| param.name == map.param)
+                    && !node.args.iter().any(|(name, _)| *name == map.param)
+                {
+                    checker.problem(id, format!("maps over `{}`, which is not bound", map.param));
+                }
+                if checker.operators[position]
+                    .as_ref()
+                    .is_some_and(Operator::is_composite)
+                {
+                    checker.problem(
+                        id,
+                        format!(
+                            "`{}` is a composite: a map node cannot call it",
+                            node.operator
+                        ),
+                    );
+                }
             }
             let mut resolved_args = Vec::with_capacity(node.args.len());
             let mut node_dependencies = Vec::new();
@@ -348,6 +365,14 @@ impl Graph {
                 checker.problem(
                     None,
                     format!("a policy names operator `{key}`, which no node calls"),
+                );
+            } else if operators.get(key).is_some_and(Operator::is_composite) {
+                checker.problem(
+                    None,
+                    format!(
+                        "a policy names `{key}`, a composite: policies apply to the calls it \
+                         makes, under their operators' names"
+                    ),
                 );
             }
         }

@@ -27,7 +27,7 @@ pub struct ComposeOptions {
     pub(crate) max_calls: usize,
     pub(crate) strict: bool,
     pub(crate) limits: Option<Limits>,
-    pub(crate) trace_cache_capacity: u64,
+    pub(crate) trace_cache_bytes: u64,
     pub(crate) max_recorded_bytes: u64,
 }
 
@@ -38,7 +38,7 @@ impl Default for ComposeOptions {
     /// | `max_calls` | 10,000 per trace or run |
     /// | `strict` | off: an incomplete trace runs staged, with a warning |
     /// | `limits` | the host's default limits (for the composite's own code) |
-    /// | `trace_cache_capacity` | 256 traces |
+    /// | `trace_cache_bytes` | 64 MiB of traces |
     /// | `max_recorded_bytes` | 64 MiB of JSON arguments per trace or run |
     fn default() -> Self {
         ComposeOptions {
@@ -46,7 +46,7 @@ impl Default for ComposeOptions {
             max_calls: 10_000,
             strict: false,
             limits: None,
-            trace_cache_capacity: 256,
+            trace_cache_bytes: 64 << 20,
             max_recorded_bytes: 64 << 20,
         }
     }
@@ -91,10 +91,11 @@ impl ComposeOptions {
         self
     }
 
-    /// How many complete traces a [`Composite`] keeps, by canonical input.
-    /// Default: 256.
-    pub fn trace_cache_capacity(mut self, traces: u64) -> Self {
-        self.trace_cache_capacity = traces;
+    /// How much a [`Composite`]'s cache of complete traces (by canonical
+    /// input) may hold, in bytes of nodes and literal arguments, roughly.
+    /// Default: 64 MiB.
+    pub fn trace_cache_bytes(mut self, bytes: u64) -> Self {
+        self.trace_cache_bytes = bytes;
         self
     }
 }
@@ -265,7 +266,55 @@ pub struct Composite {
     operator: Operator,
     operators: Operators,
     options: ComposeOptions,
-    traces: moka::sync::Cache<String, Arc<Plan>>,
+    traces: moka::sync::Cache<String, Arc<CachedTrace>>,
+}
+
+/// A complete trace's plan, with what its trace counted, and its weight in
+/// the cache (bytes, roughly: its nodes and their literal arguments).
+#[derive(Debug)]
+struct CachedTrace {
+    plan: Plan,
+    calls: usize,
+    merged: usize,
+    weight: u32,
+}
+
+impl CachedTrace {
+    fn new(plan: Plan, calls: usize, merged: usize) -> Self {
+        let literals: usize = plan
+            .graph
+            .nodes
+            .iter()
+            .flat_map(|node| &node.args)
+            .map(|(name, source)| name.len() + source.to_string().len())
+            .sum();
+        let weight = plan
+            .graph
+            .nodes
+            .len()
+            .saturating_mul(256)
+            .saturating_add(literals);
+        CachedTrace {
+            plan,
+            calls,
+            merged,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
+    async fn run(&self, options: &RunOptions, cached: bool) -> RunReport {
+        let mut report = self.plan.run(&Value::Null, options).await;
+        report.graph = Some(self.plan.graph.clone());
+        report.trace = Some(TraceReport {
+            complete: true,
+            cached,
+            stopped: None,
+            forced: 0,
+            calls: self.calls,
+            merged: self.merged,
+        });
+        report
+    }
 }
 
 impl Composite {
@@ -290,7 +339,10 @@ impl Composite {
             });
         }
         Ok(Composite {
-            traces: moka::sync::Cache::new(options.trace_cache_capacity),
+            traces: moka::sync::Cache::builder()
+                .max_capacity(options.trace_cache_bytes)
+                .weigher(|_key: &String, trace: &Arc<CachedTrace>| trace.weight)
+                .build(),
             operator: composite,
             operators,
             options,
@@ -343,45 +395,41 @@ impl Composite {
     /// The report's [`RunReport::trace`] says which; the composite's result
     /// is the output `output`.
     pub async fn run(&self, input: &Value, options: &RunOptions) -> RunReport {
+        let started = std::time::Instant::now();
         let key = self.trace_key(input);
         let metrics = self.operator.metrics();
-        if let Some(plan) = self.traces.get(&key) {
+        if let Some(cached) = self.traces.get(&key) {
             metrics.trace_lookup(true);
-            let mut report = plan.run(&Value::Null, options).await;
-            report.graph = Some(plan.graph.clone());
-            report.trace = Some(TraceReport {
-                complete: true,
-                cached: true,
-                stopped: None,
-                forced: 0,
-                calls: plan.graph.nodes.len(),
-                merged: 0,
-            });
-            return report;
+            return cached.run(options, true).await;
         }
         metrics.trace_lookup(false);
-        let trace = match self.trace(input).await {
+        // The trace is part of the run: within the run's deadline.
+        let limits = self.limits();
+        let limits = limits.clone().timeout(limits.timeout.min(options.timeout));
+        metrics.traced();
+        let traced = trace_in(
+            &self.operator,
+            &self.operators,
+            &self.options,
+            input,
+            &limits,
+        )
+        .await;
+        let trace = match traced {
             Ok(trace) => trace,
             Err(error) => return RunReport::failed(error),
         };
-        let (calls, merged) = (trace.calls, trace.merged);
+        let options = options
+            .clone()
+            .timeout(options.timeout.saturating_sub(started.elapsed()));
         let Some(stop) = trace.stopped.clone() else {
             let plan = match trace.graph.check(&self.operators) {
-                Ok(plan) => Arc::new(plan),
+                Ok(plan) => plan,
                 Err(error) => return RunReport::failed(error),
             };
-            self.traces.insert(key, plan.clone());
-            let mut report = plan.run(&Value::Null, options).await;
-            report.graph = Some(plan.graph.clone());
-            report.trace = Some(TraceReport {
-                complete: true,
-                cached: false,
-                stopped: None,
-                forced: 0,
-                calls,
-                merged,
-            });
-            return report;
+            let cached = Arc::new(CachedTrace::new(plan, trace.calls, trace.merged));
+            self.traces.insert(key, cached.clone());
+            return cached.run(&options, false).await;
         };
         if self.options.strict {
             return RunReport::failed(Error::Analysis {
@@ -395,7 +443,7 @@ impl Composite {
             "the composite cannot be traced completely; running it staged"
         );
         let plan = staged_plan(&self.operator, &self.operators, input);
-        let options = options.clone().compose(self.options.clone());
+        let options = options.compose(self.options.clone());
         let mut report = plan.run(&Value::Null, &options).await;
         if let Some(trace) = &mut report.trace {
             trace.stopped = Some(stop);

@@ -63,7 +63,31 @@ impl Scope {
 pub(crate) struct Expr {
     pub(crate) source: Source,
     pub(crate) ty: Option<WitType>,
+    /// How many node references and literals the source holds, and how
+    /// deeply its lists nest: gathers of gathers are bounded by both.
+    leaves: usize,
+    depth: usize,
 }
+
+impl Expr {
+    /// A source that is not a list: one leaf.
+    pub(crate) fn leaf(source: Source, ty: Option<WitType>) -> Expr {
+        Expr {
+            source,
+            ty,
+            leaves: 1,
+            depth: 1,
+        }
+    }
+}
+
+/// The deepest gathers of gathers may nest: the host walks sources by
+/// recursion.
+const MAX_GATHER_DEPTH: usize = 32;
+
+/// Node references and literals all expressions together may hold, per
+/// allowed call (a gather copies its items).
+const LEAVES_PER_CALL: usize = 16;
 
 /// A call as the journal recorded it.
 #[derive(Debug, Clone)]
@@ -74,6 +98,13 @@ pub(crate) struct Recorded {
     pub(crate) expr: u32,
     /// Whether it was merged into an earlier identical call.
     pub(crate) merged: bool,
+}
+
+/// A call counted and checked, not yet in the graph.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) node: Node,
+    pub(crate) operator: Operator,
 }
 
 /// The recording of one trace or run: shared by every composite in it.
@@ -95,6 +126,8 @@ pub(crate) struct Journal {
     pub(crate) merged: usize,
     /// Bytes of JSON arguments recorded.
     recorded_bytes: u64,
+    /// Leaves of every expression.
+    leaves: usize,
 }
 
 /// The most expressions (deferreds of calls, fields, gathers) per allowed
@@ -114,6 +147,7 @@ impl Journal {
             calls: 0,
             merged: 0,
             recorded_bytes: 0,
+            leaves: 0,
         }
     }
 
@@ -142,6 +176,17 @@ impl Journal {
                 ),
             });
         }
+        let leaf_bound = self.options.max_calls.saturating_mul(LEAVES_PER_CALL);
+        self.leaves = self.leaves.saturating_add(expr.leaves);
+        if self.leaves > leaf_bound {
+            return Err(analysis(
+                scope,
+                format!(
+                    "its deferred values hold more than {leaf_bound} references \
+                     ({LEAVES_PER_CALL} per allowed call): gathers copy their items"
+                ),
+            ));
+        }
         let id = u32::try_from(self.exprs.len()).unwrap_or(u32::MAX);
         self.exprs.push(expr);
         Ok(id)
@@ -150,10 +195,7 @@ impl Journal {
     /// The expression of node `index`'s value.
     pub(crate) fn node_expr(&mut self, scope: &Scope, index: usize) -> Result<u32, Error> {
         let node = &self.graph.nodes[index];
-        let expr = Expr {
-            source: Source::node(node.id()),
-            ty: self.output_types[index].clone(),
-        };
+        let expr = Expr::leaf(Source::node(node.id()), self.output_types[index].clone());
         self.push_expr(scope, expr)
     }
 
@@ -193,10 +235,7 @@ impl Journal {
         };
         self.push_expr(
             scope,
-            Expr {
-                source: Source::field(node.clone(), name),
-                ty: Some(ty),
-            },
+            Expr::leaf(Source::field(node.clone(), name), Some(ty)),
         )
     }
 
@@ -204,10 +243,19 @@ impl Journal {
     pub(crate) fn gather(&mut self, scope: &Scope, items: &[u32]) -> Result<u32, Error> {
         let mut sources = Vec::with_capacity(items.len());
         let mut element: Option<WitType> = None;
+        let (mut leaves, mut depth) = (0usize, 1usize);
         for &item in items {
             let Some(expr) = self.expr(item) else {
                 return Err(analysis(scope, format!("no deferred value {item}")));
             };
+            leaves = leaves.saturating_add(expr.leaves);
+            depth = depth.max(expr.depth + 1);
+            if depth > MAX_GATHER_DEPTH {
+                return Err(analysis(
+                    scope,
+                    format!("gathers nest deeper than {MAX_GATHER_DEPTH}"),
+                ));
+            }
             let Some(ty) = &expr.ty else {
                 return Err(analysis(
                     scope,
@@ -231,13 +279,13 @@ impl Journal {
             sources.push(expr.source.clone());
         }
         let ty = element.map(|element| WitType::List(Box::new(element)));
-        self.push_expr(
-            scope,
-            Expr {
-                source: Source::List(sources),
-                ty,
-            },
-        )
+        let expr = Expr {
+            source: Source::List(sources),
+            ty,
+            leaves: leaves.max(1),
+            depth,
+        };
+        self.push_expr(scope, expr)
     }
 
     /// Records a call of `key` (a map over `over`) with `args` from
@@ -250,6 +298,20 @@ impl Journal {
         over: Option<&str>,
         args: Vec<(String, ArgValue)>,
     ) -> Result<Recorded, Error> {
+        let call = self.prepare(scope, key, over, args)?;
+        self.commit(scope, call)
+    }
+
+    /// Counts and checks a call of `key` from `scope`, and names its node,
+    /// without adding it to the graph yet (a nested composite traced in
+    /// place never is).
+    pub(crate) fn prepare(
+        &mut self,
+        scope: &mut Scope,
+        key: &str,
+        over: Option<&str>,
+        args: Vec<(String, ArgValue)>,
+    ) -> Result<Prepared, Error> {
         self.calls += 1;
         if self.calls > self.options.max_calls {
             return Err(analysis(
@@ -279,17 +341,22 @@ impl Journal {
         }
         scope.calls += 1;
         let id = format!("{}{key}#{}", scope.prefix, scope.calls);
-        let site = |message: String| Error::Graph {
-            problems: vec![GraphProblem::node(
-                &id,
-                format!("call {} of `{}`: {message}", scope.calls, scope.composite),
-            )],
+        let problems_at = |problems: Vec<String>| Error::Graph {
+            problems: problems
+                .into_iter()
+                .map(|message| {
+                    GraphProblem::node(
+                        &id,
+                        format!("call {} of `{}`: {message}", scope.calls, scope.composite),
+                    )
+                })
+                .collect(),
         };
         let Some(operator) = self.operators.get(key).cloned() else {
-            return Err(site(format!(
+            return Err(problems_at(vec![format!(
                 "unknown operator `{key}` (known: {})",
                 list_or_none(self.operators.by_key.keys())
-            )));
+            )]));
         };
         let mut node = Node::new(&id, key);
         let mut problems = Vec::new();
@@ -317,19 +384,18 @@ impl Journal {
         }
         problems.extend(self.check_args(&node, &operator));
         if !problems.is_empty() {
-            return Err(Error::Graph {
-                problems: problems
-                    .into_iter()
-                    .map(|message| {
-                        GraphProblem::node(
-                            &id,
-                            format!("call {} of `{}`: {message}", scope.calls, scope.composite),
-                        )
-                    })
-                    .collect(),
-            });
+            return Err(problems_at(problems));
         }
+        if self.index.contains_key(&id) {
+            return Err(problems_at(vec!["a node of this id exists already".into()]));
+        }
+        Ok(Prepared { node, operator })
+    }
 
+    /// Adds a prepared call to the graph, or merges it into an identical
+    /// earlier call of a deterministic operator.
+    pub(crate) fn commit(&mut self, scope: &Scope, call: Prepared) -> Result<Recorded, Error> {
+        let Prepared { node, operator } = call;
         let merge_key = (operator.metadata().deterministic && !operator.is_composite())
             .then(|| canonical_call(&node));
         if let Some(&index) = merge_key.as_ref().and_then(|key| self.seen.get(key)) {
@@ -345,14 +411,12 @@ impl Journal {
             .signature()
             .result
             .clone()
-            .map(|result| match over {
+            .map(|result| match node.map {
                 Some(_) => WitType::List(Box::new(result)),
                 None => result,
             });
         let index = self.graph.nodes.len();
-        if self.index.insert(id.clone(), index).is_some() {
-            return Err(site("a node of this id exists already".into()));
-        }
+        self.index.insert(node.id.clone(), index);
         self.graph.nodes.push(node);
         self.output_types.push(output);
         if let Some(key) = merge_key {
@@ -371,10 +435,12 @@ impl Journal {
         let mut problems = Vec::new();
         let params = &operator.signature().params;
         let map = node.map.as_ref().map(|map| map.param.as_str());
-        if let Some(over) = map
-            && !params.iter().any(|param| param.name == over)
-        {
-            problems.push(format!("maps over `{over}`, which is not a parameter"));
+        if let Some(over) = map {
+            if !params.iter().any(|param| param.name == over) {
+                problems.push(format!("maps over `{over}`, which is not a parameter"));
+            } else if !node.args.iter().any(|(name, _)| name == over) {
+                problems.push(format!("maps over `{over}`, which is not given"));
+            }
         }
         for (position, (name, source)) in node.args.iter().enumerate() {
             if node.args[..position]

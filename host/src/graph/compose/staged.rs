@@ -64,7 +64,7 @@ pub(crate) async fn run_composite(
         finished: finished.clone(),
     };
     match composite
-        .attempt_composed(input, limits, Some(Box::new(staged)))
+        .attempt_composed(input, limits, Some(Box::new(staged)), true)
         .await?
     {
         Composed::Returned(output) => Ok(ScopeEnd::Returned(output.value)),
@@ -101,39 +101,37 @@ impl Composer for Staged {
         over: Option<String>,
         args: Vec<(String, ArgValue)>,
     ) -> ComposerFuture<'_, u32> {
-        let recorded = {
-            let mut journal = lock(&self.journal);
-            let callee = journal.operators().get(&operator).cloned();
-            if over.is_some() && callee.as_ref().is_some_and(Operator::is_composite) {
-                return Box::pin(std::future::ready(Err(ComposeStop::Failed(analysis(
-                    &self.scope,
-                    format!("`{operator}` is a composite: a map cannot call it"),
-                )))));
-            }
-            journal
-                .record(&mut self.scope, &operator, over.as_deref(), args)
-                .map(|recorded| {
+        let mut journal = lock(&self.journal);
+        let callee = journal.operators().get(&operator).cloned();
+        let result = if over.is_some() && callee.as_ref().is_some_and(Operator::is_composite) {
+            Err(ComposeStop::Failed(analysis(
+                &self.scope,
+                format!("`{operator}` is a composite: a map cannot call it"),
+            )))
+        } else {
+            match journal.record(&mut self.scope, &operator, over.as_deref(), args) {
+                Err(error) => Err(ComposeStop::Failed(error)),
+                Ok(recorded) if recorded.merged => Ok(recorded.expr),
+                Ok(recorded) => {
                     let id = journal.graph.nodes[recorded.index].id().to_owned();
-                    let nested = callee
+                    let scope = callee
                         .filter(Operator::is_composite)
                         .map(|callee| self.scope.nested(&id, callee.name()));
-                    (recorded, nested)
-                })
-        };
-        let result = match recorded {
-            Err(error) => Err(ComposeStop::Failed(error)),
-            Ok((recorded, _)) if recorded.merged => Ok(recorded.expr),
-            Ok((recorded, scope)) => {
-                let event = Event::Recorded {
-                    index: recorded.index,
-                    scope,
-                };
-                self.events
-                    .send(event)
-                    .map(|()| recorded.expr)
-                    .map_err(|_| run_gone())
+                    // Sent with the journal locked: the coordinator hears of
+                    // every node before anything that another composite
+                    // (which finds it in the journal) says about it.
+                    let event = Event::Recorded {
+                        index: recorded.index,
+                        scope,
+                    };
+                    self.events
+                        .send(event)
+                        .map(|()| recorded.expr)
+                        .map_err(|_| run_gone())
+                }
             }
         };
+        drop(journal);
         Box::pin(std::future::ready(result))
     }
 

@@ -75,24 +75,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The input of a composite called with `args`, all JSON literals: an
-/// object keyed by parameter name. `None` if one of them is a deferred.
-pub(crate) fn literal_input(args: &[(String, ArgValue)]) -> Option<Result<Value, String>> {
-    let mut object = Map::new();
-    for (name, value) in args {
-        match value {
-            ArgValue::Deferred(_) => return None,
-            ArgValue::Json(text) => match serde_json::from_str(text) {
-                Ok(value) => {
-                    object.insert(name.clone(), value);
-                }
-                Err(error) => return Some(Err(format!("argument `{name}` is not JSON: {error}"))),
-            },
-        }
-    }
-    Some(Ok(Value::Object(object)))
-}
-
 /// The depth check before a composite's code runs in `scope`.
 pub(crate) fn check_depth(scope: &Scope, options: &ComposeOptions) -> Result<(), Error> {
     if scope.depth() <= options.max_depth {
@@ -131,8 +113,10 @@ where
             state: state.clone(),
             limits: limits.clone(),
         };
+        // A nested trace runs inside its caller's call, which holds a slot.
+        let claim_slot = lock(&state).scope.depth() == 1;
         let composed = composite
-            .attempt_composed(input, limits, Some(Box::new(tracer)))
+            .attempt_composed(input, limits, Some(Box::new(tracer)), claim_slot)
             .await
             .map_err(ComposeStop::Failed)?;
         let mut state = lock(&state);
@@ -220,8 +204,8 @@ impl Composer for Tracer {
                     .map_err(ComposeStop::Failed)?;
                 return Ok(recorded.expr);
             };
-            // A nested composite: traced into the same graph when its input
-            // is known.
+            // A nested composite: counted and checked like any call, and
+            // traced into the same graph when its input is known.
             let scope = self.scope();
             if over.is_some() {
                 return Err(ComposeStop::Failed(analysis(
@@ -229,25 +213,31 @@ impl Composer for Tracer {
                     format!("`{operator}` is a composite: a map cannot call it"),
                 )));
             }
-            let input = match literal_input(&args) {
-                None => return Err(self.stop(StopReason::NestedInput { operator })),
-                Some(Err(message)) => return Err(ComposeStop::Failed(analysis(&scope, message))),
-                Some(Ok(input)) => input,
-            };
-            let node = {
+            let prepared = {
+                let mut journal = lock(&self.journal);
                 let mut state = lock(&self.state);
-                state.scope.calls += 1;
-                format!("{}{operator}#{}", state.scope.prefix, state.scope.calls)
+                journal
+                    .prepare(&mut state.scope, &operator, None, args)
+                    .map_err(ComposeStop::Failed)?
             };
+            let mut input = Map::new();
+            for (name, source) in prepared.node.args() {
+                match source {
+                    Source::Literal(value) => {
+                        input.insert(name.clone(), value.clone());
+                    }
+                    _ => return Err(self.stop(StopReason::NestedInput { operator })),
+                }
+            }
+            let input = Value::Object(input);
+            let node = prepared.node.id().to_owned();
             let nested = scope.nested(&node, callee.name());
             let end = trace_scope(&self.journal, &callee, &input, nested, &self.limits).await?;
             match end {
                 ScopeEnd::Finished(expr) => Ok(expr),
                 ScopeEnd::Returned(value) => {
-                    let expr = Expr {
-                        source: Source::Literal(value),
-                        ty: callee.signature().result.clone(),
-                    };
+                    let expr =
+                        Expr::leaf(Source::Literal(value), callee.signature().result.clone());
                     lock(&self.journal)
                         .push_expr(&scope, expr)
                         .map_err(ComposeStop::Failed)

@@ -65,7 +65,9 @@ struct Compose {
     journal: Arc<Mutex<Journal>>,
     sender: mpsc::UnboundedSender<Event>,
     receiver: mpsc::UnboundedReceiver<Event>,
-    tasks: JoinSet<(usize, Result<ScopeEnd, Error>)>,
+    tasks: JoinSet<CompositeEnd>,
+    /// The node each composite task runs.
+    task_nodes: HashMap<tokio::task::Id, usize>,
     waiters: Vec<Waiter>,
     forced: usize,
 }
@@ -225,10 +227,10 @@ impl<'a> Run<'a> {
                 },
                 Some(compose) => tokio::select! {
                     biased;
+                    () = tokio::time::sleep_until(deadline) => Step::Deadline,
                     Some(event) = compose.receiver.recv() => Step::Event(event),
                     joined = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => Step::Task(joined),
-                    Some(done) = compose.tasks.join_next(), if !compose.tasks.is_empty() => Step::Composite(done),
-                    () = tokio::time::sleep_until(deadline) => Step::Deadline,
+                    Some(done) = compose.tasks.join_next_with_id(), if !compose.tasks.is_empty() => Step::Composite(done),
                 },
             };
             let ended = match step {
@@ -240,16 +242,30 @@ impl<'a> Run<'a> {
                     self.ended(outcome)
                 }
                 Step::Task(Some(Err(error))) => self.task_failed(error),
-                Step::Composite(Ok((index, end))) => self.composite_ended(index, end),
+                Step::Composite(Ok((task, (index, end)))) => {
+                    if let Some(compose) = &mut self.compose {
+                        compose.task_nodes.remove(&task);
+                    }
+                    self.composite_ended(index, end)
+                }
                 Step::Composite(Err(error)) => {
-                    // Panics go on; a composite task is cancelled only with
-                    // the run (which aborts them right before it returns) or
-                    // its runtime.
+                    let task = error.id();
                     if error.is_panic() {
                         self.abort_all();
                         resume_panic(error);
                     }
-                    None
+                    // Cancelled, not by the run (it aborts its tasks only
+                    // right before it returns): the runtime is shutting down.
+                    let index = self
+                        .compose
+                        .as_mut()
+                        .and_then(|compose| compose.task_nodes.remove(&task));
+                    index.and_then(|index| {
+                        let end = Err(Error::Cancelled {
+                            reason: "the composite's task was cancelled".into(),
+                        });
+                        self.composite_ended(index, end)
+                    })
                 }
             };
             if let Some(ended) = ended {
@@ -355,13 +371,14 @@ impl<'a> Run<'a> {
         self.nodes[index].start = Some(self.shared.started.elapsed());
         let compose = self.compose();
         let (journal, events) = (compose.journal.clone(), compose.sender.clone());
-        compose.tasks.spawn(
+        let task = compose.tasks.spawn(
             async move {
                 let end = run_composite(&operator, &input, scope, journal, events, &limits).await;
                 (index, end)
             }
             .instrument(span),
         );
+        compose.task_nodes.insert(task.id(), index);
     }
 
     /// The run's composites' state, made on first use.
@@ -380,6 +397,7 @@ impl<'a> Run<'a> {
                 sender,
                 receiver,
                 tasks: JoinSet::new(),
+                task_nodes: HashMap::new(),
                 waiters: Vec::new(),
                 forced: 0,
             }
@@ -449,6 +467,7 @@ impl<'a> Run<'a> {
         let index = self.nodes.len();
         let mut args = Vec::with_capacity(node.args.len());
         let mut dependencies = Vec::new();
+        let mut refused = None;
         for (name, source) in &node.args {
             match self.resolve(source) {
                 Ok(resolved) => {
@@ -460,12 +479,19 @@ impl<'a> Run<'a> {
                     args.push((name.clone(), resolved));
                 }
                 Err(error) => {
-                    tracing::error!(node = %node.id, %error, "a recorded node refers to no node");
+                    refused.get_or_insert(error);
                 }
             }
         }
-        if self.ids.insert(node.id.clone(), index).is_some() {
-            tracing::warn!(node = %node.id, "a recorded node's id is the id of another node");
+        if self.ids.contains_key(&node.id) {
+            refused.get_or_insert(Error::Graph {
+                problems: vec![crate::error::GraphProblem::node(
+                    &node.id,
+                    "a composite recorded a call whose id is another node's",
+                )],
+            });
+        } else {
+            self.ids.insert(node.id.clone(), index);
         }
         let policy = match self.plan.policies.get(&node.operator) {
             Some(own) => NodePolicy::Graph(own.clone()),
@@ -500,6 +526,19 @@ impl<'a> Run<'a> {
             policy,
             scope,
         });
+        if let Some(error) = refused {
+            let id = self.nodes[index].id.clone();
+            let outcome = NodeOutcome {
+                index,
+                result: Err(Error::Node {
+                    node: id,
+                    element: None,
+                    cause: Box::new(error),
+                }),
+                calls: Vec::new(),
+            };
+            return self.ended(outcome);
+        }
         if let Some(producer) = failed_producer {
             let failed = self.nodes[producer].id.clone();
             self.skip(index, &failed);
@@ -799,10 +838,13 @@ impl<'a> Run<'a> {
     }
 }
 
+/// A composite node's task's result: the node, and how its code ended.
+type CompositeEnd = (usize, Result<ScopeEnd, Error>);
+
 /// What the coordinator's loop woke up for.
 enum Step {
     Deadline,
     Event(Event),
     Task(Option<Result<(tokio::task::Id, NodeOutcome), tokio::task::JoinError>>),
-    Composite(Result<(usize, Result<ScopeEnd, Error>), tokio::task::JoinError>),
+    Composite(Result<(tokio::task::Id, CompositeEnd), tokio::task::JoinError>),
 }
