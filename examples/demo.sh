@@ -66,4 +66,11 @@ if command -v dot >/dev/null 2>&1; then
     dot -Tsvg target/demo/pipeline.dot -o target/demo/pipeline.svg && printf ' (rendered: target/demo/pipeline.svg)'
 fi
 printf '\nThe timeline, one track per concurrency slot: target/demo/timeline.json (open in https://ui.perfetto.dev)\n'
+
+step "12. Composites call operators by name. 'trace' records the calls without running any: the graph, side-effect free:"
+show trace "$ops/pipeline.wasm" --input '{"documents": ["the quick brown fox", "wasm"]}'
+step "    A composite that needs a value to decide (here: a word count) can only be traced up to there; the trace says where:"
+show trace "$ops/refine.wasm" --input '{"text": "one two three", "threshold": 2}'
+step "    'run' runs it staged: the forced value is computed, handed back, and the composite goes on:"
+show run "$ops/refine.wasm" --input '{"text": "one two three", "threshold": 2}'
 printf '\nThe operators are in %s/; try `%s --help`.\n' "$ops" "$xcs"

@@ -100,13 +100,19 @@ async fn load_dir(host: &Host, dir: &Path) -> anyhow::Result<Vec<(String, xcs::O
             Ok(operator) => operators.push((operator.name().to_owned(), operator)),
             Err(error) => {
                 tracing::info!(path = %path.display(), %error, "left out of the operators");
-                left_out.push(format!("{} [{}]", path.display(), error.kind()));
+                let name = path.file_stem().map_or_else(
+                    || path.display().to_string(),
+                    |stem| stem.to_string_lossy().into_owned(),
+                );
+                left_out.push(format!("{name} [{}]", error.kind()));
             }
         }
     }
     if !left_out.is_empty() {
         eprintln!(
-            "note: left out of the operators (they do not load here; -v says why): {}",
+            "note: {} of {} do not load here and are left out: {} (-v says why)",
+            left_out.len(),
+            dir.display(),
             left_out.join(", ")
         );
     }
