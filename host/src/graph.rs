@@ -26,17 +26,18 @@ use crate::policy::Policy;
 
 mod check;
 mod compose;
+mod options;
 mod pictures;
 mod report;
 mod run;
 mod spec;
 
 pub use check::Plan;
-pub use compose::{
-    COMPOSITE_OUTPUT, ComposeOptions, Composite, StopReason, Trace, TraceReport, TraceStop,
+pub use compose::{COMPOSITE_OUTPUT, Composite, Trace};
+pub use options::{ComposeOptions, ProgressFn, RunOptions};
+pub use report::{
+    NodeError, NodeReport, NodeStatus, RunReport, Span, StopReason, Stopped, TraceReport, TraceStop,
 };
-pub use report::{NodeError, NodeReport, NodeStatus, RunReport, Span, Stopped};
-pub use run::{ProgressFn, RunOptions};
 
 /// Where a parameter's value comes from.
 #[derive(Debug, Clone, PartialEq)]

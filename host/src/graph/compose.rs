@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::check::Resolved;
-use super::run::RunOptions;
+use super::options::{ComposeOptions, RunOptions};
+use super::report::{StopReason, TraceReport, TraceStop};
 use super::{Graph, Node, Operators, Plan, RunReport, Source};
 use crate::error::Error;
 use crate::limits::Limits;
@@ -19,151 +20,6 @@ mod trace;
 pub(crate) use journal::{Journal, Scope};
 pub(crate) use staged::{Event, run_composite, scope_for_node};
 pub(crate) use trace::{ScopeEnd, trace_in};
-
-/// How composites are traced and run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ComposeOptions {
-    pub(crate) max_depth: usize,
-    pub(crate) max_calls: usize,
-    pub(crate) strict: bool,
-    pub(crate) limits: Option<Limits>,
-    pub(crate) trace_cache_bytes: u64,
-    pub(crate) max_recorded_bytes: u64,
-}
-
-impl Default for ComposeOptions {
-    /// | option | default |
-    /// |---|---|
-    /// | `max_depth` | 16 composites, the top one included |
-    /// | `max_calls` | 10,000 per trace or run |
-    /// | `strict` | off: an incomplete trace runs staged, with a warning |
-    /// | `limits` | the host's default limits (for the composite's own code) |
-    /// | `trace_cache_bytes` | 64 MiB of traces |
-    /// | `max_recorded_bytes` | 64 MiB of JSON arguments per trace or run |
-    fn default() -> Self {
-        ComposeOptions {
-            max_depth: 16,
-            max_calls: 10_000,
-            strict: false,
-            limits: None,
-            trace_cache_bytes: 64 << 20,
-            max_recorded_bytes: 64 << 20,
-        }
-    }
-}
-
-impl ComposeOptions {
-    /// How deep composites may call composites, the top one counting as 1;
-    /// deeper is an `analysis` error naming the chain. Default: 16.
-    pub fn max_depth(mut self, depth: usize) -> Self {
-        self.max_depth = depth.max(1);
-        self
-    }
-
-    /// How many calls one trace or run may record, every composite in it
-    /// together; more is an `analysis` error. Default: 10,000.
-    pub fn max_calls(mut self, calls: usize) -> Self {
-        self.max_calls = calls;
-        self
-    }
-
-    /// Whether a composite that cannot be traced completely is an
-    /// `analysis` error (instead of a staged run). Default: off.
-    pub fn strict(mut self, on: bool) -> Self {
-        self.strict = on;
-        self
-    }
-
-    /// Limits of the composite's own code (its callees have their own: a
-    /// node's, the run's, or the host's defaults). Its timeout also bounds
-    /// how long it may wait for a forced value. Default: the host's
-    /// default limits.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = Some(limits);
-        self
-    }
-
-    /// How many bytes of JSON arguments one trace or run may record, every
-    /// composite in it together (the host keeps them until it ends); more
-    /// is an `analysis` error. Default: 64 MiB.
-    pub fn max_recorded_bytes(mut self, bytes: u64) -> Self {
-        self.max_recorded_bytes = bytes;
-        self
-    }
-
-    /// How much a [`Composite`]'s cache of complete traces (by canonical
-    /// input) may hold, in bytes of nodes and literal arguments, roughly.
-    /// Default: 64 MiB.
-    pub fn trace_cache_bytes(mut self, bytes: u64) -> Self {
-        self.trace_cache_bytes = bytes;
-        self
-    }
-}
-
-/// Why a trace stopped before the composite finished.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "reason", rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum StopReason {
-    /// The composite forced the value of `node` (it needed it to go on).
-    Forced {
-        /// The node whose value was forced.
-        node: String,
-    },
-    /// The composite called the granted capability `function`.
-    Capability {
-        /// The capability function, `interface#name`.
-        function: String,
-    },
-    /// The composite called the composite `operator` with an argument that
-    /// is not known while tracing.
-    NestedInput {
-        /// The nested composite.
-        operator: String,
-    },
-}
-
-/// Where and why a trace stopped.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TraceStop {
-    /// Why.
-    #[serde(flatten)]
-    pub reason: StopReason,
-    /// The composite whose code stopped.
-    pub composite: String,
-    /// How many calls that composite had recorded when it stopped.
-    pub calls: usize,
-    /// The composite's own stack where it stopped, innermost first, when
-    /// the component has function names.
-    pub backtrace: Vec<String>,
-}
-
-impl std::fmt::Display for TraceStop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.reason {
-            StopReason::Forced { node } => write!(
-                f,
-                "`{}` forced the value of `{node}` after {} call(s)",
-                self.composite, self.calls
-            )?,
-            StopReason::Capability { function } => write!(
-                f,
-                "`{}` called the capability `{function}` after {} call(s)",
-                self.composite, self.calls
-            )?,
-            StopReason::NestedInput { operator } => write!(
-                f,
-                "`{}` called the composite `{operator}` with a value not known while tracing, \
-                 after {} call(s)",
-                self.composite, self.calls
-            )?,
-        }
-        if let Some(frame) = self.backtrace.first() {
-            write!(f, ", in {frame}")?;
-        }
-        Ok(())
-    }
-}
 
 /// What a dry trace found: the graph the composite builds (up to where it
 /// stopped, when it stopped), with one output, `output`, the composite's
@@ -185,24 +41,6 @@ impl Trace {
     pub fn is_complete(&self) -> bool {
         self.stopped.is_none()
     }
-}
-
-/// How a composite's run went, as far as tracing is concerned: in the
-/// [`RunReport`] of [`Composite::run`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TraceReport {
-    /// Whether the composite traced completely (the run ran its graph).
-    pub complete: bool,
-    /// Whether the trace came from the composite's cache of traces.
-    pub cached: bool,
-    /// Where the trace stopped, when the run was staged.
-    pub stopped: Option<TraceStop>,
-    /// Values the composite forced during a staged run.
-    pub forced: usize,
-    /// Calls recorded (in the trace, or the staged run).
-    pub calls: usize,
-    /// Calls merged into identical earlier calls.
-    pub merged: usize,
 }
 
 /// Composite operators: operators whose code calls other operators by name

@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::Graph;
-use super::compose::TraceReport;
 use crate::error::{Error, ErrorKind};
 
 /// How a node ended.
@@ -230,4 +229,87 @@ impl RunReport {
     pub fn node(&self, id: &str) -> Option<&NodeReport> {
         self.nodes.iter().find(|node| node.id == id)
     }
+}
+
+/// Why a trace stopped before the composite finished.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The composite forced the value of `node` (it needed it to go on).
+    Forced {
+        /// The node whose value was forced.
+        node: String,
+    },
+    /// The composite called the granted capability `function`.
+    Capability {
+        /// The capability function, `interface#name`.
+        function: String,
+    },
+    /// The composite called the composite `operator` with an argument that
+    /// is not known while tracing.
+    NestedInput {
+        /// The nested composite.
+        operator: String,
+    },
+}
+
+/// Where and why a trace stopped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TraceStop {
+    /// Why.
+    #[serde(flatten)]
+    pub reason: StopReason,
+    /// The composite whose code stopped.
+    pub composite: String,
+    /// How many calls that composite had recorded when it stopped.
+    pub calls: usize,
+    /// The composite's own stack where it stopped, innermost first, when
+    /// the component has function names.
+    pub backtrace: Vec<String>,
+}
+
+impl fmt::Display for TraceStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reason {
+            StopReason::Forced { node } => write!(
+                f,
+                "`{}` forced the value of `{node}` after {} call(s)",
+                self.composite, self.calls
+            )?,
+            StopReason::Capability { function } => write!(
+                f,
+                "`{}` called the capability `{function}` after {} call(s)",
+                self.composite, self.calls
+            )?,
+            StopReason::NestedInput { operator } => write!(
+                f,
+                "`{}` called the composite `{operator}` with a value not known while tracing, \
+                 after {} call(s)",
+                self.composite, self.calls
+            )?,
+        }
+        if let Some(frame) = self.backtrace.first() {
+            write!(f, ", in {frame}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a composite's run went, as far as tracing is concerned: in the
+/// [`RunReport`] of [`Composite::run`](super::Composite::run).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TraceReport {
+    /// Whether the composite traced completely (the run ran its graph).
+    pub complete: bool,
+    /// Whether the trace came from the composite's cache of traces.
+    pub cached: bool,
+    /// Where the trace stopped, when the run was staged.
+    pub stopped: Option<TraceStop>,
+    /// Values the composite forced during a staged run.
+    pub forced: usize,
+    /// Calls recorded (in the trace, or the staged run).
+    pub calls: usize,
+    /// Calls merged into identical earlier calls.
+    pub merged: usize,
 }

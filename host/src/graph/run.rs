@@ -6,16 +6,15 @@
 //! node runs in a task of its own (`run/node.rs`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Map, Value};
 
 use super::check::{Plan, Resolved};
-use super::compose::ComposeOptions;
+use super::options::RunOptions;
 use super::report::{NodeReport, RunReport, Stopped};
 use crate::codec;
 use crate::error::Error;
-use crate::limits::Limits;
 use crate::slots::Slots;
 
 mod coordinator;
@@ -23,95 +22,6 @@ mod node;
 
 use coordinator::Run;
 use node::{NodePolicy, Shared, SlotIds};
-
-/// Called after each node ends with (nodes ended, nodes in all).
-pub type ProgressFn = Arc<dyn Fn(usize, usize) + Send + Sync>;
-
-/// How a graph runs.
-#[derive(Clone)]
-pub struct RunOptions {
-    pub(crate) max_concurrency: Option<usize>,
-    pub(crate) timeout: Duration,
-    pub(crate) keep_going: bool,
-    pub(crate) limits: Option<Limits>,
-    pub(crate) progress: Option<ProgressFn>,
-    pub(crate) compose: ComposeOptions,
-}
-
-impl std::fmt::Debug for RunOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunOptions")
-            .field("max_concurrency", &self.max_concurrency)
-            .field("timeout", &self.timeout)
-            .field("keep_going", &self.keep_going)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for RunOptions {
-    /// | option | default |
-    /// |---|---|
-    /// | `max_concurrency` | the host's (available parallelism) |
-    /// | `timeout` | 5 minutes |
-    /// | `keep_going` | off: the first failure cancels the rest |
-    /// | `limits` | the host's default limits, unless a node has its own |
-    /// | `compose` | [`ComposeOptions::default()`] |
-    fn default() -> Self {
-        RunOptions {
-            max_concurrency: None,
-            timeout: Duration::from_secs(300),
-            keep_going: false,
-            limits: None,
-            progress: None,
-            compose: ComposeOptions::default(),
-        }
-    }
-}
-
-impl RunOptions {
-    /// At most this many guests of this run at once (the host's own bound
-    /// still applies). Default: the host's.
-    pub fn max_concurrency(mut self, max: usize) -> Self {
-        self.max_concurrency = Some(max.max(1));
-        self
-    }
-
-    /// The graph deadline: when it passes, running guests are interrupted
-    /// and pending nodes cancelled. Default: 5 minutes; at most
-    /// [`MAX_DURATION`](crate::MAX_DURATION).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = crate::limits::capped(timeout);
-        self
-    }
-
-    /// Run every node that does not depend on a failed one, instead of
-    /// cancelling everything at the first failure. Default: off.
-    pub fn keep_going(mut self, on: bool) -> Self {
-        self.keep_going = on;
-        self
-    }
-
-    /// Limits for calls of nodes without limits of their own.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = Some(limits);
-        self
-    }
-
-    /// How the graph's composite nodes run (see [`Composite`](crate::graph::Composite)).
-    /// Default: [`ComposeOptions::default()`].
-    pub fn compose(mut self, options: ComposeOptions) -> Self {
-        self.compose = options;
-        self
-    }
-
-    /// Called after each node ends, with (ended, total; the total grows
-    /// as composites record calls).
-    pub fn on_progress(mut self, progress: impl Fn(usize, usize) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Arc::new(progress));
-        self
-    }
-}
 
 pub(crate) fn resolve_value(
     resolved: &Resolved,
