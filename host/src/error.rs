@@ -120,15 +120,19 @@ pub enum Error {
     },
 
     /// The guest asked for more memory than its cap.
-    #[error("{operator}: {what} of {requested} bytes refused: the limit is {limit} bytes")]
+    #[error(
+        "{operator}: {what} of {requested} {unit} refused: the limit is {limit} {unit}",
+        unit = if *what == "table" { "elements" } else { "bytes" }
+    )]
     Memory {
         /// The operator that was stopped.
         operator: String,
         /// What needed the memory (`linear memory`, `table`, `output`).
         what: &'static str,
-        /// How many bytes it asked for in total (or produced, for output).
+        /// How many bytes it asked for in total (or produced, for output);
+        /// elements, for a table.
         requested: u64,
-        /// The cap in force.
+        /// The cap in force (bytes; elements, for a table).
         limit: u64,
     },
 

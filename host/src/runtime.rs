@@ -110,7 +110,7 @@ impl Settings {
             .epoch_interruption(true)
             .consume_fuel(self.consume_fuel)
             .max_wasm_stack(self.max_wasm_stack)
-            .async_stack_size(self.max_wasm_stack + (1 << 20));
+            .async_stack_size(self.max_wasm_stack.saturating_add(1 << 20));
         if let Some(dir) = &self.cache_dir {
             let mut cache_config = CacheConfig::new();
             cache_config.with_directory(dir);

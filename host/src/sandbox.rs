@@ -57,6 +57,13 @@ pub(crate) async fn attempt_in<T>(
     guest: impl for<'s> FnOnce(&'s mut Store<StoreState>) -> GuestFuture<'s, T>,
 ) -> Result<(T, CallStats), Error> {
     let started = Instant::now();
+    if limits.timeout.is_zero() {
+        // No time at all: expired before anything runs.
+        return Err(Error::Timeout {
+            operator: operator.to_string(),
+            timeout: limits.timeout,
+        });
+    }
     let deadline = tokio::time::Instant::from_std(started + limits.timeout);
     // The permit is released after the store (and with it the pool slot) is
     // dropped, as locals drop in reverse order.

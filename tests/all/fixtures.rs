@@ -250,3 +250,45 @@ pub fn identity(type_definitions: &str, element: &str) -> String {
         metadata = metadata_export(),
     )
 }
+
+/// `invoke() -> result<_, error>` running `body` (core WAT instructions)
+/// before it returns `ok`; `declarations` go into the core module (a
+/// table, say).
+pub fn invoke_runs(declarations: &str, body: &str) -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (func (export "invoke") (result (result (error $error))) (canon lift (core func $i "run") {LIFT})))"#,
+        core = core_module(
+            "",
+            &format!(
+                r#"{declarations}
+    (func (export "run") (result i32) {body} (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#
+            ),
+        ),
+        metadata = metadata_export(),
+    )
+}
+
+/// A valid operator whose metadata says `name` and `description` (WAT
+/// string literals: `\1b` is an escape character).
+pub fn described(name: &str, name_len: u32, description: &str, description_len: u32) -> String {
+    let metadata_body = format!(
+        r#"(i32.store (i32.const 64) (i32.const 256)) (i32.store (i32.const 68) (i32.const {name_len}))
+           (i32.store (i32.const 72) (i32.const 32)) (i32.store (i32.const 76) (i32.const 5))
+           (i32.store (i32.const 80) (i32.const 1024)) (i32.store (i32.const 84) (i32.const {description_len}))
+           (i32.store8 (i32.const 88) (i32.const 1))
+           (i32.const 64)"#
+    );
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (func (export "invoke") (result (result (error $error))) (canon lift (core func $i "ok2") {LIFT})))"#,
+        core = core_module(
+            &metadata_body,
+            &format!(
+                r#"(data (i32.const 256) "{name}") (data (i32.const 1024) "{description}")
+    (func (export "ok2") (result i32) (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#
+            ),
+        ),
+        metadata = metadata_export(),
+    )
+}

@@ -8,6 +8,7 @@ mod chaos;
 mod compose;
 mod concurrency;
 mod graph;
+mod hardening;
 mod hostile;
 mod layers;
 mod limits;

@@ -109,7 +109,7 @@ async fn load_dir(host: &Host, dir: &Path) -> anyhow::Result<Vec<(String, xcs::O
         }
     }
     if !left_out.is_empty() {
-        eprintln!(
+        errln!(
             "note: {} of {} do not load here and are left out: {} (-v says why)",
             left_out.len(),
             dir.display(),
@@ -133,7 +133,7 @@ pub(crate) async fn check(
         .iter()
         .map(|(name, ty)| format!("{name}: {ty}"))
         .collect();
-    println!(
+    outln!(
         "ok: {} node(s); inputs: {}",
         plan.graph().nodes().len(),
         if inputs.is_empty() {
@@ -141,7 +141,7 @@ pub(crate) async fn check(
         } else {
             inputs.join(", ")
         }
-    );
+    )?;
     Ok(())
 }
 
@@ -207,7 +207,7 @@ pub(crate) async fn run_composite(
         && !trace.complete
         && let Some(stopped) = &trace.stopped
     {
-        eprintln!("warning: not traced completely, run staged: {stopped}");
+        errln!("warning: not traced completely, run staged: {stopped}");
     }
     // The graph that ran, drawn with the report: the composite's own node
     // (a staged run) is checked against the composite itself.
@@ -217,7 +217,7 @@ pub(crate) async fn run_composite(
         (Some(graph), Some(_)) => match graph.check(&drawable) {
             Ok(plan) => Some(plan),
             Err(error) => {
-                eprintln!("warning: the graph that ran cannot be drawn: {error}");
+                errln!("warning: the graph that ran cannot be drawn: {error}");
                 None
             }
         },
@@ -252,7 +252,7 @@ fn finish_run(
     flags: &RunFlags,
 ) -> anyhow::Result<()> {
     if run.error.is_none() || flags.keep_going {
-        println!("{}", serde_json::to_string(&run.outputs)?);
+        outln!("{}", serde_json::to_string(&run.outputs)?)?;
     }
     // The pictures are written even when the run failed; failing to write
     // one is reported, but never hides the run's own outcome.
@@ -282,7 +282,7 @@ fn finish_run(
     if run.error.is_none() {
         written?;
     } else if let Err(error) = written {
-        eprintln!("warning: {error:#}");
+        errln!("warning: {error:#}");
     }
     write_metrics(host, flags.metrics.as_deref(), run.error.is_none())?;
     let unsuccessful: Vec<_> = run
@@ -294,12 +294,10 @@ fn finish_run(
         // Every node that did not succeed; the error line below names the first.
         for node in unsuccessful {
             if let Some(error) = &node.error {
-                eprintln!(
-                    "node `{}` failed [{}]: {}",
-                    node.id, error.kind, error.message
-                );
+                let message = crate::io::printable(&error.message);
+                errln!("node `{}` failed [{}]: {message}", node.id, error.kind);
             } else if let Some(why) = &node.stopped {
-                eprintln!("node `{}` skipped: {why}", node.id);
+                errln!("node `{}` skipped: {why}", node.id);
             }
         }
     }
@@ -335,17 +333,17 @@ pub(crate) async fn trace(
     if flags.toml {
         if let Some(stop) = &trace.stopped {
             // A partial graph, without the composite's output.
-            eprintln!("warning: the trace is incomplete; the graph stops where it did: {stop}");
-            println!("# An incomplete trace: {stop}");
+            errln!("warning: the trace is incomplete; the graph stops where it did: {stop}");
+            outln!("# An incomplete trace: {stop}")?;
         }
-        print!("{}", trace.graph.to_toml()?);
+        out!("{}", trace.graph.to_toml()?)?;
     } else if flags.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&trace_json(&trace, &operators))?
-        );
+        )?;
     } else {
-        print_trace(&trace, &operators);
+        print_trace(&trace, &operators)?;
     }
     Ok(())
 }
@@ -389,15 +387,15 @@ fn trace_json(trace: &Trace, operators: &Operators) -> Value {
     })
 }
 
-fn print_trace(trace: &Trace, operators: &Operators) {
+fn print_trace(trace: &Trace, operators: &Operators) -> anyhow::Result<()> {
     match &trace.stopped {
-        None => println!(
+        None => outln!(
             "complete: {} call(s), {} merged, {} node(s)",
             trace.calls,
             trace.merged,
             trace.graph.nodes().len()
-        ),
-        Some(stop) => println!("stopped: {stop}"),
+        )?,
+        Some(stop) => outln!("stopped: {}", crate::io::printable(&stop.to_string()))?,
     }
     for node in trace.graph.nodes() {
         let args: Vec<String> = node
@@ -410,14 +408,15 @@ fn print_trace(trace: &Trace, operators: &Operators) {
             .map(|param| format!(", map over {param}"))
             .unwrap_or_default();
         let ty = output_type(operators, node).unwrap_or_else(|| "?".into());
-        println!(
+        outln!(
             "  {}: {}({}) -> {ty}{map}",
             node.id(),
             node.operator(),
             args.join(", ")
-        );
+        )?;
     }
     if let Some((_, output)) = trace.graph.outputs().first() {
-        println!("output: {output}");
+        outln!("output: {output}")?;
     }
+    Ok(())
 }

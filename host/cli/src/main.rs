@@ -1,8 +1,9 @@
 //! The `xcs` command: inspect and call WebAssembly operators, check and
 //! run graphs, trace and run composites.
 
-mod graphs;
+#[macro_use]
 mod io;
+mod graphs;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -239,31 +240,37 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help and --version: not errors.
-            print!("{error}");
-            return ExitCode::SUCCESS;
+            return match out!("{error}") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            };
         }
         Err(error) => {
             let rendered = error.render().to_string();
             let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
-            eprint!("error[usage]: {message}");
+            err!("error[usage]: {message}");
             return ExitCode::from(2);
         }
     };
     init_tracing(cli.verbose);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away: stop quietly, as a Unix tool killed by
+        // SIGPIPE would (128 + 13).
+        Err(error) if error.is::<io::StdoutClosed>() => ExitCode::from(141),
         Err(error) => {
             let (kind, code) = match error.downcast_ref::<Error>() {
                 Some(xcs_error) => (xcs_error.kind().as_str(), exit_code(xcs_error.kind())),
                 None => ("io", 1),
             };
-            // One line with the kind, then the causes.
+            // One line with the kind, then the causes; what a guest wrote
+            // (a message, a panic) cannot pass for a line of ours.
             let mut chain = error.chain();
             if let Some(head) = chain.next() {
-                eprintln!("error[{kind}]: {head}");
+                errln!("error[{kind}]: {}", io::printable(&head.to_string()));
             }
             for cause in chain {
-                eprintln!("  caused by: {cause}");
+                errln!("  caused by: {}", io::printable(&cause.to_string()));
             }
             ExitCode::from(code)
         }
@@ -376,25 +383,26 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
             "imports": operator.imports(),
             "digest": operator.digest(),
         });
-        println!("{}", serde_json::to_string_pretty(&description)?);
+        outln!("{}", serde_json::to_string_pretty(&description)?)?;
     } else {
-        println!("name:          {}", metadata.name);
-        println!("version:       {}", metadata.version);
-        println!("description:   {}", metadata.description);
-        println!(
+        // Guest-controlled text: printable.
+        outln!("name:          {}", io::printable(&metadata.name))?;
+        outln!("version:       {}", io::printable(&metadata.version))?;
+        outln!("description:   {}", io::printable(&metadata.description))?;
+        outln!(
             "deterministic: {}",
             if metadata.deterministic { "yes" } else { "no" }
-        );
-        println!("invoke:        {signature}");
+        )?;
+        outln!("invoke:        {signature}")?;
         if operator.is_composite() {
             // What it calls depends on its input: `xcs trace` shows it.
-            println!("composite:     yes (calls operators by name; `xcs trace` shows which)");
+            outln!("composite:     yes (calls operators by name; `xcs trace` shows which)")?;
         }
-        println!("imports:");
+        outln!("imports:")?;
         for import in operator.imports() {
-            println!("  {import}");
+            outln!("  {import}")?;
         }
-        println!("digest:        {}", operator.digest());
+        outln!("digest:        {}", operator.digest())?;
     }
     Ok(())
 }
@@ -412,7 +420,7 @@ async fn call(
     let input = read_input(input, operator.name(), max_input_text)?;
     let output = operator.call(&input, limits).await;
     if let Ok(value) = &output {
-        println!("{}", serde_json::to_string(value)?);
+        outln!("{}", serde_json::to_string(value)?)?;
     }
     write_metrics(&host, metrics, output.is_ok())?;
     output.map(drop).map_err(Into::into)

@@ -1142,3 +1142,114 @@ fn a_composite_recursing_too_deep_exits_12() {
     );
     run.assert_error(12, "analysis", &["max_depth (16)", "recurse → recurse"]);
 }
+
+// --- output: closed pipes, full disks, guest-controlled text -----------
+
+/// A reader that goes away (`xcs call ... | head -c1`) stops xcs quietly
+/// with 141 (as SIGPIPE would), no panic (101), nothing on stderr.
+#[test]
+fn a_closed_stdout_stops_quietly() {
+    let scratch = Scratch::new();
+    let input = format!("[\"{}\"]", "x".repeat(1 << 20));
+    let input_file = scratch.file("big.json", input.as_bytes());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xcs"))
+        .args(["call", xcs_tests::UPPER, "--input-file", &input_file])
+        .env("XCS_CACHE_DIR", scratch.path().join("cache"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xcs starts");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).expect("a first byte");
+    drop(stdout);
+    let output = child.wait_with_output().expect("xcs ends");
+    assert_eq!(output.status.code(), Some(141), "{output:?}");
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A full disk on stdout is an `io` error (exit 1); on stderr, the exit
+/// code still tells (a trap: 9), never a panic (101).
+#[test]
+fn full_disks_are_io_errors_not_panics() {
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full");
+    let Ok(dev_full) = full() else {
+        return; // no /dev/full on this system
+    };
+    let output = Command::new(env!("CARGO_BIN_EXE_xcs"))
+        .args(["call", xcs_tests::UPPER, "--input", r#"["hi"]"#])
+        .stdin(Stdio::null())
+        .stdout(dev_full)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("xcs runs");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).starts_with("error[io]: I/O error on <stdout>"),
+        "{output:?}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_xcs"))
+        .args(["call", xcs_tests::PANIC, "--input", "[]"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(full().expect("/dev/full"))
+        .output()
+        .expect("xcs runs");
+    assert_eq!(output.status.code(), Some(9), "{output:?}");
+}
+
+/// An operator's error message is the guest's text: an escape sequence in
+/// it is printed escaped, and a line it forges is indented, never a line
+/// that starts `error[...]` of its own.
+#[test]
+fn guest_text_cannot_forge_or_colour_the_error_line() {
+    let wat = format!(
+        r#"(component {types}
+  (core module $m
+    (memory (export "memory") 1)
+    (data (i32.const 16) "fixture")
+    (data (i32.const 32) "0.1.0")
+    (data (i32.const 48) "a fixture")
+    (data (i32.const 512) "bad")
+    (data (i32.const 600) "\1b[31mred\0aerror[timeout]: forged")
+    (func (export "metadata") (result i32)
+      (i32.store (i32.const 64) (i32.const 16)) (i32.store (i32.const 68) (i32.const 7))
+      (i32.store (i32.const 72) (i32.const 32)) (i32.store (i32.const 76) (i32.const 5))
+      (i32.store (i32.const 80) (i32.const 48)) (i32.store (i32.const 84) (i32.const 9))
+      (i32.store8 (i32.const 88) (i32.const 0))
+      (i32.const 64))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable)
+    (func (export "invoke") (result i32)
+      (i32.store8 (i32.const 128) (i32.const 1))
+      (i32.store (i32.const 132) (i32.const 512)) (i32.store (i32.const 136) (i32.const 3))
+      (i32.store (i32.const 140) (i32.const 600)) (i32.store (i32.const 144) (i32.const 31))
+      (i32.store8 (i32.const 148) (i32.const 0))
+      (i32.const 128)))
+  (core instance $i (instantiate $m))
+  (func (export "metadata") (result $metadata)
+    (canon lift (core func $i "metadata") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+  (func (export "invoke") (result (result (error $error)))
+    (canon lift (core func $i "invoke") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))"#,
+        types = xcs::__doc_fixture::TYPES_IMPORT
+    );
+    let scratch = Scratch::new();
+    let bytes = wat::parse_str(&wat).expect("the fixture parses");
+    let operator = scratch.join("forger.wasm");
+    std::fs::write(&operator, bytes).expect("written");
+    let run = xcs_with_stdin(&["call", &operator, "--input", "[]"], None, &scratch);
+    run.assert_error(5, "operator", &["\\u{1b}[31mred"]);
+    assert!(!run.stderr.contains('\u{1b}'), "a raw escape: {run:#?}");
+    assert!(
+        run.stderr
+            .lines()
+            .filter(|line| line.starts_with("error["))
+            .count()
+            == 1,
+        "a forged line: {run:#?}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The static check: resolve operators and references, check types, find
 //! cycles; every problem is reported, together, before anything runs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -23,6 +23,15 @@ pub(crate) enum Resolved {
 }
 
 impl Resolved {
+    /// Calls `each` with every graph input this source reads.
+    pub(crate) fn for_each_input(&self, each: &mut impl FnMut(&str)) {
+        match self {
+            Resolved::Input(name) => each(name),
+            Resolved::List(items) => items.iter().for_each(|item| item.for_each_input(each)),
+            Resolved::Node { .. } | Resolved::Literal(_) => {}
+        }
+    }
+
     /// Calls `each` with every node this source reads, in order.
     pub(crate) fn for_each_node(&self, each: &mut impl FnMut(usize)) {
         match self {
@@ -290,11 +299,10 @@ impl Graph {
             }
             let mut resolved_args = Vec::with_capacity(node.args.len());
             let mut node_dependencies = Vec::new();
-            for (position_in_args, (name, source)) in node.args.iter().enumerate() {
-                if node.args[..position_in_args]
-                    .iter()
-                    .any(|(earlier, _)| earlier == name)
-                {
+            let mut seen_dependencies = HashSet::new();
+            let mut bound = HashSet::with_capacity(node.args.len());
+            for (name, source) in &node.args {
+                if !bound.insert(name.as_str()) {
                     checker.problem(id, format!("parameter `{name}` is bound twice"));
                     continue;
                 }
@@ -323,7 +331,7 @@ impl Graph {
                 let what = format!("parameter `{name}`");
                 if let Some(resolved) = checker.resolve(id, &what, source, expected.as_ref()) {
                     resolved.for_each_node(&mut |index| {
-                        if !node_dependencies.contains(&index) {
+                        if seen_dependencies.insert(index) {
                             node_dependencies.push(index);
                         }
                     });
@@ -332,8 +340,9 @@ impl Graph {
             }
             if let Some(params) = &params {
                 for param in params {
-                    let bound = node.args.iter().any(|(name, _)| *name == param.name);
-                    if !bound && !matches!(param.ty, WitType::Option(_)) {
+                    if !bound.contains(param.name.as_str())
+                        && !matches!(param.ty, WitType::Option(_))
+                    {
                         checker.problem(
                             id,
                             format!("parameter `{}: {}` is not bound", param.name, param.ty),
@@ -346,17 +355,34 @@ impl Graph {
         }
 
         let mut outputs = Vec::with_capacity(self.outputs.len());
-        for (position, (name, source)) in self.outputs.iter().enumerate() {
-            if self.outputs[..position]
-                .iter()
-                .any(|(earlier, _)| earlier == name)
-            {
+        let mut output_names = HashSet::with_capacity(self.outputs.len());
+        for (name, source) in &self.outputs {
+            if !output_names.insert(name.as_str()) {
                 checker.problem(None, format!("graph output `{name}` is defined twice"));
             }
             if let Some(resolved) =
                 checker.resolve(None, &format!("graph output `{name}`"), source, None)
             {
                 outputs.push((name.clone(), resolved));
+            }
+        }
+        // An input only an output reads has no type to check it against:
+        // it would be `null` when missing, silently.
+        for (name, resolved) in &outputs {
+            let mut unknown = Vec::new();
+            resolved.for_each_input(&mut |input| {
+                if !checker.input_types.contains_key(input) {
+                    unknown.push(input.to_owned());
+                }
+            });
+            for input in unknown {
+                checker.problem(
+                    None,
+                    format!(
+                        "graph output `{name}` reads graph input `{input}`, which no node takes \
+                         (its type is unknown)"
+                    ),
+                );
             }
         }
 

@@ -135,6 +135,18 @@ impl Plan {
             trace,
             graph,
         };
+        if options.timeout.is_zero() {
+            // No time at all: the deadline has passed before anything runs.
+            let mut nodes = nodes;
+            for node in &mut nodes {
+                node.stopped = Some(Stopped::Deadline);
+            }
+            let error = Error::GraphTimeout {
+                timeout: options.timeout,
+                running: Vec::new(),
+            };
+            return report(nodes, Map::new(), Some(error), (None, None));
+        }
         let inputs = match self.check_inputs(inputs) {
             Ok(inputs) => inputs,
             Err(error) => {

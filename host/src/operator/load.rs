@@ -306,6 +306,46 @@ fn link(
     Ok((pre, bindings_pre))
 }
 
+/// The longest name, and version, an operator may have.
+const MAX_NAME_BYTES: usize = 64;
+/// The longest description.
+const MAX_DESCRIPTION_BYTES: usize = 1024;
+
+/// A name is kebab-case words of lowercase letters and digits, each
+/// starting with a letter (WIT's identifiers), at most 64 bytes; a version
+/// and a description hold no control characters, at most 64 and 1,024
+/// bytes: what a guest says of itself is printed, logged and used as a
+/// key.
+fn check_metadata(name: &str, version: &str, description: &str) -> Result<(), String> {
+    let kebab = !name.is_empty()
+        && name.split('-').all(|word| {
+            word.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        });
+    if !kebab || name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "`metadata` returned the name {name:?}: a name is kebab-case (`word-count`), \
+             at most {MAX_NAME_BYTES} bytes"
+        ));
+    }
+    if version.len() > MAX_NAME_BYTES || version.chars().any(char::is_control) {
+        return Err(format!(
+            "`metadata` returned the version {version:?}: at most {MAX_NAME_BYTES} bytes, \
+             no control characters"
+        ));
+    }
+    if description.len() > MAX_DESCRIPTION_BYTES || description.chars().any(char::is_control) {
+        return Err(format!(
+            "`metadata` returned a description of {} bytes or with control characters: at \
+             most {MAX_DESCRIPTION_BYTES} bytes, none",
+            description.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Step 6: ask the guest for its metadata: one attempt in a sandbox under
 /// the host's default limits, like any call.
 async fn read_metadata(
@@ -326,13 +366,8 @@ async fn read_metadata(
         },
     )
     .await?;
-    if metadata.name.is_empty() {
-        return Err(contract(
-            source_name,
-            "`metadata` returned an empty name".into(),
-            None,
-        ));
-    }
+    check_metadata(&metadata.name, &metadata.version, &metadata.description)
+        .map_err(|reason| contract(source_name, reason, None))?;
     Ok(Metadata {
         name: metadata.name,
         version: metadata.version,

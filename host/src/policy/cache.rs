@@ -41,14 +41,19 @@ impl ResultKey {
         // Limits and policies decide whether a call succeeds: calls under
         // others must not share an execution (single flight) or, in
         // principle, a result.
+        // Every limit that can change an outcome (the seed cannot: a
+        // deterministic operator's result does not depend on it).
         let _ = write!(
             key,
-            "\n{policy:x}/{:?}/{:?}/{}/{}/{}\n",
+            "\n{policy:x}/{:?}/{:?}/{}/{}/{}/{}/{}/{}\n",
             limits.timeout,
             limits.fuel,
             limits.max_memory_bytes,
             limits.max_input_bytes,
-            limits.max_output_bytes
+            limits.max_output_bytes,
+            limits.max_table_elements,
+            limits.max_instances,
+            limits.max_log_bytes
         );
         canonical(input, &mut key)?;
         Some(ResultKey {
@@ -161,5 +166,19 @@ mod tests {
         assert!(a.is_some());
         assert_ne!(a, b);
         assert_ne!(a, c, "policies are part of the key");
+        for other in [
+            Limits::default().max_table_elements(1),
+            Limits::default().max_instances(1),
+            Limits::default().max_log_bytes(1),
+        ] {
+            let d = ResultKey::new(&name, "sha256:00", 0, &input, &other);
+            assert_ne!(a, d, "{other:?}");
+        }
+        let reseeded = Limits::default().seed(7);
+        assert_eq!(
+            a,
+            ResultKey::new(&name, "sha256:00", 0, &input, &reseeded),
+            "not the seed"
+        );
     }
 }

@@ -1,0 +1,145 @@
+//! Hardening, round two: each class of what a hostile component, graph
+//! file or setting could do, with its regression test.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use xcs::graph::{Graph, Node, Operators, RunOptions, Source};
+use xcs::{ErrorKind, Host, Limits};
+
+use crate::fixtures;
+use crate::util::{assert_healthy, expect_kind, host, load, load_wat};
+
+/// A zero deadline expires: nothing runs, for a call and for a graph.
+#[tokio::test]
+async fn a_zero_deadline_expires() {
+    let noop = load(&host(), xcs_tests::NOOP).await;
+    let zero = Limits::default().timeout(Duration::ZERO);
+    expect_kind(noop.call(&Value::Null, &zero).await, ErrorKind::Timeout);
+    let plan = Graph::new()
+        .node(Node::new("n", "noop"))
+        .check(&Operators::new().with(noop))
+        .unwrap();
+    let report = plan
+        .run(&Value::Null, &RunOptions::default().timeout(Duration::ZERO))
+        .await;
+    assert_eq!(report.nodes[0].attempts, 0, "nothing ran");
+    expect_kind(report.into_result(), ErrorKind::Timeout);
+}
+
+/// A graph output that reads an input no node takes would be `null` when
+/// the input is missing: the check refuses it.
+#[tokio::test]
+async fn an_output_of_an_input_no_node_takes_is_a_graph_problem() {
+    let upper = load(&host(), xcs_tests::UPPER).await;
+    let graph = Graph::new()
+        .node(Node::new("up", "upper").arg("text", Source::input("text")))
+        .output("up", Source::node("up"))
+        .output("echo", Source::input("text"))
+        .output("lost", Source::input("missing"));
+    let error = graph
+        .check(&Operators::new().with(upper))
+        .expect_err("refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("graph output `lost` reads graph input `missing`, which no node takes"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("`echo`"),
+        "an input a node takes is typed: {message}"
+    );
+}
+
+/// Settings at their extremes build a host (or say why not), never panic.
+#[tokio::test]
+async fn extreme_host_settings_are_not_a_panic() {
+    let built = Host::builder()
+        .max_concurrency(usize::MAX)
+        .no_disk_cache()
+        .build();
+    assert!(built.is_ok(), "{built:?}");
+    let built = Host::builder()
+        .max_wasm_stack(usize::MAX)
+        .no_disk_cache()
+        .build();
+    if let Err(error) = built {
+        assert_eq!(error.kind(), ErrorKind::Config, "{error}");
+    }
+}
+
+/// A table grown past its limit is a `memory` error counted in elements.
+#[tokio::test]
+async fn a_table_over_its_limit_is_a_memory_error_in_elements() {
+    let host = host();
+    let grower = load_wat(
+        &host,
+        &fixtures::invoke_runs(
+            "(table $t 1 funcref)",
+            "(drop (table.grow $t (ref.null func) (i32.const 100000)))",
+        ),
+    )
+    .await
+    .expect("loads");
+    let error = expect_kind(
+        grower.call(&Value::Null, &Limits::default()).await,
+        ErrorKind::Memory,
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("table of 100001 elements refused: the limit is 20000 elements"),
+        "{error}"
+    );
+    assert_healthy(&host).await;
+}
+
+/// The check of a graph of 100,000 nodes and outputs is not quadratic
+/// (its time is in the graph bench; a quadratic check took minutes).
+#[tokio::test]
+async fn a_graph_of_a_hundred_thousand_outputs_checks() {
+    let upper = load(&host(), xcs_tests::UPPER).await;
+    let mut graph = Graph::new();
+    for n in 0..100_000 {
+        graph = graph
+            .node(Node::new(format!("n{n}"), "upper").arg("text", Source::literal(json!("a"))))
+            .output(format!("o{n}"), Source::node(format!("n{n}")));
+    }
+    let plan = graph.check(&Operators::new().with(upper)).expect("checks");
+    assert_eq!(plan.graph().nodes().len(), 100_000);
+}
+
+/// What a guest says of itself is printed and used as a key: a name that
+/// is not kebab-case (an escape sequence, a forged line) or too long, and
+/// a description with control characters, are `contract` errors at load.
+#[tokio::test]
+async fn metadata_must_be_printable_and_a_name_kebab_case() {
+    let host = host();
+    for (name, name_len, description, description_len) in [
+        ("evil\\1b[31m", 9, "fine", 4),
+        ("Upper", 5, "fine", 4),
+        ("two--dashes", 11, "fine", 4),
+        ("9lives", 6, "fine", 4),
+        ("fine", 4, "forged\\0aerror[timeout]: no", 27),
+    ] {
+        let error = load_wat(
+            &host,
+            &fixtures::described(name, name_len, description, description_len),
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(error.kind(), ErrorKind::Contract, "{name}: {error}");
+    }
+    let long = "a".repeat(65);
+    let error = load_wat(&host, &fixtures::described(&long, 65, "fine", 4))
+        .await
+        .expect_err("too long");
+    assert!(error.to_string().contains("at most 64 bytes"), "{error}");
+    let fine = load_wat(
+        &host,
+        &fixtures::described("word-count-v2", 13, "Counts.", 7),
+    )
+    .await
+    .expect("a kebab-case name loads");
+    assert_eq!(fine.name(), "word-count-v2");
+}
