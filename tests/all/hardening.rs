@@ -143,3 +143,34 @@ async fn metadata_must_be_printable_and_a_name_kebab_case() {
     .expect("a kebab-case name loads");
     assert_eq!(fine.name(), "word-count-v2");
 }
+
+/// A map node spawns its element calls as its bound lets them run, not
+/// all up front (memory O(bound + output)), and keeps their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_map_streams_its_elements_in_order() {
+    let host = Host::builder().build().unwrap();
+    let upper = load(&host, xcs_tests::UPPER).await;
+    let texts: Vec<Value> = (0..3_000).map(|n| json!(format!("t{n}"))).collect();
+    let plan = Graph::new()
+        .node(
+            Node::new("all", "upper")
+                .arg("text", Source::input("texts"))
+                .map_over("text", Some(2)),
+        )
+        .output("all", Source::node("all"))
+        .check(&Operators::new().with(upper))
+        .unwrap();
+    let report = plan
+        .run(&json!({ "texts": texts }), &RunOptions::default())
+        .await;
+    assert_eq!(report.nodes[0].spans.len(), 3_000);
+    assert!(
+        report.nodes[0].spans.iter().all(|span| span.slot < 2),
+        "at most two at once: one slot each"
+    );
+    let outputs = report.into_result().unwrap();
+    let all = outputs["all"].as_array().unwrap();
+    assert_eq!(all.len(), 3_000);
+    assert_eq!(all[0], json!("T0"));
+    assert_eq!(all[2_999], json!("T2999"));
+}

@@ -52,49 +52,165 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, bytes).map_err(|source| Error::io(path, source).into())
 }
 
-/// Reads the input JSON, at most `max_text` bytes of it.
+/// Reads the input JSON: at most `max_text` bytes of text, parsed into at
+/// most `max_text` bytes of values (a parsed value takes far more memory
+/// than its text: `[0,0,...]` 16 times as much), both refused as they are
+/// read rather than after.
 pub(crate) fn read_input(args: &InputArgs, operator: &str, max_text: u64) -> anyhow::Result<Value> {
-    let (origin, text) = if let Some(text) = &args.input {
-        ("--input", text.clone())
+    let (origin, bytes) = if let Some(text) = &args.input {
+        ("--input", text.clone().into_bytes())
     } else if let Some(file) = &args.input_file {
         let file_handle = std::fs::File::open(file).map_err(|source| Error::io(file, source))?;
         ("--input-file", read_bounded(file_handle, max_text, file)?)
     } else if std::io::stdin().is_terminal() {
         return Ok(Value::Null);
     } else {
-        let text = read_bounded(std::io::stdin().lock(), max_text, Path::new("<stdin>"))?;
-        if text.trim().is_empty() {
+        let bytes = read_bounded(std::io::stdin().lock(), max_text, Path::new("<stdin>"))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             // Nothing piped in: no arguments.
             return Ok(Value::Null);
         }
-        ("stdin", text)
+        ("stdin", bytes)
     };
-    if text.len() as u64 > max_text {
-        return Err(Error::InputTooLarge {
-            operator: operator.to_owned(),
-            size: text.len() as u64,
-            limit: max_text,
-        }
-        .into());
+    let too_large = |size: u64| Error::InputTooLarge {
+        operator: operator.to_owned(),
+        size,
+        limit: max_text,
+    };
+    if bytes.len() as u64 > max_text {
+        return Err(too_large(bytes.len() as u64).into());
     }
-    serde_json::from_str(&text).map_err(|error| {
-        Error::Validation {
-            operator: operator.to_owned(),
-            path: "$".into(),
-            expected: format!("JSON ({origin})"),
-            found: format!("invalid JSON: {error}"),
-        }
-        .into()
-    })
+    let invalid = |found: String| Error::Validation {
+        operator: operator.to_owned(),
+        path: "$".into(),
+        expected: format!("JSON ({origin})"),
+        found,
+    };
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|error| invalid(format!("text that is not UTF-8: {error}")))?;
+    let mut budget = Budget(max_text);
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value =
+        serde::de::DeserializeSeed::deserialize(BoundedValue(&mut budget), &mut deserializer)
+            .and_then(|value| deserializer.end().map(|()| value));
+    match value {
+        Ok(value) => Ok(value),
+        Err(_) if budget.0 == 0 => Err(too_large(max_text.saturating_add(1)).into()),
+        Err(error) => Err(invalid(format!("invalid JSON: {error}")).into()),
+    }
 }
 
-fn read_bounded(reader: impl Read, max: u64, path: &Path) -> anyhow::Result<String> {
-    let mut text = String::new();
+/// Bytes of parsed values still allowed.
+struct Budget(u64);
+
+impl Budget {
+    /// Spends `bytes`; `false` once the budget is spent.
+    fn spend(&mut self, bytes: usize) -> bool {
+        match self.0.checked_sub(bytes as u64) {
+            Some(left) => {
+                self.0 = left;
+                true
+            }
+            None => {
+                self.0 = 0;
+                false
+            }
+        }
+    }
+}
+
+/// A `serde_json::Value` deserialized within a [`Budget`]: each value
+/// costs its own size, strings and keys their bytes too.
+struct BoundedValue<'a>(&'a mut Budget);
+
+impl<'de> serde::de::DeserializeSeed<'de> for BoundedValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl BoundedValue<'_> {
+    fn spend<E: serde::de::Error>(&mut self, bytes: usize) -> Result<(), E> {
+        if self.0.spend(size_of::<Value>() + bytes) {
+            Ok(())
+        } else {
+            Err(E::custom("over the input size limit"))
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BoundedValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E: serde::de::Error>(mut self, value: bool) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E: serde::de::Error>(mut self, value: i64) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E: serde::de::Error>(mut self, value: u64) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E: serde::de::Error>(mut self, value: f64) -> Result<Value, E> {
+        self.spend(0)?;
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E: serde::de::Error>(mut self, value: &str) -> Result<Value, E> {
+        self.spend(value.len())?;
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E: serde::de::Error>(mut self, value: String) -> Result<Value, E> {
+        self.spend(value.len())?;
+        Ok(Value::String(value))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
+        self.spend(0)?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(BoundedValue(&mut *self.0))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
+        self.spend(0)?;
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            self.spend(key.len())?;
+            let value = map.next_value_seed(BoundedValue(&mut *self.0))?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+fn read_bounded(reader: impl Read, max: u64, path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
     reader
         .take(max.saturating_add(1))
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|source| Error::io(path, source))?;
-    Ok(text)
+    Ok(bytes)
 }
 
 /// The reader of stdout went away (a closed pipe): the command stops

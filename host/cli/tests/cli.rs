@@ -1253,3 +1253,48 @@ fn guest_text_cannot_forge_or_colour_the_error_line() {
         "a forged line: {run:#?}"
     );
 }
+
+/// Input JSON is bounded while it is parsed, not after: 4,000 bytes of
+/// `[0,0,...]` are within `--max-input 1KiB`'s text bound (4 KiB) but
+/// would take 64 KB as values: refused (exit 4) before it is all built.
+/// A file that is not UTF-8 is input that is not JSON (exit 4), not `io`.
+#[test]
+fn input_is_bounded_while_it_is_parsed_and_must_be_utf8() {
+    let scratch = Scratch::new();
+    let zeros = format!("[[{}0]]", "0,".repeat(1_990));
+    let file = scratch.file("zeros.json", zeros.as_bytes());
+    let run = xcs_with_stdin(
+        &[
+            "call",
+            xcs_tests::SUM,
+            "--input-file",
+            &file,
+            "--max-input",
+            "1KiB",
+        ],
+        None,
+        &scratch,
+    );
+    run.assert_error(4, "validation", &["over the limit of 4096 bytes"]);
+    let small = xcs_with_stdin(
+        &[
+            "call",
+            xcs_tests::SUM,
+            "--input",
+            "[[1,2,3]]",
+            "--max-input",
+            "1KiB",
+        ],
+        None,
+        &scratch,
+    );
+    small.assert_success();
+    assert_eq!(small.stdout.trim(), "6");
+    let latin1 = scratch.file("latin1.json", b"[\"caf\xe9\"]");
+    let run = xcs_with_stdin(
+        &["call", xcs_tests::UPPER, "--input-file", &latin1],
+        None,
+        &scratch,
+    );
+    run.assert_error(4, "validation", &["not UTF-8"]);
+}

@@ -132,6 +132,11 @@ async fn bounded_call(
     (result.map(|output| output.value), record)
 }
 
+/// The most element calls of one map node alive at once (each is a task
+/// waiting for its slots): beyond it, the run's and the host's bounds keep
+/// them waiting anyway.
+const MAX_MAP_TASKS: usize = 1024;
+
 /// What a node task returns.
 pub(super) struct NodeOutcome {
     pub(super) index: usize,
@@ -187,28 +192,37 @@ pub(super) async fn run_map_node(
         Some(Value::Array(elements)) => elements,
         _ => Vec::new(), // checked by the input validation and the type check
     };
-    let map_slots = Slots::new(map_bound);
+    // Tasks are spawned as the bound lets them run, not all up front: the
+    // memory is O(bound + output), whatever the number of elements.
+    let in_flight = map_bound.clamp(1, MAX_MAP_TASKS);
+    let total = elements.len();
+    let mut elements = elements.into_iter().enumerate();
     let mut calls = JoinSet::new();
-    for (element_index, element) in elements.into_iter().enumerate() {
-        let mut element_input = input.clone();
-        element_input.insert(param.clone(), element);
-        let (shared, call, map_slots) = (shared.clone(), call.clone(), map_slots.clone());
-        calls.spawn(async move {
-            let _map_permit = map_slots.acquire().await;
-            let (result, record) = bounded_call(
-                &shared,
-                &call,
-                &Value::Object(element_input),
-                Some(element_index),
-            )
-            .await;
-            (element_index, result, record)
-        });
-    }
-    let mut values: Vec<Option<Value>> = vec![None; calls.len()];
-    let mut records = Vec::with_capacity(values.len());
+    let mut values: Vec<Option<Value>> = vec![None; total];
+    let mut records = Vec::with_capacity(total);
     let mut first_error: Option<(usize, Error)> = None;
-    while let Some(joined) = calls.join_next().await {
+    loop {
+        while first_error.is_none() && calls.len() < in_flight {
+            let Some((element_index, element)) = elements.next() else {
+                break;
+            };
+            let mut element_input = input.clone();
+            element_input.insert(param.clone(), element);
+            let (shared, call) = (shared.clone(), call.clone());
+            calls.spawn(async move {
+                let (result, record) = bounded_call(
+                    &shared,
+                    &call,
+                    &Value::Object(element_input),
+                    Some(element_index),
+                )
+                .await;
+                (element_index, result, record)
+            });
+        }
+        let Some(joined) = calls.join_next().await else {
+            break;
+        };
         let (element_index, result, record) = match joined {
             Ok(joined) => joined,
             Err(error) => {
