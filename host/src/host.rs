@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::capability::Capability;
 use crate::error::Error;
-use crate::limits::Limits;
+use crate::limits::{Limits, LoadLimits};
 use crate::metrics::MetricsSnapshot;
 use crate::operator::{Operator, load};
 use crate::policy::Policy;
@@ -170,6 +170,13 @@ impl HostBuilder {
     /// [`Limits::default()`].
     pub fn default_limits(mut self, limits: Limits) -> Self {
         self.settings.default_limits = limits;
+        self
+    }
+
+    /// Bounds on the shape of a component, checked before it is compiled
+    /// (see [`LoadLimits`]). Default: [`LoadLimits::default()`].
+    pub fn load_limits(mut self, limits: LoadLimits) -> Self {
+        self.settings.load_limits = limits;
         self
     }
 

@@ -72,7 +72,7 @@ mod host;
 pub use capability::{Capability, CapabilityParams, CapabilityResults};
 pub use error::{BoxError, Error, ErrorKind, SharedError};
 pub use host::{CACHE_DIR_ENV, Host, HostBuilder};
-pub use limits::{DEFAULT_SEED, Limits, MAX_DURATION, parse_size};
+pub use limits::{DEFAULT_SEED, Limits, LoadLimits, MAX_DURATION, parse_size};
 pub use metrics::{MetricsSnapshot, OperatorMetrics};
 pub use operator::{CallOutput, Metadata, Operator};
 pub use sandbox::CallStats;

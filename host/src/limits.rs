@@ -183,3 +183,78 @@ fn parse_size_words(text: &str) -> Result<u64, String> {
         .checked_mul(multiplier)
         .ok_or_else(|| format!("`{text}` is too large"))
 }
+
+/// Bounds on the shape of a component, checked before it is compiled.
+///
+/// Compiling is the one step before any limit of a call applies, and its
+/// cost grows faster than the component: a 50 KB function nested a
+/// thousand blocks deep took Cranelift minutes and gigabytes here. These
+/// bounds, read in one linear pass over the code, refuse such shapes with
+/// an `invalid-component` error naming the bound, before compiling.
+///
+/// | bound | default |
+/// |---|---|
+/// | `max_function_nesting` (blocks, loops and ifs open at once in one function) | 512 |
+/// | `max_function_locals` | 50,000 |
+/// | `max_function_bytes` (one function body) | 1 MiB |
+/// | `max_functions` (all core modules together) | 100,000 |
+/// | `max_code_bytes` (all function bodies together) | 64 MiB |
+///
+/// ```
+/// let limits = xcs::LoadLimits::default().max_function_nesting(256);
+/// let host = xcs::Host::builder().load_limits(limits).build()?;
+/// # drop(host);
+/// # Ok::<(), xcs::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadLimits {
+    pub(crate) max_function_nesting: u32,
+    pub(crate) max_function_locals: u32,
+    pub(crate) max_function_bytes: u64,
+    pub(crate) max_functions: u32,
+    pub(crate) max_code_bytes: u64,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        LoadLimits {
+            max_function_nesting: 512,
+            max_function_locals: 50_000,
+            max_function_bytes: 1 << 20,
+            max_functions: 100_000,
+            max_code_bytes: 64 << 20,
+        }
+    }
+}
+
+impl LoadLimits {
+    /// Blocks, loops and ifs open at once in one function. Default: 512.
+    pub fn max_function_nesting(mut self, depth: u32) -> Self {
+        self.max_function_nesting = depth;
+        self
+    }
+
+    /// Locals of one function. Default: 50,000.
+    pub fn max_function_locals(mut self, locals: u32) -> Self {
+        self.max_function_locals = locals;
+        self
+    }
+
+    /// Bytes of one function body. Default: 1 MiB.
+    pub fn max_function_bytes(mut self, bytes: u64) -> Self {
+        self.max_function_bytes = bytes;
+        self
+    }
+
+    /// Functions of all the core modules together. Default: 100,000.
+    pub fn max_functions(mut self, functions: u32) -> Self {
+        self.max_functions = functions;
+        self
+    }
+
+    /// Bytes of all function bodies together. Default: 64 MiB.
+    pub fn max_code_bytes(mut self, bytes: u64) -> Self {
+        self.max_code_bytes = bytes;
+        self
+    }
+}

@@ -22,6 +22,7 @@ use crate::store::{ComposeStop, Composer, StoreState};
 use crate::types::Signature;
 
 pub(crate) mod load;
+mod shape;
 
 /// What an operator says about itself (its `metadata` export).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

@@ -22,7 +22,7 @@ use wasmtime::{
 
 use crate::capability::Capability;
 use crate::error::Error;
-use crate::limits::Limits;
+use crate::limits::{Limits, LoadLimits};
 use crate::metrics::Metrics;
 use crate::policy::{CachedResult, Installed, Policy, ResultKey};
 use crate::slots::Slots;
@@ -41,6 +41,7 @@ const MAX_TABLES_PER_COMPONENT: u32 = 4;
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) default_limits: Limits,
+    pub(crate) load_limits: LoadLimits,
     pub(crate) consume_fuel: bool,
     pub(crate) epoch_tick: Duration,
     pub(crate) max_concurrent_instances: u32,
@@ -60,6 +61,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             default_limits: Limits::default(),
+            load_limits: LoadLimits::default(),
             consume_fuel: true,
             epoch_tick: Duration::from_millis(10),
             max_concurrent_instances: 1000,
@@ -133,6 +135,7 @@ pub(crate) struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<StoreState>,
     pub(crate) default_limits: Limits,
+    pub(crate) load_limits: LoadLimits,
     pub(crate) consume_fuel: bool,
     pub(crate) max_wasm_stack: usize,
     /// The interfaces the embedder granted.
@@ -205,6 +208,7 @@ impl Runtime {
             engine,
             linker,
             default_limits: settings.default_limits,
+            load_limits: settings.load_limits,
             consume_fuel: settings.consume_fuel,
             max_wasm_stack: settings.max_wasm_stack,
             granted,

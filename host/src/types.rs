@@ -65,10 +65,45 @@ pub enum WitType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Unsupported(pub(crate) &'static str);
 
+/// The most bytes of types (names, and 8 per type) the host reflects of an
+/// operator's signature: far more than any signature written by hand,
+/// far less than the gigabytes a hostile one can expand to.
+pub(crate) const MAX_SIGNATURE_BYTES: usize = 1 << 20;
+
+/// What a signature over [`MAX_SIGNATURE_BYTES`] is called in errors.
+const TOO_LARGE: &str = "types that written out take more than 1 MiB (the host's bound)";
+
+fn spend(budget: &mut usize, bytes: usize) -> Result<(), Unsupported> {
+    match budget.checked_sub(bytes.saturating_add(8)) {
+        Some(left) => {
+            *budget = left;
+            Ok(())
+        }
+        None => Err(Unsupported(TOO_LARGE)),
+    }
+}
+
+fn owned_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    budget: &mut usize,
+) -> Result<Vec<String>, Unsupported> {
+    names
+        .map(|name| {
+            spend(budget, name.len())?;
+            Ok(name.to_owned())
+        })
+        .collect()
+}
+
 impl WitType {
     /// Reads a wasmtime type; resources, maps, futures, streams and error
-    /// contexts are not values the host can build from JSON.
-    pub(crate) fn from_wasmtime(ty: &Type) -> Result<WitType, Unsupported> {
+    /// contexts are not values the host can build from JSON. `budget` is
+    /// the bytes of types (names, and 8 per type) still allowed: a
+    /// component's types are a graph that, written out as a tree, can be
+    /// thousands of times larger than the component (one long name used a
+    /// million times), so reflection stops at the budget instead.
+    pub(crate) fn from_wasmtime(ty: &Type, budget: &mut usize) -> Result<WitType, Unsupported> {
+        spend(budget, 0)?;
         Ok(match ty {
             Type::Bool => WitType::Bool,
             Type::S8 => WitType::S8,
@@ -83,41 +118,51 @@ impl WitType {
             Type::Float64 => WitType::F64,
             Type::Char => WitType::Char,
             Type::String => WitType::String,
-            Type::List(list) => WitType::List(Box::new(Self::from_wasmtime(&list.ty())?)),
-            Type::Record(record) => WitType::Record(
-                record
-                    .fields()
-                    .map(|field| Ok((field.name.to_owned(), Self::from_wasmtime(&field.ty)?)))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Type::Tuple(tuple) => WitType::Tuple(
-                tuple
-                    .types()
-                    .map(|ty| Self::from_wasmtime(&ty))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Type::Variant(variant) => WitType::Variant(
-                variant
-                    .cases()
-                    .map(|case| {
-                        let payload = case.ty.as_ref().map(Self::from_wasmtime).transpose()?;
-                        Ok((case.name.to_owned(), payload))
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Type::Enum(names) => WitType::Enum(names.names().map(str::to_owned).collect()),
-            Type::Option(option) => WitType::Option(Box::new(Self::from_wasmtime(&option.ty())?)),
-            Type::Result(result) => WitType::Result {
-                ok: result
-                    .ok()
-                    .map(|ty| Self::from_wasmtime(&ty).map(Box::new))
-                    .transpose()?,
-                err: result
-                    .err()
-                    .map(|ty| Self::from_wasmtime(&ty).map(Box::new))
-                    .transpose()?,
-            },
-            Type::Flags(flags) => WitType::Flags(flags.names().map(str::to_owned).collect()),
+            Type::List(list) => WitType::List(Box::new(Self::from_wasmtime(&list.ty(), budget)?)),
+            Type::Record(record) => {
+                let mut fields = Vec::new();
+                for field in record.fields() {
+                    spend(budget, field.name.len())?;
+                    let ty = Self::from_wasmtime(&field.ty, budget)?;
+                    fields.push((field.name.to_owned(), ty));
+                }
+                WitType::Record(fields)
+            }
+            Type::Tuple(tuple) => {
+                let mut types = Vec::new();
+                for ty in tuple.types() {
+                    types.push(Self::from_wasmtime(&ty, budget)?);
+                }
+                WitType::Tuple(types)
+            }
+            Type::Variant(variant) => {
+                let mut cases = Vec::new();
+                for case in variant.cases() {
+                    spend(budget, case.name.len())?;
+                    let payload = match &case.ty {
+                        Some(ty) => Some(Self::from_wasmtime(ty, budget)?),
+                        None => None,
+                    };
+                    cases.push((case.name.to_owned(), payload));
+                }
+                WitType::Variant(cases)
+            }
+            Type::Enum(names) => WitType::Enum(owned_names(names.names(), budget)?),
+            Type::Option(option) => {
+                WitType::Option(Box::new(Self::from_wasmtime(&option.ty(), budget)?))
+            }
+            Type::Result(result) => {
+                let mut side = |ty: Option<Type>| -> Result<Option<Box<WitType>>, Unsupported> {
+                    match ty {
+                        Some(ty) => Ok(Some(Box::new(Self::from_wasmtime(&ty, budget)?))),
+                        None => Ok(None),
+                    }
+                };
+                let ok = side(result.ok())?;
+                let err = side(result.err())?;
+                WitType::Result { ok, err }
+            }
+            Type::Flags(flags) => WitType::Flags(owned_names(flags.names(), budget)?),
             Type::Own(_) | Type::Borrow(_) => return Err(Unsupported("resource handles")),
             Type::Map(_) => return Err(Unsupported("map types")),
             Type::Future(_) => return Err(Unsupported("futures")),

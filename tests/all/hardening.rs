@@ -174,3 +174,88 @@ async fn a_long_map_streams_its_elements_in_order() {
     assert_eq!(all[0], json!("T0"));
     assert_eq!(all[2_999], json!("T2999"));
 }
+
+/// A signature whose types, written out, are far larger than the
+/// component (one 10,000-byte field name used 343,000 times: 3.4 GB as a
+/// tree) is refused at load within the host's bound, at once.
+#[tokio::test]
+async fn a_type_name_bomb_is_a_contract_error_at_load() {
+    let name = "f".repeat(10_000);
+    let tuple = |of: &str| format!("(tuple {})", vec![of; 70].join(" "));
+    let wat = format!(
+        r#"(component {types}
+  (type $big0 (record (field "{name}" u8)))
+  (export $big "big" (type $big0))
+  (type $t1 {t1}) (type $t2 {t2}) (type $t3 {t3})
+  (core module $m
+    (memory (export "memory") 1)
+    (data (i32.const 16) "bomb") (data (i32.const 32) "0.1.0") (data (i32.const 48) "a bomb")
+    (func (export "metadata") (result i32)
+      (i32.store (i32.const 64) (i32.const 16)) (i32.store (i32.const 68) (i32.const 4))
+      (i32.store (i32.const 72) (i32.const 32)) (i32.store (i32.const 76) (i32.const 5))
+      (i32.store (i32.const 80) (i32.const 48)) (i32.store (i32.const 84) (i32.const 6))
+      (i32.store8 (i32.const 88) (i32.const 1)) (i32.const 64))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) unreachable)
+    (func (export "invoke") (param i32) (result i32) unreachable))
+  (core instance $i (instantiate $m))
+  (func (export "metadata") (result $metadata)
+    (canon lift (core func $i "metadata") (memory (core memory $i "memory")) (realloc (core func $i "realloc"))))
+  (func (export "invoke") (param "x" $t3) (result (result (error $error)))
+    (canon lift (core func $i "invoke") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))"#,
+        types = xcs::__doc_fixture::TYPES_IMPORT,
+        t1 = tuple("$big"),
+        t2 = tuple("$t1"),
+        t3 = tuple("$t2"),
+    );
+    let host = host();
+    let error = load_wat(&host, &wat).await.expect_err("refused");
+    assert_eq!(error.kind(), ErrorKind::Contract, "{error}");
+    assert!(error.to_string().contains("more than 1 MiB"), "{error}");
+    assert_healthy(&host).await;
+}
+
+/// A function nested deeper than `LoadLimits::max_function_nesting` (its
+/// kind took Cranelift minutes and gigabytes) is refused before it is
+/// compiled; one at the bound loads.
+#[tokio::test]
+async fn a_compilation_bomb_is_refused_before_compiling() {
+    let nested = |depth: usize| {
+        fixtures::invoke_runs(
+            "",
+            &format!("{}{}", "(block ".repeat(depth), ")".repeat(depth)),
+        )
+    };
+    let host = Host::builder()
+        .load_limits(xcs::LoadLimits::default().max_function_nesting(64))
+        .no_disk_cache()
+        .build()
+        .unwrap();
+    let at_bound = load_wat(&host, &nested(64)).await.expect("64 deep is fine");
+    at_bound
+        .call(&Value::Null, &Limits::default())
+        .await
+        .unwrap();
+    let error = load_wat(&host, &nested(65)).await.expect_err("refused");
+    assert_eq!(error.kind(), ErrorKind::InvalidComponent, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("nests blocks more than 64 deep (LoadLimits::max_function_nesting)"),
+        "{error}"
+    );
+    let few_locals = Host::builder()
+        .load_limits(xcs::LoadLimits::default().max_function_locals(10))
+        .no_disk_cache()
+        .build()
+        .unwrap();
+    let error = load_wat(
+        &few_locals,
+        &fixtures::invoke_runs("", "(local i64 i64 i64 i64 i64 i64 i64 i64 i64 i64 i64)"),
+    )
+    .await
+    .expect_err("too many locals");
+    assert!(
+        error.to_string().contains("11 locals: the limit is 10"),
+        "{error}"
+    );
+}

@@ -16,7 +16,7 @@ use crate::policy::PolicyState;
 use crate::runtime::Runtime;
 use crate::sandbox;
 use crate::store::{StoreState, bindings};
-use crate::types::{Param, Signature, WitType};
+use crate::types::{MAX_SIGNATURE_BYTES, Param, Signature, WitType};
 
 /// The interfaces of the contract, as components import them.
 const HOST_INTERFACE: &str = "xcs:operator/host@0.1.0";
@@ -67,7 +67,8 @@ fn hex(digest: &[u8; 32]) -> String {
 }
 
 /// Loads one operator from `bytes` (whose digest is `digest`); errors name
-/// it `source_name` until its metadata says its name.
+/// it `source_name` until its metadata says its name. Step 2 is the shape
+/// check of [`LoadLimits`](crate::LoadLimits), before compiling.
 pub(crate) async fn load(
     runtime: &Arc<Runtime>,
     bytes: Vec<u8>,
@@ -75,6 +76,8 @@ pub(crate) async fn load(
     source_name: &str,
 ) -> Result<Operator, Error> {
     check_header(&bytes, source_name)?;
+    super::shape::check(&bytes, &runtime.load_limits)
+        .map_err(|reason| invalid(source_name, reason, None))?;
     let component = compile(runtime, bytes, source_name).await?;
     let imports = check_imports(runtime, &component, source_name)?;
     let (signature, invoke) = read_contract(runtime, &component, source_name)?;
@@ -212,9 +215,11 @@ fn read_contract(
             "no `invoke` function export; an operator exports `metadata` and `invoke` (see wit/operator.wit)".into(),
         ));
     };
+    // One budget for the whole signature: parameters and result.
+    let mut budget = MAX_SIGNATURE_BYTES;
     let mut params = Vec::new();
     for (name, ty) in invoke_type.params() {
-        let ty = WitType::from_wasmtime(&ty).map_err(|unsupported| {
+        let ty = WitType::from_wasmtime(&ty, &mut budget).map_err(|unsupported| {
             contract(format!(
                 "`invoke` parameter `{name}` uses {}, which operators cannot take",
                 unsupported.0
@@ -230,7 +235,7 @@ fn read_contract(
         [Type::Result(result)] if result.err().as_ref().is_some_and(is_error_record) => result
             .ok()
             .map(|ok| {
-                WitType::from_wasmtime(&ok).map_err(|unsupported| {
+                WitType::from_wasmtime(&ok, &mut budget).map_err(|unsupported| {
                     contract(format!(
                         "`invoke` returns {}, which operators cannot return",
                         unsupported.0
@@ -242,7 +247,7 @@ fn read_contract(
             let found = results
                 .iter()
                 .map(|ty| {
-                    WitType::from_wasmtime(ty)
+                    WitType::from_wasmtime(ty, &mut budget)
                         .map_or_else(|_| "an unsupported type".into(), |ty| ty.to_string())
                 })
                 .collect::<Vec<_>>()
