@@ -28,12 +28,9 @@ use crate::policy::{CachedResult, Installed, Policy, ResultKey};
 use crate::slots::Slots;
 use crate::store::{LogSink, StoreState, bindings};
 
-/// Core instances one component may create in the pool (a tighter
-/// [`Limits::max_instances`](crate::Limits::max_instances) still applies).
-const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 16;
-
-/// Tables one component may create.
-const MAX_TABLES_PER_COMPONENT: u32 = 4;
+/// Tables one component may create (a table's elements are bounded by
+/// [`Limits::max_table_elements`](crate::Limits::max_table_elements)).
+const MAX_TABLES_PER_COMPONENT: u32 = 16;
 
 /// Everything a runtime is built from: what
 /// [`HostBuilder`](crate::HostBuilder) collects, each setting documented
@@ -90,12 +87,17 @@ impl Settings {
     /// limits and the compilation cache.
     pub(crate) fn engine_config(&self) -> Result<Config, Error> {
         let slots = self.slots();
+        // The pool admits what the default limits allow: a component of
+        // `max_instances` core instances loads (a call's own, lower
+        // `Limits::max_instances` still applies to it).
+        let core_instances =
+            u32::try_from(self.default_limits.max_instances.clamp(1, 10_000)).unwrap_or(10_000);
         let mut pooling = PoolingAllocationConfig::new();
         pooling
             .total_component_instances(slots)
             .total_memories(slots)
             .total_tables(slots.saturating_mul(MAX_TABLES_PER_COMPONENT))
-            .total_core_instances(slots.saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT))
+            .total_core_instances(slots.saturating_mul(core_instances))
             .total_stacks(slots)
             .max_memory_size(
                 usize::try_from(self.max_memory_bytes_per_instance).unwrap_or(usize::MAX),
@@ -103,7 +105,7 @@ impl Settings {
             .table_elements(
                 usize::try_from(self.default_limits.max_table_elements).unwrap_or(usize::MAX),
             )
-            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_core_instances_per_component(core_instances)
             .max_tables_per_component(MAX_TABLES_PER_COMPONENT);
 
         let mut config = Config::new();
@@ -138,6 +140,8 @@ pub(crate) struct Runtime {
     pub(crate) load_limits: LoadLimits,
     pub(crate) consume_fuel: bool,
     pub(crate) max_wasm_stack: usize,
+    /// The pool's ceiling on one linear memory.
+    pub(crate) max_memory_bytes_per_instance: u64,
     /// The interfaces the embedder granted.
     pub(crate) granted: Vec<String>,
     pub(crate) log_sink: Option<LogSink>,
@@ -211,6 +215,7 @@ impl Runtime {
             load_limits: settings.load_limits,
             consume_fuel: settings.consume_fuel,
             max_wasm_stack: settings.max_wasm_stack,
+            max_memory_bytes_per_instance: settings.max_memory_bytes_per_instance,
             granted,
             log_sink: settings.log_sink,
             instance_slots: Slots::new(slots as usize),

@@ -109,6 +109,7 @@ impl Sandbox {
         let state = state(StoreState::new(
             operator.clone(),
             limits,
+            runtime.max_memory_bytes_per_instance,
             runtime.log_sink.clone(),
         ));
         let mut store = Store::new(&runtime.engine, state);
@@ -216,6 +217,12 @@ impl Sandbox {
         if let Some(failure) = error.downcast_ref::<CapabilityFailure>() {
             return trap(failure.to_string());
         }
+        if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return trap(format!(
+                "the guest called exit({}): an operator returns from `invoke` instead",
+                exit.0
+            ));
+        }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => self.timeout(),
             Some(Trap::OutOfFuel) => Error::Fuel {
@@ -227,7 +234,16 @@ impl Sandbox {
                 max_stack_bytes: self.max_wasm_stack,
             },
             Some(other) => trap(other.to_string()),
-            None => trap(format!("{error:#}")),
+            // The cause first (the outer error only says "error while
+            // executing"), then the guest's stack.
+            None => {
+                let mut message = error.root_cause().to_string();
+                if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+                    message.push('\n');
+                    message.push_str(&backtrace.to_string());
+                }
+                trap(message)
+            }
         }
     }
 

@@ -179,6 +179,8 @@ impl std::error::Error for GrowthDenied {}
 
 struct Limiter {
     max_memory_bytes: u64,
+    /// The most bytes one memory may have in the pool.
+    memory_ceiling: u64,
     max_table_elements: u64,
     max_instances: usize,
     memory_bytes: u64,
@@ -194,6 +196,16 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let total = self.memory_bytes + (desired as u64).saturating_sub(current as u64);
+        // Past the pool's ceiling per memory the growth fails anyway: say
+        // so, as a `memory` error, instead of letting the guest trap on it.
+        if desired as u64 > self.memory_ceiling {
+            self.denied = Some(Denied {
+                what: "linear memory",
+                requested: desired as u64,
+                limit: self.memory_ceiling,
+            });
+            return Err(wasmtime::Error::new(GrowthDenied));
+        }
         if total > self.max_memory_bytes {
             self.denied = Some(Denied {
                 what: "linear memory",
@@ -402,7 +414,12 @@ impl std::error::Error for CapabilityFailure {}
 impl StoreState {
     /// The state of a fresh store for one call of `operator` under
     /// `limits`; guest log messages within the budget also go to `sink`.
-    pub(crate) fn new(operator: Arc<str>, limits: &Limits, sink: Option<LogSink>) -> StoreState {
+    pub(crate) fn new(
+        operator: Arc<str>,
+        limits: &Limits,
+        memory_ceiling: u64,
+        sink: Option<LogSink>,
+    ) -> StoreState {
         let stdout = CapturedOutput::new(limits.max_log_bytes);
         let stderr = CapturedOutput::new(limits.max_log_bytes);
         StoreState {
@@ -410,6 +427,7 @@ impl StoreState {
             table: ResourceTable::new(),
             limiter: Limiter {
                 max_memory_bytes: limits.max_memory_bytes,
+                memory_ceiling,
                 max_table_elements: limits.max_table_elements,
                 max_instances: usize::try_from(limits.max_instances).unwrap_or(usize::MAX),
                 memory_bytes: 0,

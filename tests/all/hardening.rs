@@ -259,3 +259,73 @@ async fn a_compilation_bomb_is_refused_before_compiling() {
         "{error}"
     );
 }
+
+/// The documented default of 64 core instances per call is the enforced
+/// one (the pool used to refuse 17): 64 load and run, 65 do not.
+#[tokio::test]
+async fn sixty_four_core_instances_load_and_sixty_five_do_not() {
+    let with_instances = |count: usize| {
+        let extra: String = (0..count - 1)
+            .map(|n| format!("(core module $e{n}) (core instance (instantiate $e{n}))\n"))
+            .collect();
+        let component = fixtures::invoke_runs("", "");
+        // The fixture's own module is one instance; add the others.
+        component.replacen("(core instance $i", &format!("{extra}(core instance $i"), 1)
+    };
+    let host = host();
+    let ok = load_wat(&host, &with_instances(64)).await.expect("64 load");
+    ok.call(&Value::Null, &Limits::default())
+        .await
+        .expect("and run");
+    let error = load_wat(&host, &with_instances(65))
+        .await
+        .expect_err("65 do not");
+    assert_eq!(error.kind(), ErrorKind::InvalidComponent, "{error}");
+    let cause = std::error::Error::source(&error)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        cause.contains("65 core module instances"),
+        "{error}: {cause}"
+    );
+    // A call's own, lower bound is a trap.
+    let two = Limits::default().max_instances(2);
+    expect_kind(ok.call(&Value::Null, &two).await, ErrorKind::Trap);
+    assert_healthy(&host).await;
+}
+
+/// Errors of the right kind: a WASI version the host does not provide is
+/// a `capability` error (it was `contract`); growth past the pool's ceiling
+/// per memory is `memory` (it was `trap`).
+#[tokio::test]
+async fn errors_of_the_right_kind() {
+    let host = host();
+    let error = load_wat(&host, &fixtures::importing("wasi:random/random@9.9.9"))
+        .await
+        .expect_err("an unknown version");
+    assert_eq!(error.kind(), ErrorKind::Capability, "{error}");
+    assert!(
+        error.to_string().contains("wasi:random/random@0.2.x"),
+        "{error}"
+    );
+
+    let small_pool = Host::builder()
+        .max_memory_bytes_per_instance(1 << 20)
+        .no_disk_cache()
+        .build()
+        .unwrap();
+    let grower = load_wat(
+        &small_pool,
+        &fixtures::invoke_runs("", "(drop (memory.grow (i32.const 100)))"),
+    )
+    .await
+    .expect("loads");
+    let error = expect_kind(
+        grower.call(&Value::Null, &Limits::default()).await,
+        ErrorKind::Memory,
+    );
+    assert!(
+        error.to_string().contains("the limit is 1048576 bytes"),
+        "{error}"
+    );
+}

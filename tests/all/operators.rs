@@ -515,3 +515,31 @@ async fn assert_composite(path: &str, signature: &str) {
 async fn hoard() {
     assert_composite(xcs_tests::HOARD, "func(mode: string) -> result<u32, error>").await;
 }
+
+#[tokio::test]
+async fn quitter() {
+    let quitter = load(&host(), xcs_tests::QUITTER).await;
+    for code in [0, 3] {
+        let error = expect_kind(
+            quitter.call(&json!([code]), &Limits::default()).await,
+            ErrorKind::Trap,
+        );
+        let first_line = error
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        // Rust's std on wasip2 reports every nonzero code as 1, so only
+        // success and failure are told apart.
+        let reported = if code == 0 { 0 } else { 1 };
+        assert_eq!(
+            first_line,
+            format!(
+                "quitter: the guest called exit({reported}): an operator returns from `invoke` instead"
+            ),
+            "the first line says what happened"
+        );
+    }
+    assert_healthy(&host()).await;
+}

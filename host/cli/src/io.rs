@@ -263,13 +263,17 @@ pub(crate) fn write_err(text: fmt::Arguments<'_>, newline: bool) {
 
 /// Guest-controlled `text` made safe to print: control characters (an
 /// escape sequence, a carriage return) are written as `\u{..}`, and every
-/// line after the first is indented, so that no line a guest wrote can
-/// pass for one of ours (`error[timeout]: ...`).
+/// line after the first starts with white space (is indented if it does
+/// not), so that no line a guest wrote can pass for the first line of one
+/// of ours (`error[timeout]: ...`).
 pub(crate) fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for (index, line) in text.split('\n').enumerate() {
         if index > 0 {
-            out.push_str("\n  ");
+            out.push('\n');
+            if !line.starts_with([' ', '\t']) {
+                out.push_str("  ");
+            }
         }
         for c in line.chars() {
             if c.is_control() && c != '\t' {

@@ -171,9 +171,19 @@ fn check_imports(
         if [HOST_INTERFACE, TYPES_INTERFACE, COMPOSE_INTERFACE].contains(&name) {
             continue;
         }
-        let unversioned = name.split('@').next().unwrap_or(name);
+        let (unversioned, version) = name.split_once('@').unwrap_or((name, ""));
         if PROVIDED_WASI.contains(&unversioned) {
-            continue;
+            // WASI 0.2 is what the host links (any 0.2.x: semver-compatible).
+            if version.is_empty() || version.starts_with("0.2.") {
+                continue;
+            }
+            return Err(Error::Capability {
+                operator: source_name.to_owned(),
+                import: name.to_owned(),
+                hint: Some(format!(
+                    "this host provides {unversioned}@0.2.x, not {version}"
+                )),
+            });
         }
         if runtime
             .granted
