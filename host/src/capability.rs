@@ -125,8 +125,10 @@ impl Capability {
                     .before_capability(&qualified)
                     .map(|()| function(params));
                 let qualified = qualified.clone();
+                // A function that waits does so off turn.
+                let seat = store.data().seat.clone();
                 Box::new(async move {
-                    call?.await.map_err(|cause| {
+                    seat.away(call?).await.map_err(|cause| {
                         wasmtime::Error::new(CapabilityFailure {
                             function: qualified.to_string(),
                             cause,

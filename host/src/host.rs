@@ -208,6 +208,19 @@ impl HostBuilder {
         self
     }
 
+    /// How many guests execute at once: turns on the processor. A call in
+    /// a sandbox waits for a turn, runs one epoch tick, then hands the turn
+    /// on if others wait; a guest waiting on the host (a capability, a
+    /// composite's value) does so without one. Calls that have not yet run
+    /// a whole tick go first, so a short call is not queued behind busy
+    /// guests, and a guest waiting for a turn is ended by its deadline on
+    /// time. Default: the available parallelism (the async runtime's
+    /// worker threads, by default); at least 1.
+    pub fn max_running_guests(mut self, count: usize) -> Self {
+        self.settings.max_running_guests = count.max(1);
+        self
+    }
+
     /// Address space reserved per linear memory in the pool: the ceiling
     /// of any call's [`Limits::max_memory_bytes`]. Default: 4 GiB.
     pub fn max_memory_bytes_per_instance(mut self, bytes: u64) -> Self {

@@ -56,6 +56,7 @@ mod codec;
 mod metrics;
 pub mod policy;
 mod slots;
+mod turns;
 // store, capability, runtime, sandbox
 mod capability;
 mod runtime;

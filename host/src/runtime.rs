@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::policy::{CachedResult, Installed, Policy, ResultKey};
 use crate::slots::Slots;
 use crate::store::{LogSink, StoreState, bindings};
+use crate::turns::Turns;
 
 /// Tables one component may create (a table's elements are bounded by
 /// [`Limits::max_table_elements`](crate::Limits::max_table_elements)).
@@ -43,6 +44,7 @@ pub(crate) struct Settings {
     pub(crate) epoch_tick: Duration,
     pub(crate) max_concurrent_instances: u32,
     pub(crate) max_concurrency: usize,
+    pub(crate) max_running_guests: usize,
     pub(crate) max_memory_bytes_per_instance: u64,
     pub(crate) max_wasm_stack: usize,
     pub(crate) cache_dir: Option<PathBuf>,
@@ -63,6 +65,7 @@ impl Default for Settings {
             epoch_tick: Duration::from_millis(10),
             max_concurrent_instances: 1000,
             max_concurrency: std::thread::available_parallelism().map_or(1, usize::from),
+            max_running_guests: std::thread::available_parallelism().map_or(1, usize::from),
             max_memory_bytes_per_instance: 4 << 30,
             max_wasm_stack: 512 << 10,
             cache_dir: None,
@@ -151,6 +154,8 @@ pub(crate) struct Runtime {
     /// The host-wide bound on graph-node guests.
     pub(crate) max_concurrency: usize,
     pub(crate) scheduler_slots: Slots,
+    /// Turns on the processor: guests executing at once.
+    pub(crate) turns: Turns,
     /// Composites whose code runs at once (traced or staged): half the
     /// pool, so that they, who hold their slot while they wait for values,
     /// never take every slot from the calls they wait for.
@@ -222,6 +227,7 @@ impl Runtime {
             max_concurrent_instances: slots,
             max_concurrency: settings.max_concurrency,
             scheduler_slots: Slots::new(settings.max_concurrency),
+            turns: Turns::new(settings.max_running_guests),
             composite_slots: Slots::new((slots as usize / 2).max(1)),
             metrics,
             results,

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::limits::Limits;
 use crate::runtime::Runtime;
 use crate::store::{CapabilityFailure, ComposeStop, StoreState};
+use crate::turns::{Priority, Seat};
 
 /// What one call used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,8 +37,9 @@ pub(crate) type GuestFuture<'s, T> = Pin<Box<dyn Future<Output = wasmtime::Resul
 /// Runs `guest` once in a fresh store for `operator` under `limits`, and
 /// returns what it returned with what it used, or the error it ended with.
 ///
-/// The attempt waits for an instance slot first (the pool is bounded); the
-/// deadline covers that wait, instantiation and the guest's code.
+/// The attempt waits for an instance slot first (the pool is bounded), then
+/// for a turn on the processor (see `turns`); the deadline covers both
+/// waits, instantiation and the guest's code.
 pub(crate) async fn attempt<T>(
     runtime: &Runtime,
     operator: &Arc<str>,
@@ -75,8 +77,15 @@ pub(crate) async fn attempt_in<T>(
         });
     };
     let mut sandbox = Sandbox::new(runtime, operator.clone(), limits, started, state)?;
-    let deadline = tokio::time::Instant::from_std(sandbox.deadline());
-    let outcome = tokio::time::timeout_at(deadline, guest(&mut sandbox.store)).await;
+    let seat = sandbox.store.data().seat.clone();
+    // Waits for a turn, then runs; a guest waiting for its next turn is
+    // parked on this timer, so its deadline ends it on time.
+    let outcome = tokio::time::timeout_at(deadline, async {
+        seat.sit(Priority::Fresh).await;
+        guest(&mut sandbox.store).await
+    })
+    .await;
+    seat.stand();
     sandbox
         .store
         .data()
@@ -111,6 +120,7 @@ impl Sandbox {
             limits,
             runtime.max_memory_bytes_per_instance,
             runtime.log_sink.clone(),
+            Seat::new(runtime.turns.clone()),
         ));
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(StoreState::limiter);
@@ -147,16 +157,20 @@ impl Sandbox {
             }
         };
 
-        // Every epoch tick the guest yields to the async executor (so a
-        // busy guest never starves other tasks) and is interrupted once the
+        // Every epoch tick the guest ends its slice: it hands its turn on,
+        // waits for another and yields to the async executor (so a busy
+        // guest never starves other tasks); it is interrupted once the
         // wall-clock deadline has passed.
         let deadline = started + limits.timeout;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
+        store.epoch_deadline_callback(move |store| {
             if Instant::now() >= deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    store.data().seat.end_of_slice(),
+                ))
             }
         });
 
@@ -168,10 +182,6 @@ impl Sandbox {
             fuel_budget,
             max_wasm_stack: runtime.max_wasm_stack,
         })
-    }
-
-    fn deadline(&self) -> Instant {
-        self.started + self.limits.timeout
     }
 
     fn stats(&self) -> CallStats {

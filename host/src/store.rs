@@ -19,6 +19,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 
 use crate::error::BoxError;
 use crate::limits::Limits;
+use crate::turns::Seat;
 
 pub(crate) mod bindings {
     //! The one `bindgen!` of the host: the `composite` world of `wit/` (the
@@ -103,6 +104,8 @@ pub(crate) struct StoreState {
     /// What a composite's `compose` calls go to; `None` for a call that
     /// is not a composite's run or trace.
     composer: Option<Box<dyn Composer>>,
+    /// Where the call keeps its turn on the processor.
+    pub(crate) seat: Seat,
 }
 
 impl WasiView for StoreState {
@@ -419,6 +422,7 @@ impl StoreState {
         limits: &Limits,
         memory_ceiling: u64,
         sink: Option<LogSink>,
+        seat: Seat,
     ) -> StoreState {
         let stdout = CapturedOutput::new(limits.max_log_bytes);
         let stderr = CapturedOutput::new(limits.max_log_bytes);
@@ -443,6 +447,7 @@ impl StoreState {
             stdout,
             stderr,
             composer: None,
+            seat,
         }
     }
 

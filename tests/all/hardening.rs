@@ -329,3 +329,56 @@ async fn errors_of_the_right_kind() {
         "{error}"
     );
 }
+
+/// Deadlines hold under a flood, and other calls are not starved: 600
+/// guests that never return, all with a 100 ms deadline, on two threads.
+/// Without turns each busy guest ran a whole tick before it yielded, and
+/// the last of them was interrupted seconds late (10 s late for 1,000 in
+/// the flood bench, where this is measured exactly); the bounds here are
+/// thirty times what the bench measures, for a loaded test machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_hold_under_a_flood_of_busy_guests() {
+    const FLOOD: usize = 600;
+    const TIMEOUT: Duration = Duration::from_millis(100);
+    const SLACK: Duration = Duration::from_secs(3);
+    let host = Host::builder()
+        .no_disk_cache()
+        .max_running_guests(2)
+        .build()
+        .unwrap();
+    let spin = load(&host, xcs_tests::SPIN).await;
+    let upper = load(&host, xcs_tests::UPPER).await;
+    let limits = Limits::default().timeout(TIMEOUT);
+    let submitted = std::time::Instant::now();
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let (spin, limits) = (spin.clone(), limits.clone());
+            tokio::spawn(async move {
+                let outcome = spin.call(&json!([]), &limits).await;
+                (outcome, submitted.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(TIMEOUT / 2).await;
+    let probe_started = std::time::Instant::now();
+    let probe = upper
+        .call(&json!(["during the flood"]), &Limits::default())
+        .await;
+    let probe_took = probe_started.elapsed();
+    assert_eq!(probe.unwrap(), json!("DURING THE FLOOD"));
+    let mut latest = Duration::ZERO;
+    for task in flood {
+        let (outcome, ended) = task.await.expect("a flooding call's task");
+        expect_kind(outcome, ErrorKind::Timeout);
+        latest = latest.max(ended);
+    }
+    assert!(
+        latest <= TIMEOUT + SLACK,
+        "the last of {FLOOD} calls ended {latest:?} after it was made, deadline {TIMEOUT:?}"
+    );
+    assert!(
+        probe_took <= SLACK,
+        "a call made during the flood took {probe_took:?}"
+    );
+    assert_healthy(&host).await;
+}

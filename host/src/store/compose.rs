@@ -131,9 +131,10 @@ impl StoreState {
         args: Vec<Arg>,
     ) -> wasmtime::Result<Resource<Deferred>> {
         let args = self.args(args)?;
-        let id = self
-            .composer()?
-            .call(operator, over, args)
+        // Waiting for room to record is waiting on the host: off turn.
+        let seat = self.seat.clone();
+        let id = seat
+            .away(self.composer()?.call(operator, over, args))
             .await
             .map_err(stop)?;
         self.handle(id)
@@ -189,7 +190,9 @@ impl compose::HostDeferred for StoreState {
 
     async fn get(&mut self, of: Resource<Deferred>) -> wasmtime::Result<Result<String, WitError>> {
         let of = self.id(&of)?;
-        let value = self.composer()?.get(of).await.map_err(stop)?;
+        // Waiting for a value is waiting on the host: off turn.
+        let seat = self.seat.clone();
+        let value = seat.away(self.composer()?.get(of)).await.map_err(stop)?;
         Ok(value.map_err(|(code, message, retryable)| WitError {
             code,
             message,
