@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom first, with their top-level modules of `host/src`.
 const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["__doc_fixture", "error", "limits", "types"]),
-    ("mechanisms", &["codec", "metrics", "policy", "slots", "turns"]),
+    (
+        "mechanisms",
+        &["codec", "metrics", "policy", "slots", "turns"],
+    ),
     ("store", &["store"]),
     ("capability", &["capability"]),
     ("runtime", &["runtime"]),
