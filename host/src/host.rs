@@ -313,7 +313,17 @@ impl HostBuilder {
     }
 
     fn settings(mut self) -> (Settings, u64) {
-        self.settings.cache_dir = self.resolved_cache_dir();
+        self.settings.cache_dir = self.resolved_cache_dir().and_then(|dir| {
+            vet_cache_dir(&dir)
+                .map_err(|problem| {
+                    tracing::warn!(
+                        target: "xcs::cache",
+                        "not using the compilation cache {}: {problem}",
+                        dir.display()
+                    );
+                })
+                .ok()
+        });
         (self.settings, self.operator_cache_capacity)
     }
 
@@ -337,6 +347,50 @@ impl HostBuilder {
             }),
         })
     }
+}
+
+/// `Ok(dir)` if `dir` can hold compiled code this process will run: an
+/// absolute path to a directory (created, private, if missing) that is
+/// owned by this process's user and not writable by group or others, as
+/// ssh requires of its keys. Compiled code is loaded as it is: whoever
+/// can write the directory can run code in the host.
+fn vet_cache_dir(dir: &Path) -> Result<PathBuf, String> {
+    if !dir.is_absolute() {
+        return Err("the cache directory must be an absolute path".into());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|error| format!("cannot create it: {error}"))?;
+    let metadata = std::fs::metadata(dir).map_err(|error| error.to_string())?;
+    if !metadata.is_dir() {
+        return Err("it is not a directory".into());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if metadata.mode() & 0o022 != 0 {
+            return Err(format!(
+                "it is writable by group or others (mode {:o}): `chmod go-w` it",
+                metadata.mode() & 0o777
+            ));
+        }
+        // `/proc/self` belongs to the process's effective user (Linux);
+        // elsewhere the owner is not checked.
+        if let Ok(me) = std::fs::metadata("/proc/self")
+            && me.uid() != metadata.uid()
+        {
+            return Err(format!(
+                "it belongs to user {}, not to this process's user {}",
+                metadata.uid(),
+                me.uid()
+            ));
+        }
+    }
+    Ok(dir.to_path_buf())
 }
 
 #[cfg(test)]

@@ -382,3 +382,38 @@ async fn deadlines_hold_under_a_flood_of_busy_guests() {
     );
     assert_healthy(&host).await;
 }
+
+/// A cache directory that others can write, that is a file or that is
+/// relative is not used (compiled code from it would run in the host), and
+/// the host still builds and loads.
+#[tokio::test]
+async fn an_unsafe_cache_directory_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = std::env::temp_dir().join(format!("xcs-cache-vet-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let open = scratch.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let file = scratch.join("file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let private = scratch.join("private");
+    for (dir, used) in [
+        (open.clone(), false),
+        (file.clone(), false),
+        (std::path::PathBuf::from("relative/cache"), false),
+        (private.clone(), true),
+    ] {
+        let host = Host::builder().cache_dir(&dir).build().unwrap();
+        let noop = load(&host, xcs_tests::NOOP).await;
+        noop.call(&Value::Null, &Limits::default()).await.unwrap();
+        let written = dir.is_dir() && std::fs::read_dir(&dir).unwrap().next().is_some();
+        assert_eq!(written, used, "{}", dir.display());
+    }
+    assert!(
+        !std::path::Path::new("relative").exists(),
+        "nothing made in the working directory"
+    );
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "a cache directory is made private");
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -279,7 +279,7 @@ fn main() -> ExitCode {
 
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "error",
+        0 => "error,xcs::cache=warn",
         1 => "info",
         _ => "debug",
     };
