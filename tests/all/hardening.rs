@@ -66,6 +66,19 @@ async fn extreme_host_settings_are_not_a_panic() {
     if let Err(error) = built {
         assert_eq!(error.kind(), ErrorKind::Config, "{error}");
     }
+    // No turns at all is one turn; every turn there could be is a bound
+    // never reached. Both still run calls.
+    for turns in [0, usize::MAX] {
+        let host = Host::builder()
+            .max_running_guests(turns)
+            .no_disk_cache()
+            .build()
+            .unwrap();
+        let noop = load(&host, xcs_tests::NOOP).await;
+        noop.call(&Value::Null, &Limits::default())
+            .await
+            .unwrap_or_else(|error| panic!("{turns} turns: {error}"));
+    }
 }
 
 /// A table grown past its limit is a `memory` error counted in elements.
@@ -397,12 +410,19 @@ async fn an_unsafe_cache_directory_is_not_used() {
     let file = scratch.join("file");
     std::fs::write(&file, b"not a directory").unwrap();
     let private = scratch.join("private");
-    for (dir, used) in [
+    // Another user's directory: only root can make one here.
+    let theirs = scratch.join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    let mut cases = Vec::new();
+    if std::os::unix::fs::chown(&theirs, Some(65534), None).is_ok() {
+        cases.push((theirs.clone(), false));
+    }
+    for (dir, used) in cases.into_iter().chain([
         (open.clone(), false),
         (file.clone(), false),
         (std::path::PathBuf::from("relative/cache"), false),
         (private.clone(), true),
-    ] {
+    ]) {
         let host = Host::builder().cache_dir(&dir).build().unwrap();
         let noop = load(&host, xcs_tests::NOOP).await;
         noop.call(&Value::Null, &Limits::default()).await.unwrap();
