@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::capability::Capability;
+use crate::disk_cache::CACHE_KEY_FILE_ENV;
 use crate::error::Error;
 use crate::limits::{Limits, LoadLimits};
 use crate::metrics::MetricsSnapshot;
@@ -59,9 +60,9 @@ impl Host {
         &self.inner.runtime.default_limits
     }
 
-    /// How many components this host has compiled: loads that were not
-    /// answered by the in-memory cache of loaded operators. (A compilation
-    /// answered by the on-disk cache still counts: it is fast, not free.)
+    /// How many components this host has compiled: loads answered
+    /// neither by the in-memory cache of loaded operators nor by a valid
+    /// entry of the on-disk cache.
     pub fn compilations(&self) -> u64 {
         self.inner.runtime.compilations.load(Ordering::Relaxed)
     }
@@ -126,6 +127,7 @@ impl Host {
 pub struct HostBuilder {
     settings: Settings,
     cache_dir: CacheDir,
+    cache_key_file: Option<PathBuf>,
     operator_cache_capacity: u64,
 }
 
@@ -142,6 +144,7 @@ impl fmt::Debug for HostBuilder {
             )
             .field("max_wasm_stack", &settings.max_wasm_stack)
             .field("cache_dir", &self.cache_dir)
+            .field("cache_key_file", &self.cache_key_file)
             .field("capabilities", &settings.capabilities)
             .finish_non_exhaustive()
     }
@@ -160,6 +163,7 @@ impl Default for HostBuilder {
         HostBuilder {
             settings: Settings::default(),
             cache_dir: CacheDir::Default,
+            cache_key_file: None,
             operator_cache_capacity: 256,
         }
     }
@@ -238,8 +242,39 @@ impl HostBuilder {
     /// Where compiled operators are cached on disk. Default: the
     /// directory in `XCS_CACHE_DIR`, else `$XDG_CACHE_HOME/xcs`, else
     /// `$HOME/.cache/xcs`.
+    ///
+    /// Compiled code is native code the host runs, so the directory must
+    /// be absolute, this user's and not writable by group or others
+    /// (created `0700` if missing), and every entry is checked before use:
+    /// it must be for the very bytes being loaded, on this engine
+    /// configuration, and carry a MAC under the key of
+    /// [`cache_key_file`](Self::cache_key_file). A directory that fails
+    /// the checks is not used (a warning, `tracing` target `xcs::cache`;
+    /// loads compile); an entry that fails them is compiled anew and
+    /// replaced.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.cache_dir = CacheDir::At(dir.into());
+        self
+    }
+
+    /// The file holding the key that authenticates the cache's entries (64
+    /// hex digits), kept outside the cache directory: whoever can read it
+    /// can forge entries. Created with a new random key (mode `0600`) if
+    /// missing; one that is not this user's, or that group or others can
+    /// read or write, is refused (and the cache not used). Processes that
+    /// share a cache directory (a service and its workers) share the key
+    /// file. Default: the file in `XCS_CACHE_KEY_FILE`, else
+    /// `$XDG_CONFIG_HOME/xcs/cache-key`, else `$HOME/.config/xcs/cache-key`.
+    pub fn cache_key_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.cache_key_file = Some(file.into());
+        self
+    }
+
+    /// Bound of the on-disk cache, in bytes of entries; the least recently
+    /// used entries are deleted to keep under it, and compiled code larger
+    /// than it is not stored. Default: 1 GiB.
+    pub fn disk_cache_bytes(mut self, bytes: u64) -> Self {
+        self.settings.disk_cache_bytes = bytes;
         self
     }
 
@@ -304,26 +339,43 @@ impl HostBuilder {
                 .filter(|dir| !dir.is_empty())
                 .map(PathBuf::from)
                 .or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("xcs"))
+                    std::env::var_os("XDG_CACHE_HOME")
+                        // The XDG spec: a relative path is to be ignored.
+                        .filter(|dir| Path::new(dir).is_absolute())
+                        .map(|dir| PathBuf::from(dir).join("xcs"))
                 })
                 .or_else(|| {
-                    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/xcs"))
+                    std::env::var_os("HOME")
+                        .filter(|home| !home.is_empty())
+                        .map(|home| PathBuf::from(home).join(".cache/xcs"))
                 }),
         }
     }
 
-    fn settings(mut self) -> (Settings, u64) {
-        self.settings.cache_dir = self.resolved_cache_dir().and_then(|dir| {
-            vet_cache_dir(&dir)
-                .map_err(|problem| {
-                    tracing::warn!(
-                        target: "xcs::cache",
-                        "not using the compilation cache {}: {problem}",
-                        dir.display()
-                    );
+    fn resolved_key_file(&self) -> Option<PathBuf> {
+        self.cache_key_file.clone().or_else(|| {
+            std::env::var_os(CACHE_KEY_FILE_ENV)
+                .filter(|file| !file.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("XDG_CONFIG_HOME")
+                        // The XDG spec: a relative path is to be ignored.
+                        .filter(|dir| Path::new(dir).is_absolute())
+                        .map(|dir| PathBuf::from(dir).join("xcs/cache-key"))
                 })
-                .ok()
-        });
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .filter(|home| !home.is_empty())
+                        .map(|home| PathBuf::from(home).join(".config/xcs/cache-key"))
+                })
+        })
+    }
+
+    fn settings(mut self) -> (Settings, u64) {
+        self.settings.cache_dir = self.resolved_cache_dir();
+        if self.settings.cache_dir.is_some() {
+            self.settings.cache_key_file = self.resolved_key_file();
+        }
         (self.settings, self.operator_cache_capacity)
     }
 
@@ -336,7 +388,7 @@ impl HostBuilder {
     }
 
     /// Builds the host: creates the engine (pooling allocator, epoch
-    /// interruption, fuel, compilation cache), the linker, and starts the
+    /// interruption, fuel), opens the compilation cache, creates the linker, and starts the
     /// epoch ticker.
     pub fn build(self) -> Result<Host, Error> {
         let (settings, operator_cache_capacity) = self.settings();
@@ -347,50 +399,6 @@ impl HostBuilder {
             }),
         })
     }
-}
-
-/// `Ok(dir)` if `dir` can hold compiled code this process will run: an
-/// absolute path to a directory (created, private, if missing) that is
-/// owned by this process's user and not writable by group or others, as
-/// ssh requires of its keys. Compiled code is loaded as it is: whoever
-/// can write the directory can run code in the host.
-fn vet_cache_dir(dir: &Path) -> Result<PathBuf, String> {
-    if !dir.is_absolute() {
-        return Err("the cache directory must be an absolute path".into());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|error| format!("cannot create it: {error}"))?;
-    let metadata = std::fs::metadata(dir).map_err(|error| error.to_string())?;
-    if !metadata.is_dir() {
-        return Err("it is not a directory".into());
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if metadata.mode() & 0o022 != 0 {
-            return Err(format!(
-                "it is writable by group or others (mode {:o}): `chmod go-w` it",
-                metadata.mode() & 0o777
-            ));
-        }
-        // `/proc/self` belongs to the process's effective user (Linux);
-        // elsewhere the owner is not checked.
-        if let Ok(me) = std::fs::metadata("/proc/self")
-            && me.uid() != metadata.uid()
-        {
-            return Err(format!(
-                "it belongs to user {}, not to this process's user {}",
-                metadata.uid(),
-                me.uid()
-            ));
-        }
-    }
-    Ok(dir.to_path_buf())
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ mod limits;
 mod types;
 // mechanisms
 mod codec;
+mod disk_cache;
 mod metrics;
 pub mod policy;
 mod slots;
@@ -71,6 +72,7 @@ pub mod graph;
 mod host;
 
 pub use capability::{Capability, CapabilityParams, CapabilityResults};
+pub use disk_cache::CACHE_KEY_FILE_ENV;
 pub use error::{BoxError, Error, ErrorKind, SharedError};
 pub use host::{CACHE_DIR_ENV, Host, HostBuilder};
 pub use limits::{DEFAULT_SEED, Limits, LoadLimits, MAX_DURATION, parse_size};

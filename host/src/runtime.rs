@@ -1,6 +1,6 @@
 //! What every call needs and [`Host`](crate::Host) shares with the
 //! operators it loaded: the engine (pooling allocator, epoch interruption,
-//! fuel, compilation cache), the linker with WASI, the contract's host
+//! fuel), the on-disk compilation cache, the linker with WASI, the contract's host
 //! interface and the granted capabilities, the epoch ticker, the instance
 //! and scheduler slots, the result cache, metrics and per-operator
 //! policies.
@@ -16,11 +16,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::capability::Capability;
+use crate::disk_cache::DiskCache;
 use crate::error::Error;
 use crate::limits::{Limits, LoadLimits};
 use crate::metrics::Metrics;
@@ -47,7 +46,11 @@ pub(crate) struct Settings {
     pub(crate) max_running_guests: usize,
     pub(crate) max_memory_bytes_per_instance: u64,
     pub(crate) max_wasm_stack: usize,
+    /// The on-disk compilation cache and the file of its key, resolved;
+    /// vetted when the runtime is built.
     pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) cache_key_file: Option<PathBuf>,
+    pub(crate) disk_cache_bytes: u64,
     pub(crate) capabilities: Vec<Capability>,
     pub(crate) log_sink: Option<LogSink>,
     pub(crate) policies: HashMap<String, Policy>,
@@ -69,6 +72,8 @@ impl Default for Settings {
             max_memory_bytes_per_instance: 4 << 30,
             max_wasm_stack: 512 << 10,
             cache_dir: None,
+            cache_key_file: None,
+            disk_cache_bytes: 1 << 30,
             capabilities: Vec::new(),
             log_sink: None,
             policies: HashMap::new(),
@@ -87,7 +92,7 @@ impl Settings {
 
     /// The engine configuration: the pooling allocator sized for
     /// [`Settings::slots`] sandboxes, epoch interruption, fuel, stack
-    /// limits and the compilation cache.
+    /// limits.
     pub(crate) fn engine_config(&self) -> Result<Config, Error> {
         let slots = self.slots();
         // The pool admits what the default limits allow: a component of
@@ -118,13 +123,6 @@ impl Settings {
             .consume_fuel(self.consume_fuel)
             .max_wasm_stack(self.max_wasm_stack)
             .async_stack_size(self.max_wasm_stack.saturating_add(1 << 20));
-        if let Some(dir) = &self.cache_dir {
-            let mut cache_config = CacheConfig::new();
-            cache_config.with_directory(dir);
-            let cache = Cache::new(cache_config)
-                .map_err(|error| config_error("compilation cache", &error))?;
-            config.cache(Some(cache));
-        }
         Ok(config)
     }
 }
@@ -163,7 +161,11 @@ pub(crate) struct Runtime {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) results: moka::future::Cache<ResultKey, CachedResult>,
     pub(crate) result_ttl: Duration,
-    /// Components compiled (loads not answered by the host's cache).
+    /// Compiled components, authenticated, by digest (`None`: off, or
+    /// not usable).
+    pub(crate) disk_cache: Option<DiskCache>,
+    /// Components compiled (loads answered neither by the host's cache
+    /// nor by the disk cache).
     pub(crate) compilations: AtomicU64,
     policies: RwLock<HashMap<String, Arc<Installed>>>,
     default_policy: Arc<Installed>,
@@ -197,6 +199,26 @@ impl Runtime {
             granted.push(capability.interface.clone());
         }
 
+        let disk_cache = settings.cache_dir.as_deref().and_then(|dir| {
+            let Some(key_file) = settings.cache_key_file.as_deref() else {
+                tracing::warn!(
+                    target: "xcs::cache",
+                    "not using the compilation cache {}: no place for its key (set {} or HOME)",
+                    dir.display(),
+                    crate::disk_cache::CACHE_KEY_FILE_ENV,
+                );
+                return None;
+            };
+            DiskCache::open(dir, key_file, &engine, settings.disk_cache_bytes)
+                .map_err(|problem| {
+                    tracing::warn!(
+                        target: "xcs::cache",
+                        "not using the compilation cache {}: {problem}",
+                        dir.display()
+                    );
+                })
+                .ok()
+        });
         let ticker = Ticker::start(&engine, settings.epoch_tick)?;
         let metrics = Arc::new(Metrics::default());
         let results = moka::future::Cache::builder()
@@ -232,6 +254,7 @@ impl Runtime {
             metrics,
             results,
             result_ttl: settings.result_ttl,
+            disk_cache,
             compilations: AtomicU64::new(0),
             policies: RwLock::new(
                 settings

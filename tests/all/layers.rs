@@ -12,7 +12,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["__doc_fixture", "error", "limits", "types"]),
     (
         "mechanisms",
-        &["codec", "metrics", "policy", "slots", "turns"],
+        &["codec", "disk_cache", "metrics", "policy", "slots", "turns"],
     ),
     ("store", &["store"]),
     ("capability", &["capability"]),

@@ -7,6 +7,7 @@ mod util;
 mod chaos;
 mod compose;
 mod concurrency;
+mod disk_cache;
 mod graph;
 mod hardening;
 mod hostile;

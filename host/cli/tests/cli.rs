@@ -92,11 +92,13 @@ fn xcs_with_stdin(args: &[&str], stdin: Option<&str>, scratch: &Scratch) -> Run 
     xcs_with_cache(args, stdin, &scratch.path().join("cache"))
 }
 
-/// Runs `xcs args...` with `XCS_CACHE_DIR=cache_dir`.
+/// Runs `xcs args...` with `XCS_CACHE_DIR=cache_dir` and the cache's key
+/// in `<cache_dir>.key`.
 fn xcs_with_cache(args: &[&str], stdin: Option<&str>, cache_dir: &Path) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_xcs"))
         .args(args)
         .env("XCS_CACHE_DIR", cache_dir)
+        .env("XCS_CACHE_KEY_FILE", cache_dir.with_extension("key"))
         .env_remove("RUST_LOG")
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -397,6 +399,41 @@ fn call_with_unusable_cache_dir_warns_and_succeeds() {
     assert_eq!(run.code, 0, "{run:#?}");
     assert!(
         run.stderr.contains("not using the compilation cache"),
+        "{run:#?}"
+    );
+}
+
+/// The attack: another operator's cache entry under upper's name
+/// made `inspect upper.wasm` report the other operator. The entry is
+/// refused, upper is compiled, and stderr says why.
+#[test]
+fn inspect_with_a_swapped_cache_entry_reports_the_right_operator() {
+    let scratch = Scratch::new();
+    let cache = scratch.path().join("cache");
+    for operator in [xcs_tests::UPPER, xcs_tests::NOOP] {
+        xcs_with_cache(&["inspect", operator], None, &cache).assert_success();
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .expect("the cache was made")
+        .map(|entry| entry.expect("an entry").path())
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let contents = entries
+        .iter()
+        .map(|path| std::fs::read(path).expect("readable"))
+        .collect::<Vec<_>>();
+    // Swap the two entries' contents.
+    entries.reverse();
+    for (path, bytes) in entries.iter().zip(&contents) {
+        std::fs::write(path, bytes).expect("writable");
+    }
+    let run = xcs_with_cache(&["inspect", xcs_tests::UPPER, "--json"], None, &cache);
+    run.assert_success();
+    let description: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(description["name"], "upper", "{run:#?}");
+    assert!(
+        run.stderr.contains("its cache entry is not used")
+            && run.stderr.contains("holds the code of other bytes"),
         "{run:#?}"
     );
 }

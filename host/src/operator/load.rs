@@ -11,6 +11,7 @@ use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 
 use super::{Metadata, Operator, OperatorInner};
+use crate::disk_cache::{Lookup, hex};
 use crate::error::{self, Error, SharedError};
 use crate::policy::PolicyState;
 use crate::runtime::Runtime;
@@ -56,16 +57,6 @@ pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn hex(digest: &[u8; 32]) -> String {
-    use std::fmt::Write;
-    digest
-        .iter()
-        .fold(String::with_capacity(64), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
-}
-
 /// Loads one operator from `bytes` (whose digest is `digest`); errors name
 /// it `source_name` until its metadata says its name. Step 2 is the shape
 /// check of [`LoadLimits`](crate::LoadLimits), before compiling.
@@ -78,7 +69,7 @@ pub(crate) async fn load(
     check_header(&bytes, source_name)?;
     super::shape::check(&bytes, &runtime.load_limits)
         .map_err(|reason| invalid(source_name, reason, None))?;
-    let component = compile(runtime, bytes, source_name).await?;
+    let component = compile(runtime, bytes, digest, source_name).await?;
     let imports = check_imports(runtime, &component, source_name)?;
     let (signature, invoke) = read_contract(runtime, &component, source_name)?;
     let (pre, bindings_pre) = link(runtime, &component, source_name)?;
@@ -140,20 +131,50 @@ fn check_header(bytes: &[u8], source_name: &str) -> Result<(), Error> {
     }
 }
 
-/// Step 2: validate and compile, off the async threads (or fetch the
-/// compiled code from the on-disk cache).
-async fn compile(runtime: &Runtime, bytes: Vec<u8>, source_name: &str) -> Result<Component, Error> {
-    runtime.count_compilation();
-    let engine = runtime.engine.clone();
-    let compiled = tokio::task::spawn_blocking(move || Component::from_binary(&engine, &bytes))
-        .await
-        .map_err(|join| {
-            invalid(
-                source_name,
-                format!("compilation did not finish: {join}"),
-                None,
-            )
-        })?;
+/// Step 2: validate and compile, off the async threads, or take the
+/// compiled code from a valid entry of the on-disk cache (and store it
+/// there when compiled).
+async fn compile(
+    runtime: &Arc<Runtime>,
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+    source_name: &str,
+) -> Result<Component, Error> {
+    let runtime = runtime.clone();
+    let name = source_name.to_owned();
+    let compiled = tokio::task::spawn_blocking(move || {
+        let engine = &runtime.engine;
+        let Some(cache) = &runtime.disk_cache else {
+            runtime.count_compilation();
+            return Component::from_binary(engine, &bytes);
+        };
+        match cache.lookup(engine, &digest) {
+            Lookup::Hit(component) => return Ok(component),
+            Lookup::Miss => {}
+            Lookup::Rejected(why) => tracing::warn!(
+                target: "xcs::cache",
+                "compiling {name} again: its cache entry is not used: {why}"
+            ),
+        }
+        runtime.count_compilation();
+        let component = Component::from_binary(engine, &bytes)?;
+        let stored = component
+            .serialize()
+            .map_err(|error| std::io::Error::other(format!("{error:#}")))
+            .and_then(|artifact| cache.store(&digest, &artifact));
+        if let Err(error) = stored {
+            tracing::warn!(target: "xcs::cache", "not caching {name}: {error}");
+        }
+        Ok(component)
+    })
+    .await
+    .map_err(|join| {
+        invalid(
+            source_name,
+            format!("compilation did not finish: {join}"),
+            None,
+        )
+    })?;
     compiled.map_err(|error| invalid(source_name, "invalid component".into(), error::cause(error)))
 }
 
