@@ -111,6 +111,11 @@ impl DiskCache {
         })
     }
 
+    /// The directory of the entries.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn entry_path(&self, digest: &[u8; DIGEST_LEN]) -> PathBuf {
         self.dir.join(format!(
             "{}-{}{ENTRY_SUFFIX}",
@@ -440,7 +445,12 @@ fn create_key(path: &Path) -> io::Result<()> {
     }
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|error| io::Error::other(error.to_string()))?;
-    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
+    static CREATES: AtomicU64 = AtomicU64::new(0);
+    let temp = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        CREATES.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = fs::remove_file(&temp);
     let written = (|| {
         let mut file = private_new_file(&temp)?;

@@ -39,6 +39,7 @@ impl fmt::Debug for Host {
                 &runtime.max_concurrent_instances,
             )
             .field("granted", &runtime.granted)
+            .field("disk_cache", &self.disk_cache_dir())
             .finish_non_exhaustive()
     }
 }
@@ -65,6 +66,17 @@ impl Host {
     /// entry of the on-disk cache.
     pub fn compilations(&self) -> u64 {
         self.inner.runtime.compilations.load(Ordering::Relaxed)
+    }
+
+    /// The directory of the on-disk compilation cache this host uses, or
+    /// `None` when it is off or could not be used (the reason was logged,
+    /// `tracing` target `xcs::cache`).
+    pub fn disk_cache_dir(&self) -> Option<&Path> {
+        self.inner
+            .runtime
+            .disk_cache
+            .as_ref()
+            .map(|cache| cache.dir())
     }
 
     /// Sets the policies of the operator called `name` (its metadata name),

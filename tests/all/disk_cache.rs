@@ -244,6 +244,7 @@ async fn a_key_others_can_read_means_no_cache() {
         PathBuf::from("relative-key"),
     ] {
         let host = scratch.host_with_key(&key);
+        assert_eq!(host.disk_cache_dir(), None, "{}", key.display());
         assert_upper(&host).await;
         assert_upper(&scratch.host_with_key(&key)).await;
         assert!(
@@ -308,7 +309,17 @@ async fn the_cache_keeps_under_its_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_sharing_a_cache_load_at_once() {
     let scratch = Scratch::new("cache-race");
-    let hosts: Vec<Host> = (0..8).map(|_| scratch.host()).collect();
+    // Built on threads at once: they also race to create the key.
+    let hosts: Vec<Host> = std::thread::scope(|scope| {
+        let building: Vec<_> = (0..8).map(|_| scope.spawn(|| scratch.host())).collect();
+        building
+            .into_iter()
+            .map(|thread| thread.join().expect("a host builds"))
+            .collect()
+    });
+    for host in &hosts {
+        assert_eq!(host.disk_cache_dir(), Some(scratch.cache().as_path()));
+    }
     futures::future::join_all(hosts.iter().map(assert_upper)).await;
     assert_eq!(scratch.entries().len(), 1, "{:?}", scratch.entries());
     let after = scratch.host();
@@ -347,6 +358,7 @@ async fn an_unsafe_cache_directory_is_not_used() {
             .cache_key_file(&key)
             .build()
             .unwrap();
+        assert_eq!(host.disk_cache_dir().is_some(), used, "{}", dir.display());
         let noop = load(&host, xcs_tests::NOOP).await;
         noop.call(&Value::Null, &Limits::default()).await.unwrap();
         let written = dir.is_dir() && std::fs::read_dir(&dir).unwrap().next().is_some();
