@@ -14,7 +14,7 @@ use crate::limits::{Limits, LoadLimits};
 use crate::metrics::MetricsSnapshot;
 use crate::operator::{Operator, load};
 use crate::policy::Policy;
-use crate::runtime::{Runtime, Settings};
+use crate::runtime::{MemoryReset, Runtime, Settings};
 use crate::store::LogRecord;
 
 /// Environment variable naming the on-disk compilation cache directory.
@@ -39,6 +39,7 @@ impl fmt::Debug for Host {
                 &runtime.max_concurrent_instances,
             )
             .field("granted", &runtime.granted)
+            .field("memory_reset", &runtime.memory_reset)
             .field("disk_cache", &self.disk_cache_dir())
             .finish_non_exhaustive()
     }
@@ -66,6 +67,13 @@ impl Host {
     /// entry of the on-disk cache.
     pub fn compilations(&self) -> u64 {
         self.inner.runtime.compilations.load(Ordering::Relaxed)
+    }
+
+    /// How this host's pool resets a used sandbox between calls: in place
+    /// (Linux `PAGEMAP_SCAN`, kernel 6.7 or later) or by returning pages
+    /// to the kernel (see [`HostBuilder::pagemap_scan`]).
+    pub fn memory_reset(&self) -> MemoryReset {
+        self.inner.runtime.memory_reset
     }
 
     /// The directory of the on-disk compilation cache this host uses, or
@@ -248,6 +256,40 @@ impl HostBuilder {
     /// Default: 512 KiB.
     pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
         self.settings.max_wasm_stack = bytes;
+        self
+    }
+
+    /// Whether used sandboxes are reset in place with Linux's
+    /// `PAGEMAP_SCAN` where the kernel has it (6.7 or later): the pages a
+    /// call dirtied, up to [`memory_keep_resident`](Self::memory_keep_resident)
+    /// bytes of each memory and [`table_keep_resident`](Self::table_keep_resident)
+    /// of each table, are cleared in place and stay resident, so the next
+    /// call in that slot takes no page fault and no `madvise`; the rest is
+    /// returned to the kernel. Elsewhere, or when off, every used page of
+    /// a memory is returned to the kernel. [`Host::memory_reset`] says
+    /// which is in use. Default: on.
+    pub fn pagemap_scan(mut self, on: bool) -> Self {
+        self.settings.pagemap_scan = on;
+        self
+    }
+
+    /// Bytes at the start of each linear memory that are reset in place
+    /// and kept resident between calls (only with
+    /// [`pagemap_scan`](Self::pagemap_scan): without it, resetting in place
+    /// clears every page of the region, dirty or not, which costs more than
+    /// it saves). Resident memory per warm pool slot is at most this plus
+    /// the tables'; at most 100 slots (or
+    /// [`max_concurrent_instances`](Self::max_concurrent_instances), if
+    /// fewer) are kept warm. Default: 1 MiB.
+    pub fn memory_keep_resident(mut self, bytes: usize) -> Self {
+        self.settings.memory_keep_resident = bytes;
+        self
+    }
+
+    /// Bytes of each table reset in place and kept resident between calls
+    /// (with or without `pagemap_scan`). Default: 64 KiB.
+    pub fn table_keep_resident(mut self, bytes: usize) -> Self {
+        self.settings.table_keep_resident = bytes;
         self
     }
 

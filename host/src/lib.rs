@@ -78,6 +78,7 @@ pub use host::{CACHE_DIR_ENV, Host, HostBuilder};
 pub use limits::{DEFAULT_SEED, Limits, LoadLimits, MAX_DURATION, parse_size};
 pub use metrics::{MetricsSnapshot, OperatorMetrics};
 pub use operator::{CallOutput, Metadata, Operator};
+pub use runtime::MemoryReset;
 pub use sandbox::CallStats;
 pub use store::{LogLevel, LogRecord};
 pub use types::{Param, Signature, WitType};

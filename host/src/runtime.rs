@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::capability::Capability;
 use crate::disk_cache::DiskCache;
@@ -32,6 +32,54 @@ use crate::turns::Turns;
 /// [`Limits::max_table_elements`](crate::Limits::max_table_elements)).
 const MAX_TABLES_PER_COMPONENT: u32 = 16;
 
+/// How the pool returns a used sandbox to its initial state between calls
+/// ([`Host::memory_reset`](crate::Host::memory_reset)).
+///
+/// Every call gets fresh memory; what differs is the cost. Returning
+/// pages to the kernel (`madvise`) makes the next call fault them back in;
+/// with Linux's `PAGEMAP_SCAN` (kernel 6.7 or later) the pool finds the
+/// pages a call dirtied and resets them in place, so they stay resident
+/// and the next call takes no fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryReset {
+    /// Whether `PAGEMAP_SCAN` finds the dirty pages.
+    pub pagemap_scan: bool,
+    /// Bytes at the start of each linear memory reset in place (and kept
+    /// resident) instead of returned to the kernel; 0 without
+    /// `pagemap_scan`, where resetting in place would clear every page,
+    /// dirty or not.
+    pub memory_keep_resident: usize,
+    /// The same for each table.
+    pub table_keep_resident: usize,
+}
+
+impl std::fmt::Display for MemoryReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.pagemap_scan {
+            write!(f, "dirty pages reset in place (PAGEMAP_SCAN)")?;
+        } else {
+            write!(f, "pages returned to the kernel (madvise)")?;
+        }
+        write!(
+            f,
+            ", {} KiB of memory and {} KiB of tables kept resident",
+            self.memory_keep_resident >> 10,
+            self.table_keep_resident >> 10
+        )
+    }
+}
+
+/// Whether this system has `PAGEMAP_SCAN` (asked once).
+fn pagemap_scan_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(PoolingAllocationConfig::is_pagemap_scan_available)
+}
+
+/// Used sandbox slots the pool keeps warm (wasmtime's default): each holds
+/// at most its keep-resident bytes of memory and tables.
+const MAX_WARM_SLOTS: u32 = 100;
+
 /// Everything a runtime is built from: what
 /// [`HostBuilder`](crate::HostBuilder) collects, each setting documented
 /// (with its default) on the builder's method of the same name.
@@ -46,6 +94,9 @@ pub(crate) struct Settings {
     pub(crate) max_running_guests: usize,
     pub(crate) max_memory_bytes_per_instance: u64,
     pub(crate) max_wasm_stack: usize,
+    pub(crate) pagemap_scan: bool,
+    pub(crate) memory_keep_resident: usize,
+    pub(crate) table_keep_resident: usize,
     /// The on-disk compilation cache and the file of its key, resolved;
     /// vetted when the runtime is built.
     pub(crate) cache_dir: Option<PathBuf>,
@@ -71,6 +122,9 @@ impl Default for Settings {
             max_running_guests: std::thread::available_parallelism().map_or(1, usize::from),
             max_memory_bytes_per_instance: 4 << 30,
             max_wasm_stack: 512 << 10,
+            pagemap_scan: true,
+            memory_keep_resident: 1 << 20,
+            table_keep_resident: 64 << 10,
             cache_dir: None,
             cache_key_file: None,
             disk_cache_bytes: 1 << 30,
@@ -90,9 +144,24 @@ impl Settings {
         self.max_concurrent_instances.max(1)
     }
 
+    /// How used sandboxes are reset: in place where `PAGEMAP_SCAN` is
+    /// available and wanted, else by returning pages to the kernel.
+    pub(crate) fn memory_reset(&self) -> MemoryReset {
+        let pagemap_scan = self.pagemap_scan && pagemap_scan_available();
+        MemoryReset {
+            pagemap_scan,
+            memory_keep_resident: if pagemap_scan {
+                self.memory_keep_resident
+            } else {
+                0
+            },
+            table_keep_resident: self.table_keep_resident,
+        }
+    }
+
     /// The engine configuration: the pooling allocator sized for
     /// [`Settings::slots`] sandboxes, epoch interruption, fuel, stack
-    /// limits.
+    /// limits, the way used sandboxes are reset ([`Settings::memory_reset`]).
     pub(crate) fn engine_config(&self) -> Result<Config, Error> {
         let slots = self.slots();
         // The pool admits what the default limits allow: a component of
@@ -115,6 +184,16 @@ impl Settings {
             )
             .max_core_instances_per_component(core_instances)
             .max_tables_per_component(MAX_TABLES_PER_COMPONENT);
+        let reset = self.memory_reset();
+        pooling
+            .pagemap_scan(if reset.pagemap_scan {
+                Enabled::Yes
+            } else {
+                Enabled::No
+            })
+            .linear_memory_keep_resident(reset.memory_keep_resident)
+            .table_keep_resident(reset.table_keep_resident)
+            .max_unused_warm_slots(MAX_WARM_SLOTS.min(slots));
 
         let mut config = Config::new();
         config
@@ -141,6 +220,7 @@ pub(crate) struct Runtime {
     pub(crate) load_limits: LoadLimits,
     pub(crate) consume_fuel: bool,
     pub(crate) max_wasm_stack: usize,
+    pub(crate) memory_reset: MemoryReset,
     /// The pool's ceiling on one linear memory.
     pub(crate) max_memory_bytes_per_instance: u64,
     /// The interfaces the embedder granted.
@@ -235,6 +315,7 @@ impl Runtime {
             })
             .build();
         let slots = settings.slots();
+        let memory_reset = settings.memory_reset();
         Ok(Runtime {
             engine,
             linker,
@@ -242,6 +323,7 @@ impl Runtime {
             load_limits: settings.load_limits,
             consume_fuel: settings.consume_fuel,
             max_wasm_stack: settings.max_wasm_stack,
+            memory_reset,
             max_memory_bytes_per_instance: settings.max_memory_bytes_per_instance,
             granted,
             log_sink: settings.log_sink,

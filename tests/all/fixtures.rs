@@ -227,6 +227,31 @@ pub fn allocates_then_returns() -> String {
     )
 }
 
+/// `invoke(pages: u32) -> result<u32, error>`: grows its memory by
+/// `pages` 64 KiB pages and fills them whole (every byte dirty), returning
+/// its memory size in pages (traps when the growth is refused).
+pub fn dirties_memory() -> String {
+    format!(
+        r#"(component {TYPES_IMPORT} {core} {metadata}
+  (func (export "invoke") (param "pages" u32) (result (result u32 (error $error)))
+    (canon lift (core func $i "grow") {LIFT})))"#,
+        core = core_module(
+            "",
+            r#"(func (export "grow") (param $pages i32) (result i32)
+                 (local $base i32)
+                 (local.set $base (memory.grow (local.get $pages)))
+                 (if (i32.eq (local.get $base) (i32.const -1)) (then unreachable))
+                 (memory.fill (i32.mul (local.get $base) (i32.const 65536))
+                              (i32.const 0xa5)
+                              (i32.mul (local.get $pages) (i32.const 65536)))
+                 (i32.store8 (i32.const 256) (i32.const 0))
+                 (i32.store (i32.const 260) (memory.size))
+                 (i32.const 256))"#
+        ),
+        metadata = metadata_export(),
+    )
+}
+
 /// `invoke(x: list<element>) -> result<list<element>, error>` returning
 /// its argument unchanged: the guest hands back the pointer and length the
 /// host lowered the list to, so the output is the host's own lowering
