@@ -229,7 +229,10 @@ pub fn allocates_then_returns() -> String {
 
 /// `invoke(pages: u32) -> result<u32, error>`: grows its memory by
 /// `pages` 64 KiB pages and fills them whole (every byte dirty), returning
-/// its memory size in pages (traps when the growth is refused).
+/// its memory size in pages (traps when the growth is refused). It also
+/// overwrites a byte of its data segment and a zeroed kilobyte of its
+/// first page, after checking that both are as instantiation leaves them:
+/// it traps if an earlier call's writes are still there.
 pub fn dirties_memory() -> String {
     format!(
         r#"(component {TYPES_IMPORT} {core} {metadata}
@@ -239,6 +242,11 @@ pub fn dirties_memory() -> String {
             "",
             r#"(func (export "grow") (param $pages i32) (result i32)
                  (local $base i32)
+                 (if (i32.ne (i32.load8_u (i32.const 16)) (i32.const 0x66)) (then unreachable))
+                 (if (i32.ne (i32.load8_u (i32.const 1024)) (i32.const 0)) (then unreachable))
+                 (if (i32.ne (i32.load8_u (i32.const 2047)) (i32.const 0)) (then unreachable))
+                 (i32.store8 (i32.const 16) (i32.const 0xa5))
+                 (memory.fill (i32.const 1024) (i32.const 0xa5) (i32.const 1024))
                  (local.set $base (memory.grow (local.get $pages)))
                  (if (i32.eq (local.get $base) (i32.const -1)) (then unreachable))
                  (memory.fill (i32.mul (local.get $base) (i32.const 65536))

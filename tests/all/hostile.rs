@@ -404,3 +404,28 @@ fn big_allocations_from_64_threads_beside_memory_hogs() {
     });
     runtime.block_on(assert_healthy(&host));
 }
+
+/// Whatever a call wrote — its data segment, its zeroed memory, grown
+/// pages — the next call in the same pool slot starts from the component's
+/// initial memory, with dirty pages reset in place or returned to the
+/// kernel.
+#[tokio::test]
+async fn the_next_call_in_a_slot_sees_none_of_the_last_ones_memory() {
+    for pagemap_scan in [true, false] {
+        let host = Host::builder()
+            .no_disk_cache()
+            .max_concurrent_instances(1)
+            .pagemap_scan(pagemap_scan)
+            .default_policy(Policy::new().cache(false))
+            .build()
+            .unwrap();
+        let dirty = load_wat(&host, &fixtures::dirties_memory()).await.unwrap();
+        for pages in [1, 40, 3, 0, 17] {
+            let size = dirty
+                .call(&json!({ "pages": pages }), &Limits::default())
+                .await
+                .unwrap_or_else(|error| panic!("{}: {error}", host.memory_reset()));
+            assert_eq!(size, json!(1 + pages), "{}", host.memory_reset());
+        }
+    }
+}
