@@ -190,7 +190,10 @@ fn parse_size_words(text: &str) -> Result<u64, String> {
 /// cost grows faster than the component: a 50 KB function nested a
 /// thousand blocks deep took Cranelift minutes and gigabytes here. These
 /// bounds, read in one linear pass over the code, refuse such shapes with
-/// an `invalid-component` error naming the bound, before compiling.
+/// an `invalid-component` error naming the bound, before compiling. Bytes
+/// answered by a valid entry of the on-disk compilation cache are not
+/// compiled, so not checked either: the entry is this user's own earlier
+/// compilation of the very same bytes.
 ///
 /// | bound | default |
 /// |---|---|

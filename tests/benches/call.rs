@@ -356,7 +356,9 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
     drop(old_bare);
     std::fs::write(&artifact, bare.engine.precompile_component(bytes)?)?;
     for _ in 0..plan.disk_hits {
-        time_batch!(bare_disk_hit, 1, bare_deserialize(&bare.engine, &artifact)?);
+        // A new engine each time, as xcs's hit is in a new host.
+        let engine = bare_engine(false)?;
+        time_batch!(bare_disk_hit, 1, bare_deserialize(&engine, &artifact)?);
     }
 
     let hosts_built = 2 + plan.disk_hits;
@@ -514,7 +516,7 @@ fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
         load_ratio(&results.disk_hit, "; target ≥ 50×"),
     );
     row(
-        "bare `Component::deserialize` of a precompiled file, unchecked (reference)",
+        "bare `Component::deserialize` of a precompiled file in a new engine, unchecked (reference)",
         &results.bare_disk_hit,
         load_ratio(&results.bare_disk_hit, ""),
     );

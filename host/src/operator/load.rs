@@ -67,8 +67,6 @@ pub(crate) async fn load(
     source_name: &str,
 ) -> Result<Operator, Error> {
     check_header(&bytes, source_name)?;
-    super::shape::check(&bytes, &runtime.load_limits)
-        .map_err(|reason| invalid(source_name, reason, None))?;
     let component = compile(runtime, bytes, digest, source_name).await?;
     let imports = check_imports(runtime, &component, source_name)?;
     let (signature, invoke) = read_contract(runtime, &component, source_name)?;
@@ -131,9 +129,11 @@ fn check_header(bytes: &[u8], source_name: &str) -> Result<(), Error> {
     }
 }
 
-/// Step 2: validate and compile, off the async threads, or take the
-/// compiled code from a valid entry of the on-disk cache (and store it
-/// there when compiled).
+/// Step 2, off the async threads: take the compiled code from a valid
+/// entry of the on-disk cache, or check the shape of the code against the
+/// [`LoadLimits`](crate::LoadLimits) (what is already compiled is not
+/// checked again: the bounds are there to keep compilation bounded), then
+/// validate and compile (and store the result in the cache).
 async fn compile(
     runtime: &Arc<Runtime>,
     bytes: Vec<u8>,
@@ -144,20 +144,28 @@ async fn compile(
     let name = source_name.to_owned();
     let compiled = tokio::task::spawn_blocking(move || {
         let engine = &runtime.engine;
-        let Some(cache) = &runtime.disk_cache else {
-            runtime.count_compilation();
-            return Component::from_binary(engine, &bytes);
-        };
-        match cache.lookup(engine, &digest) {
-            Lookup::Hit(component) => return Ok(component),
-            Lookup::Miss => {}
-            Lookup::Rejected(why) => tracing::warn!(
-                target: "xcs::cache",
-                "compiling {name} again: its cache entry is not used: {why}"
-            ),
+        let cache = runtime.disk_cache.as_ref();
+        if let Some(cache) = cache {
+            match cache.lookup(engine, &digest) {
+                Lookup::Hit(component) => return Ok(Ok(component)),
+                Lookup::Miss => {}
+                Lookup::Rejected(why) => tracing::warn!(
+                    target: "xcs::cache",
+                    "compiling {name} again: its cache entry is not used: {why}"
+                ),
+            }
+        }
+        if let Err(reason) = super::shape::check(&bytes, &runtime.load_limits) {
+            return Err(reason);
         }
         runtime.count_compilation();
-        let component = Component::from_binary(engine, &bytes)?;
+        let Some(cache) = cache else {
+            return Ok(Component::from_binary(engine, &bytes));
+        };
+        let component = match Component::from_binary(engine, &bytes) {
+            Ok(component) => component,
+            Err(error) => return Ok(Err(error)),
+        };
         let stored = component
             .serialize()
             .map_err(|error| std::io::Error::other(format!("{error:#}")))
@@ -165,7 +173,7 @@ async fn compile(
         if let Err(error) = stored {
             tracing::warn!(target: "xcs::cache", "not caching {name}: {error}");
         }
-        Ok(component)
+        Ok(Ok(component))
     })
     .await
     .map_err(|join| {
@@ -175,7 +183,9 @@ async fn compile(
             None,
         )
     })?;
-    compiled.map_err(|error| invalid(source_name, "invalid component".into(), error::cause(error)))
+    compiled
+        .map_err(|reason| invalid(source_name, reason, None))?
+        .map_err(|error| invalid(source_name, "invalid component".into(), error::cause(error)))
 }
 
 /// Step 3: the imports are the contract's own interfaces, the inert WASI

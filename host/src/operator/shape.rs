@@ -52,6 +52,11 @@ pub(crate) fn check(bytes: &[u8], limits: &LoadLimits) -> Result<(), String> {
                 limits.max_function_locals
             ));
         }
+        // Every operator that opens a block takes two bytes at least (its
+        // opcode and block type): a shorter body cannot nest too deep.
+        if size < 2 * (u64::from(limits.max_function_nesting) + 1) {
+            continue;
+        }
         let Ok(operators) = body.get_operators_reader() else {
             continue;
         };
