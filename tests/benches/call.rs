@@ -66,6 +66,16 @@ impl Plan {
     }
 }
 
+/// A component with nothing but an `invoke` that returns `ok`: one core
+/// module with one memory, no imports.
+const MINIMAL_COMPONENT: &str = r#"(component
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "invoke") (result i32) (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (func (export "invoke") (result (result))
+    (canon lift (core func $i "invoke"))))"#;
+
 /// Store data of the bare-wasmtime baseline: only what WASI needs.
 struct BareState {
     wasi: WasiCtx,
@@ -219,6 +229,7 @@ struct Results {
     bare_call: Samples,
     old_bare_call: Samples,
     reused_call: Samples,
+    minimal_call: Samples,
     /// Minor page faults per call of xcs, the bare and the old bare calls.
     faults: [f64; 3],
     memory_reset: xcs::MemoryReset,
@@ -248,6 +259,9 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
 
     let bare = Bare::new(bare_engine(false)?, bytes)?;
     let old_bare = Bare::new(bare_engine(true)?, bytes)?;
+    // The floor set by the component's shape: one core module, one
+    // memory, no imports, an `invoke` that returns `ok`.
+    let minimal = Bare::new(bare_engine(false)?, &wat::parse_str(MINIMAL_COMPONENT)?)?;
     let mut reused_store = bare.store()?;
     let reused_instance = bare.pre.instantiate_async(&mut reused_store).await?;
 
@@ -258,7 +272,8 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
         let fresh = bare.call_fresh().await?;
         let old = old_bare.call_fresh().await?;
         let reused = invoke(&mut reused_store, reused_instance, &bare.invoke).await?;
-        for result in [fresh, old, reused] {
+        let floor = minimal.call_fresh().await?;
+        for result in [fresh, old, reused, floor] {
             if !matches!(result, Val::Result(Ok(None))) {
                 bail!("bare `invoke` returned {result:?}, expected ok");
             }
@@ -266,6 +281,7 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
     }
 
     let batch = plan.calls_per_batch;
+    let mut minimal_samples = Samples::default();
     let (mut xcs_samples, mut bare_samples, mut old_samples, mut reused_samples) = (
         Samples::default(),
         Samples::default(),
@@ -274,8 +290,8 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
     );
     let (mut xcs_faults, mut bare_faults, mut old_faults) = (0u64, 0u64, 0u64);
     for round in 0..plan.call_rounds {
-        for variant in 0..4 {
-            match (round + variant) % 4 {
+        for variant in 0..5 {
+            match (round + variant) % 5 {
                 0 => time_batch!(
                     xcs_samples,
                     xcs_faults,
@@ -284,6 +300,7 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
                 ),
                 1 => time_batch!(bare_samples, bare_faults, batch, bare.call_fresh().await?),
                 2 => time_batch!(old_samples, old_faults, batch, old_bare.call_fresh().await?),
+                3 => time_batch!(minimal_samples, batch, minimal.call_fresh().await?),
                 _ => time_batch!(
                     reused_samples,
                     batch,
@@ -369,6 +386,7 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
         bare_call: bare_samples,
         old_bare_call: old_samples,
         reused_call: reused_samples,
+        minimal_call: minimal_samples,
         faults,
         memory_reset,
         compile,
@@ -482,6 +500,11 @@ fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
         ),
     );
     row(
+        "bare wasmtime call of a minimal component: one core module, no imports (reference: the floor of the component's shape)",
+        &results.minimal_call,
+        format!("{:.2}", results.minimal_call.median() / bare),
+    );
+    row(
         "bare wasmtime call on a reused instance (reference)",
         &results.reused_call,
         format!("{:.3}", results.reused_call.median() / bare),
@@ -544,7 +567,73 @@ fn run() -> Result<()> {
     let _ = std::fs::remove_dir_all(&cache_dir);
     let _ = std::fs::remove_file(cache_dir.with_extension("key"));
     print_report(&plan, &bytes, &results?);
+    print_throughput(&throughput(&bytes)?);
     Ok(())
+}
+
+/// Calls in flight at once in the throughput runs.
+const IN_FLIGHT: [usize; 3] = [2, 8, 32];
+
+/// Isolated `noop` calls per second with 2, 8 and 32 in flight, on a
+/// multi-threaded runtime with a worker per core: the median of 5 runs.
+fn throughput(bytes: &[u8]) -> Result<Vec<(usize, f64)>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the multi-threaded runtime")?;
+    let calls = if common::quick() { 2_000 } else { 50_000 };
+    runtime.block_on(async {
+        let host = Host::builder()
+            .no_disk_cache()
+            .default_policy(Policy::new().cache(false))
+            .build()?;
+        let noop = host.load_bytes(bytes.to_vec(), "noop.wasm").await?;
+        let mut figures = Vec::new();
+        for in_flight in IN_FLIGHT {
+            let mut rates = Samples::default();
+            for _ in 0..5 {
+                let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(calls));
+                let started = Instant::now();
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..in_flight {
+                    let (noop, left) = (noop.clone(), left.clone());
+                    tasks.spawn(async move {
+                        let (input, limits) = (json!([]), Limits::default());
+                        while left
+                            .fetch_update(
+                                std::sync::atomic::Ordering::Relaxed,
+                                std::sync::atomic::Ordering::Relaxed,
+                                |left| left.checked_sub(1),
+                            )
+                            .is_ok()
+                        {
+                            xcs_call(&noop, &input, &limits).await?;
+                        }
+                        Ok::<(), wasmtime::Error>(())
+                    });
+                }
+                while let Some(joined) = tasks.join_next().await {
+                    joined.map_err(|error| wasmtime::Error::msg(error.to_string()))??;
+                }
+                // Samples holds µs per operation; the rate is its inverse.
+                rates.push(started.elapsed(), calls);
+            }
+            figures.push((in_flight, 1e6 / rates.median()));
+        }
+        Ok(figures)
+    })
+}
+
+fn print_throughput(figures: &[(usize, f64)]) {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    println!();
+    println!("Throughput, isolated `noop` calls, {cores} worker threads, median of 5 runs:");
+    println!();
+    println!("| in flight | calls per second |");
+    println!("|---|---|");
+    for (in_flight, rate) in figures {
+        println!("| {in_flight} | {rate:.0} |");
+    }
 }
 
 fn main() -> ExitCode {

@@ -155,9 +155,7 @@ async fn compile(
                 ),
             }
         }
-        if let Err(reason) = super::shape::check(&bytes, &runtime.load_limits) {
-            return Err(reason);
-        }
+        super::shape::check(&bytes, &runtime.load_limits)?;
         runtime.count_compilation();
         let Some(cache) = cache else {
             return Ok(Component::from_binary(engine, &bytes));
