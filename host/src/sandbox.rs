@@ -69,12 +69,20 @@ pub(crate) async fn attempt_in<T>(
     let deadline = tokio::time::Instant::from_std(started + limits.timeout);
     // The permit is released after the store (and with it the pool slot) is
     // dropped, as locals drop in reverse order.
-    let Ok(_slot) = tokio::time::timeout_at(deadline, runtime.instance_slots.acquire()).await
-    else {
-        return Err(Error::Timeout {
-            operator: operator.to_string(),
-            timeout: limits.timeout,
-        });
+    // A free slot is taken at once, without arming a timer.
+    let _slot = match runtime.instance_slots.try_acquire() {
+        Some(slot) => slot,
+        None => {
+            let waited =
+                tokio::time::timeout_at(deadline, runtime.instance_slots.acquire()).await;
+            let Ok(slot) = waited else {
+                return Err(Error::Timeout {
+                    operator: operator.to_string(),
+                    timeout: limits.timeout,
+                });
+            };
+            slot
+        }
     };
     let mut sandbox = Sandbox::new(runtime, operator.clone(), limits, started, state)?;
     let seat = sandbox.store.data().seat.clone();

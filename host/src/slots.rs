@@ -27,6 +27,11 @@ impl Slots {
         }
     }
 
+    /// A slot if one is free now, borrowed.
+    pub(crate) fn try_acquire(&self) -> Option<SemaphorePermit<'_>> {
+        self.0.try_acquire().ok()
+    }
+
     /// Waits for a slot, held by a permit that owns the semaphore.
     pub(crate) async fn acquire_owned(&self) -> OwnedSemaphorePermit {
         match self.0.clone().acquire_owned().await {
