@@ -51,16 +51,19 @@ pub enum Error {
 
     /// The component imports something the host does not grant.
     #[error(
-        "{operator}: imports `{import}`, which this host does not grant{}",
-        hint.as_deref().map(|hint| format!(" ({hint})")).unwrap_or_default()
+        "{operator}: imports `{import}`, which this host does not grant{}{}",
+        hint.as_deref().map(|hint| format!(" ({hint})")).unwrap_or_default(),
+        also_refused(also)
     )]
     Capability {
         /// The operator (or source) concerned.
         operator: String,
-        /// The import that was refused, e.g. `wasi:sockets/tcp@0.2.6`.
+        /// The (first) import that was refused, e.g. `acme:kv/store@1.0.0`.
         import: String,
         /// How to fix it, when there is an obvious way.
         hint: Option<String>,
+        /// Every other import refused with it, in the component's order.
+        also: Vec<String>,
     },
 
     /// The input does not match the operator's signature.
@@ -243,6 +246,17 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+}
+
+/// "; also `b`, `c`" for the other refused imports of a capability error.
+fn also_refused(also: &[String]) -> String {
+    match also {
+        [] => String::new(),
+        names => {
+            let names: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+            format!("; also refused: {}", names.join(", "))
+        }
+    }
 }
 
 impl Error {

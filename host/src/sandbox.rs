@@ -73,8 +73,7 @@ pub(crate) async fn attempt_in<T>(
     let _slot = match runtime.instance_slots.try_acquire() {
         Some(slot) => slot,
         None => {
-            let waited =
-                tokio::time::timeout_at(deadline, runtime.instance_slots.acquire()).await;
+            let waited = tokio::time::timeout_at(deadline, runtime.instance_slots.acquire()).await;
             let Ok(slot) = waited else {
                 return Err(Error::Timeout {
                     operator: operator.to_string(),

@@ -134,8 +134,18 @@ pub fn no_invoke() -> String {
 /// A component that imports the instance `name` (with no functions), and
 /// is otherwise a valid operator.
 pub fn importing(name: &str) -> String {
+    importing_all(&[name])
+}
+
+/// A component that imports every instance of `names` (with no
+/// functions), and is otherwise a valid operator.
+pub fn importing_all(names: &[&str]) -> String {
+    let imports: String = names
+        .iter()
+        .map(|name| format!(r#"(import "{name}" (instance))"#))
+        .collect();
     format!(
-        r#"(component (import "{name}" (instance))
+        r#"(component {imports}
   {TYPES_IMPORT} {core} {metadata}
   (func (export "invoke") (result (result (error $error))) (canon lift (core func $i "ok2") {LIFT})))"#,
         core = core_module(

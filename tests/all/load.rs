@@ -105,19 +105,30 @@ async fn resource_parameters_are_a_contract_error() {
     );
 }
 
+/// Sockets are linked inert, as the filesystem is without preopens: an
+/// operator that merely links them (as componentize-py's output does)
+/// loads and runs. HTTP is refused, saying how componentize-js builds
+/// without it.
 #[tokio::test]
-async fn forbidden_wasi_import_is_a_capability_error() {
+async fn sockets_link_inert_and_http_is_refused() {
     let host = host();
-    let error = expect_kind(
-        load_wat(&host, &fixtures::importing("wasi:sockets/tcp@0.2.6")).await,
-        ErrorKind::Capability,
+    let sockets = [
+        "wasi:sockets/network@0.2.0",
+        "wasi:sockets/instance-network@0.2.6",
+        "wasi:sockets/tcp@0.2.6",
+        "wasi:sockets/tcp-create-socket@0.2.6",
+        "wasi:sockets/udp@0.2.6",
+        "wasi:sockets/udp-create-socket@0.2.6",
+        "wasi:sockets/ip-name-lookup@0.2.6",
+    ];
+    let linked = load_wat(&host, &fixtures::importing_all(&sockets))
+        .await
+        .unwrap();
+    assert_eq!(
+        linked.call(&json!([]), &Limits::default()).await.unwrap(),
+        serde_json::Value::Null
     );
-    match &error {
-        xcs::Error::Capability { import, .. } => assert_eq!(import, "wasi:sockets/tcp@0.2.6"),
-        other => panic!("{other:?}"),
-    }
-    assert!(error.to_string().contains("no sockets"), "{error}");
-    expect_kind(
+    let error = expect_kind(
         load_wat(
             &host,
             &fixtures::importing("wasi:http/outgoing-handler@0.2.6"),
@@ -125,7 +136,49 @@ async fn forbidden_wasi_import_is_a_capability_error() {
         .await,
         ErrorKind::Capability,
     );
+    assert!(error.to_string().contains("--disable http"), "{error}");
     assert_healthy(&host).await;
+}
+
+/// Every refused import is named in one error, read from the bytes before
+/// anything is compiled.
+#[tokio::test]
+async fn every_refused_import_is_named_before_compiling() {
+    let host = Host::builder().no_disk_cache().build().unwrap();
+    let error = expect_kind(
+        load_wat(
+            &host,
+            &fixtures::importing_all(&[
+                "wasi:cli/environment@0.2.6",
+                "acme:kv/store@1.0.0",
+                "wasi:http/outgoing-handler@0.2.6",
+                "wasi:random/random@9.9.9",
+            ]),
+        )
+        .await,
+        ErrorKind::Capability,
+    );
+    match &error {
+        xcs::Error::Capability { import, also, .. } => {
+            assert_eq!(import, "acme:kv/store@1.0.0");
+            assert_eq!(
+                also,
+                &[
+                    "wasi:http/outgoing-handler@0.2.6",
+                    "wasi:random/random@9.9.9"
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains(
+            "also refused: `wasi:http/outgoing-handler@0.2.6`, `wasi:random/random@9.9.9`"
+        ),
+        "{message}"
+    );
+    assert_eq!(host.compilations(), 0, "refused before compiling");
 }
 
 #[tokio::test]

@@ -28,7 +28,8 @@ const CONTRACT_PACKAGE: &str = "xcs:operator/";
 
 /// WASI interfaces the sandbox provides, all inert unless granted: no
 /// preopened directories, no environment, virtual clocks and randomness.
-/// Sockets and HTTP are not among them.
+/// So are `wasi:sockets/*` (every socket, address and name lookup is
+/// refused); HTTP is not among them.
 const PROVIDED_WASI: &[&str] = &[
     "wasi:cli/environment",
     "wasi:cli/exit",
@@ -67,8 +68,8 @@ pub(crate) async fn load(
     source_name: &str,
 ) -> Result<Operator, Error> {
     check_header(&bytes, source_name)?;
+    let imports = check_imports(runtime, &bytes, source_name)?;
     let component = compile(runtime, bytes, digest, source_name).await?;
-    let imports = check_imports(runtime, &component, source_name)?;
     let (signature, invoke) = read_contract(runtime, &component, source_name)?;
     let (pre, bindings_pre) = link(runtime, &component, source_name)?;
     let metadata = read_metadata(runtime, bindings_pre, source_name).await?;
@@ -186,55 +187,92 @@ async fn compile(
         .map_err(|error| invalid(source_name, "invalid component".into(), error::cause(error)))
 }
 
-/// Step 3: the imports are the contract's own interfaces, the inert WASI
-/// the sandbox provides, and whatever the embedder granted. Anything else
-/// is refused by name, before instantiation is even attempted.
-fn check_imports(
-    runtime: &Runtime,
-    component: &Component,
-    source_name: &str,
-) -> Result<Vec<String>, Error> {
-    let mut imports = Vec::new();
-    for (name, _) in component.component_type().imports(&runtime.engine) {
-        imports.push(name.to_owned());
-        if [HOST_INTERFACE, TYPES_INTERFACE, COMPOSE_INTERFACE].contains(&name) {
-            continue;
+/// Step 2: the imports are the contract's own interfaces, the inert WASI
+/// the sandbox provides, and whatever the embedder granted. They are read
+/// from the bytes before anything is compiled, and every one that is
+/// neither is refused, by name, in one error.
+fn check_imports(runtime: &Runtime, bytes: &[u8], source_name: &str) -> Result<Vec<String>, Error> {
+    // Bytes that do not parse are the compiler's to report, in its words.
+    let imports = top_level_imports(bytes).unwrap_or_default();
+    let mut refused: Vec<(&str, Option<String>)> = Vec::new();
+    for name in &imports {
+        if let Some(hint) = refusal(runtime, name) {
+            refused.push((name, hint));
         }
-        let (unversioned, version) = name.split_once('@').unwrap_or((name, ""));
-        if PROVIDED_WASI.contains(&unversioned) {
-            // WASI 0.2 is what the host links (any 0.2.x: semver-compatible).
-            if version.is_empty() || version.starts_with("0.2.") {
-                continue;
-            }
-            return Err(Error::Capability {
-                operator: source_name.to_owned(),
-                import: name.to_owned(),
-                hint: Some(format!(
-                    "this host provides {unversioned}@0.2.x, not {version}"
-                )),
-            });
-        }
-        if runtime
-            .granted
-            .iter()
-            .any(|granted| granted == name || granted == unversioned)
-        {
-            continue;
-        }
-        let hint = if name.starts_with(CONTRACT_PACKAGE) {
-            format!("this host implements {HOST_INTERFACE} and {COMPOSE_INTERFACE}")
-        } else if name.starts_with("wasi:") {
-            "the sandbox provides no sockets, HTTP or other ambient authority".into()
-        } else {
-            "an embedder can grant it with `xcs::Capability`".into()
-        };
-        return Err(Error::Capability {
-            operator: source_name.to_owned(),
-            import: name.to_owned(),
-            hint: Some(hint),
-        });
     }
-    Ok(imports)
+    let mut refused = refused.into_iter();
+    match refused.next() {
+        None => Ok(imports),
+        Some((import, hint)) => Err(Error::Capability {
+            operator: source_name.to_owned(),
+            import: import.to_owned(),
+            hint,
+            also: refused.map(|(name, _)| name.to_owned()).collect(),
+        }),
+    }
+}
+
+/// `None` if the host links `name`; else why not, in words when there is
+/// something to say.
+fn refusal(runtime: &Runtime, name: &str) -> Option<Option<String>> {
+    if [HOST_INTERFACE, TYPES_INTERFACE, COMPOSE_INTERFACE].contains(&name) {
+        return None;
+    }
+    let (unversioned, version) = name.split_once('@').unwrap_or((name, ""));
+    if PROVIDED_WASI.contains(&unversioned) || unversioned.starts_with("wasi:sockets/") {
+        // WASI 0.2 is what the host links (any 0.2.x: semver-compatible).
+        if version.is_empty() || version.starts_with("0.2.") {
+            return None;
+        }
+        return Some(Some(format!(
+            "this host provides {unversioned}@0.2.x, not {version}"
+        )));
+    }
+    if runtime
+        .granted
+        .iter()
+        .any(|granted| granted == name || granted == unversioned)
+    {
+        return None;
+    }
+    Some(Some(if name.starts_with(CONTRACT_PACKAGE) {
+        format!("this host implements {HOST_INTERFACE} and {COMPOSE_INTERFACE}")
+    } else if name.starts_with("wasi:http/") {
+        "the sandbox provides no HTTP; componentize-js links it unless built with \
+         `--disable http fetch-event`"
+            .into()
+    } else if name.starts_with("wasi:") {
+        "the sandbox provides no such ambient authority".into()
+    } else {
+        "an embedder can grant it with `xcs::Capability`".into()
+    }))
+}
+
+/// The names of the component's own imports (not those of the components
+/// and modules nested in it), or `None` if the bytes do not parse.
+fn top_level_imports(bytes: &[u8]) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    // Nested modules and components start with their own `Version` and
+    // end with their own `End`: depth 1 is the component itself.
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            wasmparser::Payload::Version { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(imports) if depth == 1 => {
+                for import in imports {
+                    let import = import.ok()?;
+                    // A world's `use` of a type is a type import: nothing
+                    // the host links.
+                    if !matches!(import.ty, wasmparser::ComponentTypeRef::Type(_)) {
+                        names.push(import.name.name.to_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(names)
 }
 
 /// Step 4: the `invoke` export and its signature: parameters and an `ok`
