@@ -543,3 +543,42 @@ async fn quitter() {
     }
     assert_healthy(&host()).await;
 }
+
+/// The sockets the sandbox links are inert: a Rust operator's std TCP
+/// connect to a listening loopback port, UDP bind and name lookup all fail
+/// inside the guest, and the listener sees no connection.
+#[tokio::test]
+async fn netprobe() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let probe = load(&host(), xcs_tests::NETPROBE).await;
+    assert!(
+        probe
+            .imports()
+            .iter()
+            .any(|import| import.starts_with("wasi:sockets/")),
+        "std's networking links wasi:sockets: {:?}",
+        probe.imports()
+    );
+    let lines = probe
+        .call(
+            &json!({ "address": address, "host": "localhost" }),
+            &Limits::default(),
+        )
+        .await
+        .unwrap();
+    let lines: Vec<String> = serde_json::from_value(lines).unwrap();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        assert!(
+            line.contains(": error: "),
+            "refused inside the guest: {lines:?}"
+        );
+    }
+    assert_eq!(
+        listener.accept().map(drop).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "no connection reached the listener"
+    );
+}
