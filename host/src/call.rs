@@ -151,15 +151,20 @@ async fn cached(
     for _ in 0..2 {
         let ran = AtomicBool::new(false);
         let attempts = AtomicU32::new(0);
+        // What the call used, when this caller's call is the one that ran.
+        let ran_stats = std::sync::Mutex::new(CallStats::default());
         let loaded = runtime
             .results
             .try_get_with(key.clone(), async {
                 ran.store(true, Ordering::Relaxed);
                 let called = guarded(operator, input, limits, policies).await;
                 attempts.store(called.attempts, Ordering::Relaxed);
-                called
-                    .result
-                    .map(|output| (Instant::now(), Arc::new(output.value)))
+                called.result.map(|output| {
+                    *ran_stats
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = output.stats;
+                    (Instant::now(), Arc::new(output.value))
+                })
             })
             .await;
         let ran = ran.load(Ordering::Relaxed);
@@ -181,7 +186,10 @@ async fn cached(
             Ok((_, value)) => Called {
                 result: Ok(CallOutput {
                     value: Value::clone(&value),
-                    stats: CallStats::default(),
+                    // A hit ran nothing: it used nothing.
+                    stats: ran_stats
+                        .into_inner()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
                     cached: !ran,
                 }),
                 attempts,

@@ -575,3 +575,25 @@ async fn a_panicking_capability_in_a_node_panics_the_run_not_silently() {
         "{message}"
     );
 }
+
+/// A deterministic node's report says what its call used (it said
+/// `fuel_consumed: null` and `peak_memory_bytes: 0`: the result cache's
+/// path dropped the statistics).
+#[tokio::test]
+async fn a_deterministic_node_reports_its_fuel_and_memory() {
+    let host = Host::builder().no_disk_cache().build().unwrap();
+    let mut ops = Operators::new();
+    ops.insert("upper", load(&host, xcs_tests::UPPER).await);
+    let graph = Graph::new()
+        .node(Node::new("loud", "upper").arg("text", Source::input("title")))
+        .output("loud", Source::node("loud"));
+    let report = graph
+        .check(&ops)
+        .unwrap()
+        .run(&json!({ "title": "hi" }), &RunOptions::default())
+        .await;
+    let node = report.node("loud").unwrap();
+    assert_eq!(node.status, NodeStatus::Ok, "{report:?}");
+    assert!(node.fuel_consumed.is_some_and(|fuel| fuel > 0), "{node:?}");
+    assert!(node.peak_memory_bytes > 0, "{node:?}");
+}

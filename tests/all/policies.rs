@@ -653,3 +653,33 @@ async fn enormous_bounds_are_not_a_panic() {
         .unwrap();
     assert_eq!(outputs["up"], json!(["A", "B"]));
 }
+
+/// The call that fills the result cache reports what it used (a graph
+/// report showed `fuel_consumed: null` and `peak_memory_bytes: 0` for
+/// every deterministic operator); a hit used nothing.
+#[tokio::test]
+async fn the_call_that_fills_the_cache_reports_its_stats() {
+    let host = Host::builder().no_disk_cache().build().unwrap();
+    let upper = load(&host, xcs_tests::UPPER).await;
+    assert!(upper.metadata().deterministic);
+    let input = json!({ "text": "stats" });
+    let first = upper
+        .call_with_stats(&input, &Limits::default())
+        .await
+        .unwrap();
+    assert!(!first.cached);
+    assert!(
+        first.stats.fuel_consumed.is_some_and(|fuel| fuel > 0),
+        "{:?}",
+        first.stats
+    );
+    assert!(first.stats.peak_memory_bytes > 0, "{:?}", first.stats);
+    assert!(first.stats.duration > Duration::ZERO, "{:?}", first.stats);
+    let hit = upper
+        .call_with_stats(&input, &Limits::default())
+        .await
+        .unwrap();
+    assert!(hit.cached);
+    assert_eq!(hit.stats, xcs::CallStats::default(), "a hit ran nothing");
+    assert_eq!(hit.value, first.value);
+}
