@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 use xcs::graph::{
-    ComposeOptions, Composite, Graph, NodeStatus, Operators, Plan, RunOptions, RunReport, Trace,
+    ComposeOptions, Composite, Graph, GraphProblem, NodeStatus, Operators, Plan, RunOptions,
+    RunReport, Trace,
 };
 use xcs::{Error, Host};
 
@@ -38,25 +39,67 @@ pub(crate) async fn plan(path: &Path, args: &GraphArgs) -> anyhow::Result<(Plan,
     let graph = Graph::from_toml(&text)?;
     let host = Host::builder().build()?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let operators = load_operators(&host, &graph, &args.operators, base).await?;
-    Ok((graph.check(&operators)?, host))
+    let (operators, failed) = load_operators(&host, &graph, &args.operators, base).await?;
+    let checked = graph.check(&operators);
+    if failed.is_empty() {
+        return Ok((checked?, host));
+    }
+    // The graph's other problems, without the "unknown operator" of the
+    // operators that failed to load (their own errors say more).
+    let mut others: Vec<GraphProblem> = match checked {
+        Ok(_) => Vec::new(),
+        Err(Error::Graph { problems }) => problems,
+        Err(other) => return Err(other.into()),
+    };
+    others.retain(|problem| {
+        !failed.iter().any(|(key, _)| {
+            problem
+                .message
+                .starts_with(&format!("unknown operator `{key}`"))
+        })
+    });
+    let mut failed = failed;
+    if failed.len() == 1 && others.is_empty() {
+        // One problem: its own error, with its own exit code.
+        let (_, error) = failed.remove(0);
+        return Err(error.into());
+    }
+    let mut problems: Vec<GraphProblem> = failed
+        .into_iter()
+        .map(|(key, error)| GraphProblem {
+            node: graph
+                .nodes()
+                .iter()
+                .find(|node| node.operator() == key)
+                .map(|node| node.id().to_owned()),
+            message: format!(
+                "operator `{key}` does not load: error[{}]: {error}",
+                error.kind()
+            ),
+        })
+        .collect();
+    problems.extend(others);
+    Err(Error::Graph { problems }.into())
 }
 
 /// Loads the operators `graph` names: a key ending in `.wasm` is a path
 /// relative to `base` (the graph file's directory); any other key is looked
 /// up as `<dir>/<key>.wasm`. A key with no file is left out: the check
-/// reports it as an unknown operator, with the others it finds. The
-/// operators of composite nodes (they call by name) come from `dir`.
+/// reports it as an unknown operator, with the others it finds. One that
+/// does not load is returned with its error, so that every problem is
+/// reported at once. The operators of composite nodes (they call by name)
+/// come from `dir`.
 async fn load_operators(
     host: &Host,
     graph: &Graph,
     dir: &Path,
     base: &Path,
-) -> anyhow::Result<Operators> {
+) -> anyhow::Result<(Operators, Vec<(String, Error)>)> {
     let mut operators = Operators::new();
+    let mut failed: Vec<(String, Error)> = Vec::new();
     for node in graph.nodes() {
         let key = node.operator();
-        if operators.get(key).is_some() {
+        if operators.get(key).is_some() || failed.iter().any(|(failed, _)| failed == key) {
             continue;
         }
         let path = if key.ends_with(".wasm") {
@@ -65,7 +108,10 @@ async fn load_operators(
             dir.join(format!("{key}.wasm"))
         };
         if path.is_file() {
-            operators.insert(key, host.load(&path).await?);
+            match host.load(&path).await {
+                Ok(operator) => operators.insert(key, operator),
+                Err(error) => failed.push((key.to_owned(), error)),
+            }
         }
     }
     let has_composites = graph.nodes().iter().any(|node| {
@@ -80,7 +126,7 @@ async fn load_operators(
             }
         }
     }
-    Ok(operators)
+    Ok((operators, failed))
 }
 
 /// Every operator in `dir` (`*.wasm`), by metadata name. One that does not

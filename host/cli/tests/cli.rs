@@ -618,6 +618,47 @@ fn check_without_inputs_says_none() {
     assert_eq!(run.stdout, "ok: 1 node(s); inputs: none\n", "{run:#?}");
 }
 
+/// Operators that fail to load are problems like any other: `check`
+/// reports them all, with the graph's other problems (it stopped at the
+/// first); a single one keeps its own error and exit code.
+#[test]
+fn check_reports_every_operator_that_does_not_load() {
+    let scratch = Scratch::new();
+    let operators = scratch.operators(&[("noop", xcs_tests::NOOP), ("wait", xcs_tests::WAIT)]);
+    std::fs::write(Path::new(&operators).join("broken.wasm"), b"\0asm garbage").expect("writable");
+    let graph = scratch.file(
+        "graph.toml",
+        b"[[node]]\nid = \"a\"\noperator = \"broken\"\n\n\
+          [[node]]\nid = \"b\"\noperator = \"wait\"\n\n\
+          [[node]]\nid = \"c\"\noperator = \"nonexistent\"\n\n\
+          [[node]]\nid = \"d\"\noperator = \"noop\"\n",
+    );
+    let run = xcs_with_stdin(
+        &["check", &graph, "--operators", &operators],
+        None,
+        &scratch,
+    );
+    run.assert_error(
+        11,
+        "graph",
+        &[
+            "the graph has 3 problems",
+            "  - node `a`: operator `broken` does not load: error[invalid-component]: ",
+            "  - node `b`: operator `wait` does not load: error[capability]: ",
+            "  - node `c`: unknown operator `nonexistent`",
+        ],
+    );
+    assert!(
+        !run.stderr.contains("unknown operator `broken`")
+            && !run.stderr.contains("unknown operator `wait`"),
+        "{run:#?}"
+    );
+
+    let one = scratch.file("one.toml", b"[[node]]\nid = \"b\"\noperator = \"wait\"\n");
+    let run = xcs_with_stdin(&["check", &one, "--operators", &operators], None, &scratch);
+    run.assert_error(3, "capability", &["xcs:examples/latency"]);
+}
+
 #[test]
 fn check_lists_every_problem_and_exits_11() {
     let scratch = Scratch::new();
