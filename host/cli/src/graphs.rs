@@ -108,7 +108,7 @@ async fn load_operators(
             dir.join(format!("{key}.wasm"))
         };
         if path.is_file() {
-            match host.load(&path).await {
+            match crate::io::load(host, &path).await {
                 Ok(operator) => operators.insert(key, operator),
                 Err(error) => failed.push((key.to_owned(), error)),
             }
@@ -142,7 +142,7 @@ async fn load_dir(host: &Host, dir: &Path) -> anyhow::Result<Vec<(String, xcs::O
     let mut operators = Vec::new();
     let mut left_out = Vec::new();
     for path in paths {
-        match host.load(&path).await {
+        match crate::io::load(host, &path).await {
             Ok(operator) => operators.push((operator.name().to_owned(), operator)),
             Err(error) => {
                 tracing::info!(path = %path.display(), %error, "left out of the operators");
@@ -279,7 +279,7 @@ async fn composite(
     args: &GraphArgs,
     strict: bool,
 ) -> anyhow::Result<(Composite, Operators)> {
-    let operator = host.load(path).await?;
+    let operator = crate::io::load(&host, path).await?;
     let mut operators = Operators::new();
     for (key, loaded) in load_dir(host, &args.operators).await? {
         operators.insert(key, loaded);

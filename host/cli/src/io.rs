@@ -285,3 +285,31 @@ pub(crate) fn printable(text: &str) -> String {
     }
     out
 }
+
+/// How long a load runs before a terminal shows a spinner for it.
+const SPINNER_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// `host.load(path)`, with a spinner on stderr when it is a terminal and
+/// the load takes long enough to look hung: compiling a large component
+/// is seconds of work (a cached load is not). `--timeout` bounds the
+/// call, not this.
+pub(crate) async fn load(host: &Host, path: &Path) -> Result<xcs::Operator, Error> {
+    if !std::io::stderr().is_terminal() {
+        return host.load(path).await;
+    }
+    let load = host.load(path);
+    tokio::pin!(load);
+    tokio::select! {
+        loaded = &mut load => return loaded,
+        () = tokio::time::sleep(SPINNER_AFTER) => {}
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "loading {} (compiling)",
+        printable(&path.display().to_string())
+    ));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    let loaded = load.await;
+    spinner.finish_and_clear();
+    loaded
+}

@@ -367,7 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
     let host = Host::builder().build()?;
-    let operator = host.load(path).await?;
+    let operator = io::load(&host, path).await?;
     let metadata = operator.metadata();
     let signature = operator.signature();
     if as_json {
@@ -416,7 +416,7 @@ async fn call(
     metrics: Option<&Path>,
 ) -> anyhow::Result<()> {
     let host = Host::builder().default_policy(policy.clone()).build()?;
-    let operator = host.load(path).await?;
+    let operator = io::load(&host, path).await?;
     let input = read_input(input, operator.name(), max_input_text)?;
     let output = operator.call(&input, limits).await;
     if let Ok(value) = &output {
