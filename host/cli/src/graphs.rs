@@ -279,7 +279,7 @@ async fn composite(
     args: &GraphArgs,
     strict: bool,
 ) -> anyhow::Result<(Composite, Operators)> {
-    let operator = crate::io::load(&host, path).await?;
+    let operator = crate::io::load(host, path).await?;
     let mut operators = Operators::new();
     for (key, loaded) in load_dir(host, &args.operators).await? {
         operators.insert(key, loaded);
