@@ -95,7 +95,12 @@ pub(crate) type LogSink = Arc<dyn Fn(&LogRecord<'_>) + Send + Sync>;
 
 /// Data of one call's store.
 pub(crate) struct StoreState {
-    wasi: WasiCtx,
+    /// Made at the guest's first WASI call: most calls of most operators
+    /// make none, and a context costs about a microsecond to build (its
+    /// builder seeds random generators that are then replaced).
+    wasi: Option<WasiCtx>,
+    /// What the context is made from (see [`wasi_context`]).
+    seed: u64,
     table: ResourceTable,
     limiter: Limiter,
     log: LogState,
@@ -110,8 +115,11 @@ pub(crate) struct StoreState {
 
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let (seed, stdout, stderr) = (self.seed, &self.stdout, &self.stderr);
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self
+                .wasi
+                .get_or_insert_with(|| wasi_context(seed, stdout, stderr)),
             table: &mut self.table,
         }
     }
@@ -374,8 +382,9 @@ impl HostMonotonicClock for MonotonicClock {
     }
 }
 
-fn wasi_context(limits: &Limits, stdout: &CapturedOutput, stderr: &CapturedOutput) -> WasiCtx {
-    let seed = limits.seed;
+/// A call's WASI context: captured stdout and stderr, no network, clocks
+/// and randomness from `seed` (the same whenever it is made).
+fn wasi_context(seed: u64, stdout: &CapturedOutput, stderr: &CapturedOutput) -> WasiCtx {
     // No preopens, environment, arguments or network: nothing is granted.
     WasiCtx::builder()
         .stdout(stdout.clone())
@@ -427,7 +436,8 @@ impl StoreState {
         let stdout = CapturedOutput::new(limits.max_log_bytes);
         let stderr = CapturedOutput::new(limits.max_log_bytes);
         StoreState {
-            wasi: wasi_context(limits, &stdout, &stderr),
+            wasi: None,
+            seed: limits.seed,
             table: ResourceTable::new(),
             limiter: Limiter {
                 max_memory_bytes: limits.max_memory_bytes,
