@@ -37,7 +37,9 @@ pub enum Error {
         source: Option<SharedError>,
     },
 
-    /// The component does not follow the `xcs:operator` contract.
+    /// The component does not follow the `xcs:operator` contract, or
+    /// needs more core instances or tables than this host allows per
+    /// component.
     #[error("{operator}: {reason}")]
     Contract {
         /// The operator (or source) concerned.

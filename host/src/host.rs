@@ -225,6 +225,15 @@ impl HostBuilder {
         self
     }
 
+    /// Tables one component may create (each of at most
+    /// [`Limits::max_table_elements`] elements); the pool reserves this
+    /// many per instance slot. Past it, a load is a `contract` error that
+    /// names this setting. Default: 16; within [1, 10,000].
+    pub fn max_tables_per_component(mut self, count: u32) -> Self {
+        self.settings.max_tables_per_component = count;
+        self
+    }
+
     /// How many graph-node guests run at once across every graph this host
     /// runs: the one scheduler bound. Default: the available parallelism.
     pub fn max_concurrency(mut self, max: usize) -> Self {

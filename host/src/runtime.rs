@@ -28,10 +28,6 @@ use crate::slots::Slots;
 use crate::store::{LogSink, StoreState, bindings};
 use crate::turns::Turns;
 
-/// Tables one component may create (a table's elements are bounded by
-/// [`Limits::max_table_elements`](crate::Limits::max_table_elements)).
-const MAX_TABLES_PER_COMPONENT: u32 = 16;
-
 /// How the pool returns a used sandbox to its initial state between calls
 /// ([`Host::memory_reset`](crate::Host::memory_reset)).
 ///
@@ -90,6 +86,7 @@ pub(crate) struct Settings {
     pub(crate) consume_fuel: bool,
     pub(crate) epoch_tick: Duration,
     pub(crate) max_concurrent_instances: u32,
+    pub(crate) max_tables_per_component: u32,
     pub(crate) max_concurrency: usize,
     pub(crate) max_running_guests: usize,
     pub(crate) max_memory_bytes_per_instance: u64,
@@ -118,6 +115,7 @@ impl Default for Settings {
             consume_fuel: true,
             epoch_tick: Duration::from_millis(10),
             max_concurrent_instances: 1000,
+            max_tables_per_component: 16,
             max_concurrency: std::thread::available_parallelism().map_or(1, usize::from),
             max_running_guests: std::thread::available_parallelism().map_or(1, usize::from),
             max_memory_bytes_per_instance: 4 << 30,
@@ -142,6 +140,11 @@ impl Settings {
     /// Instance slots of the pool (at least one).
     fn slots(&self) -> u32 {
         self.max_concurrent_instances.max(1)
+    }
+
+    /// Tables one component may create, within [1, 10,000].
+    pub(crate) fn max_tables_per_component(&self) -> u32 {
+        self.max_tables_per_component.clamp(1, 10_000)
     }
 
     /// How used sandboxes are reset: in place where `PAGEMAP_SCAN` is
@@ -173,7 +176,7 @@ impl Settings {
         pooling
             .total_component_instances(slots)
             .total_memories(slots)
-            .total_tables(slots.saturating_mul(MAX_TABLES_PER_COMPONENT))
+            .total_tables(slots.saturating_mul(self.max_tables_per_component()))
             .total_core_instances(slots.saturating_mul(core_instances))
             .total_stacks(slots)
             .max_memory_size(
@@ -183,7 +186,8 @@ impl Settings {
                 usize::try_from(self.default_limits.max_table_elements).unwrap_or(usize::MAX),
             )
             .max_core_instances_per_component(core_instances)
-            .max_tables_per_component(MAX_TABLES_PER_COMPONENT);
+            .max_tables_per_component(self.max_tables_per_component())
+            .max_tables_per_module(self.max_tables_per_component());
         let reset = self.memory_reset();
         pooling
             .pagemap_scan(if reset.pagemap_scan {

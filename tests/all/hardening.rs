@@ -107,6 +107,55 @@ async fn a_table_over_its_limit_is_a_memory_error_in_elements() {
     assert_healthy(&host).await;
 }
 
+/// Tables per component: 16 load, more are a `contract` error that names
+/// the setting (17 in one module, or 18 across two), and the setting
+/// admits them.
+#[tokio::test]
+async fn more_than_sixteen_tables_need_the_setting_that_allows_them() {
+    // `in_fixture` tables in the fixture's module, and a second module
+    // instance with `in_other`.
+    let with_tables = |in_fixture: usize, in_other: usize| {
+        let tables: String = (0..in_fixture)
+            .map(|n| format!("(table $t{n} 1 funcref)"))
+            .collect();
+        let other: String = (0..in_other).map(|_| "(table 1 funcref)").collect();
+        fixtures::invoke_runs(&tables, "").replacen(
+            "(core instance $i",
+            &format!("(core module $other {other}) (core instance (instantiate $other)) (core instance $i"),
+            1,
+        )
+    };
+    let host = Host::builder().no_disk_cache().build().unwrap();
+    load_wat(&host, &with_tables(16, 0)).await.expect("16 load");
+    load_wat(&host, &with_tables(8, 8))
+        .await
+        .expect("8 + 8 load");
+    for (tables, message) in [
+        (
+            with_tables(17, 0),
+            "a core module of it defines 17 tables, and this host allows 16: raise \
+             `HostBuilder::max_tables_per_component`",
+        ),
+        (
+            with_tables(9, 9),
+            "needs 18 tables, and this host allows 16 per component: raise \
+             `HostBuilder::max_tables_per_component`",
+        ),
+    ] {
+        let error = expect_kind(load_wat(&host, &tables).await, ErrorKind::Contract);
+        assert!(error.to_string().contains(message), "{error}");
+    }
+    let roomy = Host::builder()
+        .no_disk_cache()
+        .max_tables_per_component(18)
+        .build()
+        .unwrap();
+    for tables in [with_tables(17, 0), with_tables(9, 9)] {
+        let loaded = load_wat(&roomy, &tables).await.expect("loads here");
+        loaded.call(&Value::Null, &Limits::default()).await.unwrap();
+    }
+}
+
 /// The check of a graph of 100,000 nodes and outputs is not quadratic
 /// (its time is in the graph bench; a quadratic check took minutes).
 #[tokio::test]
@@ -293,14 +342,24 @@ async fn sixty_four_core_instances_load_and_sixty_five_do_not() {
     let error = load_wat(&host, &with_instances(65))
         .await
         .expect_err("65 do not");
-    assert_eq!(error.kind(), ErrorKind::InvalidComponent, "{error}");
-    let cause = std::error::Error::source(&error)
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    // The component is valid: it needs more than this host allows, and the
+    // message says which setting raises it.
+    assert_eq!(error.kind(), ErrorKind::Contract, "{error}");
     assert!(
-        cause.contains("65 core module instances"),
-        "{error}: {cause}"
+        error.to_string().contains(
+            "needs 65 core instances, and this host allows 64 per component: raise the default \
+             limits' `max_instances`"
+        ),
+        "{error}"
     );
+    let roomy = Host::builder()
+        .no_disk_cache()
+        .default_limits(Limits::default().max_instances(65))
+        .build()
+        .unwrap();
+    load_wat(&roomy, &with_instances(65))
+        .await
+        .expect("65 load where the host allows 65");
     // A call's own, lower bound is a trap.
     let two = Limits::default().max_instances(2);
     expect_kind(ok.call(&Value::Null, &two).await, ErrorKind::Trap);

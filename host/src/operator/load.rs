@@ -184,7 +184,45 @@ async fn compile(
     })?;
     compiled
         .map_err(|reason| invalid(source_name, reason, None))?
-        .map_err(|error| invalid(source_name, "invalid component".into(), error::cause(error)))
+        .map_err(|error| match over_pool_limit(&format!("{error:#}")) {
+            Some(reason) => contract(source_name, reason, None),
+            None => invalid(source_name, "invalid component".into(), error::cause(error)),
+        })
+}
+
+/// The words for wasmtime's refusal of a component that needs more core
+/// instances or tables than the pool allows per component (a host limit,
+/// not a fault of the component), naming the setting that raises it.
+fn over_pool_limit(message: &str) -> Option<String> {
+    let number_after = |marker: &str| -> Option<u64> {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    if let (Some(needed), Some(allowed)) = (
+        number_after("defined tables count of "),
+        number_after("per-instance limit of "),
+    ) {
+        return Some(format!(
+            "a core module of it defines {needed} tables, and this host allows {allowed}: \
+             raise `HostBuilder::max_tables_per_component`"
+        ));
+    }
+    let needed = number_after("transitively contains ")?;
+    let allowed = number_after("configured maximum of ")?;
+    let (what, setting) = if message.contains("core module instances") {
+        (
+            "core instances",
+            "the default limits' `max_instances` (`HostBuilder::default_limits`)",
+        )
+    } else if message.contains(" tables, ") {
+        ("tables", "`HostBuilder::max_tables_per_component`")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "needs {needed} {what}, and this host allows {allowed} per component: raise {setting}"
+    ))
 }
 
 /// Step 2: the imports are the contract's own interfaces, the inert WASI
