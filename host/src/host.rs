@@ -398,39 +398,18 @@ impl HostBuilder {
         match &self.cache_dir {
             CacheDir::Off => None,
             CacheDir::At(dir) => Some(dir.clone()),
-            CacheDir::Default => std::env::var_os(CACHE_DIR_ENV)
-                .filter(|dir| !dir.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME")
-                        // The XDG spec: a relative path is to be ignored.
-                        .filter(|dir| Path::new(dir).is_absolute())
-                        .map(|dir| PathBuf::from(dir).join("xcs"))
-                })
-                .or_else(|| {
-                    std::env::var_os("HOME")
-                        .filter(|home| !home.is_empty())
-                        .map(|home| PathBuf::from(home).join(".cache/xcs"))
-                }),
+            CacheDir::Default => user_path(CACHE_DIR_ENV, "XDG_CACHE_HOME", ".cache", "xcs"),
         }
     }
 
     fn resolved_key_file(&self) -> Option<PathBuf> {
         self.cache_key_file.clone().or_else(|| {
-            std::env::var_os(CACHE_KEY_FILE_ENV)
-                .filter(|file| !file.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("XDG_CONFIG_HOME")
-                        // The XDG spec: a relative path is to be ignored.
-                        .filter(|dir| Path::new(dir).is_absolute())
-                        .map(|dir| PathBuf::from(dir).join("xcs/cache-key"))
-                })
-                .or_else(|| {
-                    std::env::var_os("HOME")
-                        .filter(|home| !home.is_empty())
-                        .map(|home| PathBuf::from(home).join(".config/xcs/cache-key"))
-                })
+            user_path(
+                CACHE_KEY_FILE_ENV,
+                "XDG_CONFIG_HOME",
+                ".config",
+                "xcs/cache-key",
+            )
         })
     }
 
@@ -451,8 +430,8 @@ impl HostBuilder {
     }
 
     /// Builds the host: creates the engine (pooling allocator, epoch
-    /// interruption, fuel), opens the compilation cache, creates the linker, and starts the
-    /// epoch ticker.
+    /// interruption, fuel), opens the compilation cache, creates the
+    /// linker, and starts the epoch ticker.
     pub fn build(self) -> Result<Host, Error> {
         let (settings, operator_cache_capacity) = self.settings();
         Ok(Host {
@@ -462,6 +441,19 @@ impl HostBuilder {
             }),
         })
     }
+}
+
+/// A per-user path: the one in the environment variable `own`, else
+/// `$<xdg>/<tail>` (when absolute: the XDG spec ignores relative ones),
+/// else `$HOME/<home_dir>/<tail>`.
+fn user_path(own: &str, xdg: &str, home_dir: &str, tail: &str) -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    var(own).map(PathBuf::from).or_else(|| {
+        var(xdg)
+            .filter(|dir| Path::new(dir).is_absolute())
+            .map(|dir| PathBuf::from(dir).join(tail))
+            .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(home_dir).join(tail)))
+    })
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! What every call needs and [`Host`](crate::Host) shares with the
 //! operators it loaded: the engine (pooling allocator, epoch interruption,
-//! fuel), the on-disk compilation cache, the linker with WASI, the contract's host
-//! interface and the granted capabilities, the epoch ticker, the instance
-//! and scheduler slots, the result cache, metrics and per-operator
-//! policies.
+//! fuel), the on-disk compilation cache, the linker with WASI, the
+//! contract's host interface and the granted capabilities, the epoch
+//! ticker, the instance and scheduler slots, the result cache, metrics and
+//! per-operator policies.
 //!
 //! Operators hold the runtime, not the host: a dropped host frees its
 //! cache of loaded operators, and the ticker stops with the last operator.

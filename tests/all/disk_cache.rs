@@ -273,14 +273,23 @@ async fn the_cache_keeps_under_its_bound() {
     };
     let host = scratch.host();
     let noop = load(&host, xcs_tests::NOOP).await;
-    std::thread::sleep(std::time::Duration::from_millis(20));
     let upper = load(&host, xcs_tests::UPPER).await;
     let sort = load(&host, xcs_tests::SORT).await;
     let size = |digest: &str| std::fs::metadata(scratch.entry_of(digest)).unwrap().len();
     let (noop_bytes, sort_bytes) = (size(noop.digest()), size(sort.digest()));
     std::fs::remove_file(scratch.entry_of(sort.digest())).unwrap();
-    // noop was stored first, but a hit makes upper the least recently used.
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // noop is the older entry (whatever the file system's clock
+    // resolution), but a hit makes upper the least recently used.
+    let age = |digest: &str, seconds: u64| {
+        std::fs::File::options()
+            .write(true)
+            .open(scratch.entry_of(digest))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(seconds))
+            .unwrap();
+    };
+    age(noop.digest(), 120);
+    age(upper.digest(), 60);
     let hit = scratch.host();
     load(&hit, xcs_tests::NOOP).await;
     assert_eq!(hit.compilations(), 0);
@@ -294,7 +303,6 @@ async fn the_cache_keeps_under_its_bound() {
     ];
     kept.sort();
     assert_eq!(scratch.entries(), kept, "upper's entry went");
-    drop(upper);
 
     std::fs::remove_dir_all(scratch.cache()).unwrap();
     assert_upper(&bounded(1000)).await;

@@ -63,8 +63,9 @@ async fn extreme_host_settings_are_not_a_panic() {
         .max_wasm_stack(usize::MAX)
         .no_disk_cache()
         .build();
-    if let Err(error) = built {
-        assert_eq!(error.kind(), ErrorKind::Config, "{error}");
+    match built {
+        Err(error) => assert_eq!(error.kind(), ErrorKind::Config, "{error}"),
+        Ok(host) => assert_healthy(&host).await,
     }
     // No turns at all is one turn; every turn there could be is a bound
     // never reached. Both still run calls.

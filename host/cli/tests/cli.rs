@@ -92,14 +92,23 @@ fn xcs_with_stdin(args: &[&str], stdin: Option<&str>, scratch: &Scratch) -> Run 
     xcs_with_cache(args, stdin, &scratch.path().join("cache"))
 }
 
+/// The `xcs` command with `XCS_CACHE_DIR=cache_dir`, the cache's key in
+/// `<cache_dir>.key` and no `RUST_LOG`: nothing of the user's environment
+/// or home.
+fn xcs_command(cache_dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xcs"));
+    command
+        .env("XCS_CACHE_DIR", cache_dir)
+        .env("XCS_CACHE_KEY_FILE", cache_dir.with_extension("key"))
+        .env_remove("RUST_LOG");
+    command
+}
+
 /// Runs `xcs args...` with `XCS_CACHE_DIR=cache_dir` and the cache's key
 /// in `<cache_dir>.key`.
 fn xcs_with_cache(args: &[&str], stdin: Option<&str>, cache_dir: &Path) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xcs"))
+    let mut child = xcs_command(cache_dir)
         .args(args)
-        .env("XCS_CACHE_DIR", cache_dir)
-        .env("XCS_CACHE_KEY_FILE", cache_dir.with_extension("key"))
-        .env_remove("RUST_LOG")
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -1236,9 +1245,8 @@ fn a_closed_stdout_stops_quietly() {
     let scratch = Scratch::new();
     let input = format!("[\"{}\"]", "x".repeat(1 << 20));
     let input_file = scratch.file("big.json", input.as_bytes());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xcs"))
+    let mut child = xcs_command(&scratch.path().join("cache"))
         .args(["call", xcs_tests::UPPER, "--input-file", &input_file])
-        .env("XCS_CACHE_DIR", scratch.path().join("cache"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1265,7 +1273,9 @@ fn full_disks_are_io_errors_not_panics() {
     let Ok(dev_full) = full() else {
         return; // no /dev/full on this system
     };
-    let output = Command::new(env!("CARGO_BIN_EXE_xcs"))
+    let scratch = Scratch::new();
+    let cache = scratch.path().join("cache");
+    let output = xcs_command(&cache)
         .args(["call", xcs_tests::UPPER, "--input", r#"["hi"]"#])
         .stdin(Stdio::null())
         .stdout(dev_full)
@@ -1277,7 +1287,7 @@ fn full_disks_are_io_errors_not_panics() {
         String::from_utf8_lossy(&output.stderr).starts_with("error[io]: I/O error on <stdout>"),
         "{output:?}"
     );
-    let output = Command::new(env!("CARGO_BIN_EXE_xcs"))
+    let output = xcs_command(&cache)
         .args(["call", xcs_tests::PANIC, "--input", "[]"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

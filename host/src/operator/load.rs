@@ -1,6 +1,6 @@
 //! Loading an operator, step by step: the header says it is a component;
-//! it compiles (or comes from the on-disk cache); it imports only what the
-//! host provides or the embedder granted; it exports `invoke` with a
+//! it imports only what the host provides or the embedder granted (read
+//! from the bytes); it compiles (or comes from the on-disk cache); it exports `invoke` with a
 //! signature the host can call and `metadata`; and, run once in a
 //! sandbox, `metadata` describes it.
 
@@ -59,8 +59,9 @@ pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// Loads one operator from `bytes` (whose digest is `digest`); errors name
-/// it `source_name` until its metadata says its name. Step 2 is the shape
-/// check of [`LoadLimits`](crate::LoadLimits), before compiling.
+/// it `source_name` until its metadata says its name. Step 3 checks the
+/// shape of the code against [`LoadLimits`](crate::LoadLimits) before
+/// compiling, unless the on-disk cache answers.
 pub(crate) async fn load(
     runtime: &Arc<Runtime>,
     bytes: Vec<u8>,
@@ -130,7 +131,7 @@ fn check_header(bytes: &[u8], source_name: &str) -> Result<(), Error> {
     }
 }
 
-/// Step 2, off the async threads: take the compiled code from a valid
+/// Step 3, off the async threads: take the compiled code from a valid
 /// entry of the on-disk cache, or check the shape of the code against the
 /// [`LoadLimits`](crate::LoadLimits) (what is already compiled is not
 /// checked again: the bounds are there to keep compilation bounded), then
@@ -158,21 +159,17 @@ async fn compile(
         }
         super::shape::check(&bytes, &runtime.load_limits)?;
         runtime.count_compilation();
-        let Some(cache) = cache else {
-            return Ok(Component::from_binary(engine, &bytes));
-        };
-        let component = match Component::from_binary(engine, &bytes) {
-            Ok(component) => component,
-            Err(error) => return Ok(Err(error)),
-        };
-        let stored = component
-            .serialize()
-            .map_err(|error| std::io::Error::other(format!("{error:#}")))
-            .and_then(|artifact| cache.store(&digest, &artifact));
-        if let Err(error) = stored {
-            tracing::warn!(target: "xcs::cache", "not caching {name}: {error}");
+        let compiled = Component::from_binary(engine, &bytes);
+        if let (Some(cache), Ok(component)) = (cache, &compiled) {
+            let stored = component
+                .serialize()
+                .map_err(|error| std::io::Error::other(format!("{error:#}")))
+                .and_then(|artifact| cache.store(&digest, &artifact));
+            if let Err(error) = stored {
+                tracing::warn!(target: "xcs::cache", "not caching {name}: {error}");
+            }
         }
-        Ok(Ok(component))
+        Ok(compiled)
     })
     .await
     .map_err(|join| {

@@ -43,17 +43,23 @@ impl ResultKey {
         // principle, a result.
         // Every limit that can change an outcome (the seed cannot: a
         // deterministic operator's result does not depend on it).
+        // Named field by field: a new limit does not compile until it is
+        // here or said not to matter.
+        let Limits {
+            timeout,
+            fuel,
+            max_memory_bytes,
+            max_input_bytes,
+            max_output_bytes,
+            max_table_elements,
+            max_instances,
+            max_log_bytes,
+            seed: _,
+        } = limits;
         let _ = write!(
             key,
-            "\n{policy:x}/{:?}/{:?}/{}/{}/{}/{}/{}/{}\n",
-            limits.timeout,
-            limits.fuel,
-            limits.max_memory_bytes,
-            limits.max_input_bytes,
-            limits.max_output_bytes,
-            limits.max_table_elements,
-            limits.max_instances,
-            limits.max_log_bytes
+            "\n{policy:x}/{timeout:?}/{fuel:?}/{max_memory_bytes}/{max_input_bytes}/\
+             {max_output_bytes}/{max_table_elements}/{max_instances}/{max_log_bytes}\n",
         );
         canonical(input, &mut key)?;
         Some(ResultKey {
