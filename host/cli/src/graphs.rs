@@ -12,7 +12,7 @@ use xcs::graph::{
 };
 use xcs::{Error, Host};
 
-use crate::io::{read_input, write_file, write_metrics};
+use crate::io::{printable, read_input, write_file, write_metrics};
 use crate::{GraphArgs, InputArgs};
 
 /// The most JSON text read as graph inputs: four times `xcs call`'s
@@ -51,12 +51,14 @@ pub(crate) async fn plan(path: &Path, args: &GraphArgs) -> anyhow::Result<(Plan,
         Err(Error::Graph { problems }) => problems,
         Err(other) => return Err(other.into()),
     };
-    others.retain(|problem| {
-        !failed.iter().any(|(key, _)| {
-            problem
-                .message
-                .starts_with(&format!("unknown operator `{key}`"))
+    let of_failed = |node: &str| {
+        graph.nodes().iter().any(|candidate| {
+            candidate.id() == node && failed.iter().any(|(key, _)| candidate.operator() == key)
         })
+    };
+    others.retain(|problem| {
+        !(problem.node.as_deref().is_some_and(of_failed)
+            && problem.message.starts_with("unknown operator"))
     });
     let mut failed = failed;
     if failed.len() == 1 && others.is_empty() {
@@ -253,7 +255,10 @@ pub(crate) async fn run_composite(
         && !trace.complete
         && let Some(stopped) = &trace.stopped
     {
-        errln!("warning: not traced completely, run staged: {stopped}");
+        errln!(
+            "warning: not traced completely, run staged: {}",
+            printable(&stopped.to_string())
+        );
     }
     // The graph that ran, drawn with the report: the composite's own node
     // (a staged run) is checked against the composite itself.
@@ -340,7 +345,7 @@ fn finish_run(
         // Every node that did not succeed; the error line below names the first.
         for node in unsuccessful {
             if let Some(error) = &node.error {
-                let message = crate::io::printable(&error.message);
+                let message = printable(&error.message);
                 errln!("node `{}` failed [{}]: {message}", node.id, error.kind);
             } else if let Some(why) = &node.stopped {
                 errln!("node `{}` skipped: {why}", node.id);
@@ -379,8 +384,14 @@ pub(crate) async fn trace(
     if flags.toml {
         if let Some(stop) = &trace.stopped {
             // A partial graph, without the composite's output.
-            errln!("warning: the trace is incomplete; the graph stops where it did: {stop}");
-            outln!("# An incomplete trace: {stop}")?;
+            // Its backtrace names the guest's functions: guest text, one
+            // line in a TOML comment.
+            let stop = stop.to_string();
+            errln!(
+                "warning: the trace is incomplete; the graph stops where it did: {}",
+                printable(&stop)
+            );
+            outln!("# An incomplete trace: {}", stop.escape_debug())?;
         }
         out!("{}", trace.graph.to_toml()?)?;
     } else if flags.json {
@@ -441,7 +452,7 @@ fn print_trace(trace: &Trace, operators: &Operators) -> anyhow::Result<()> {
             trace.merged,
             trace.graph.nodes().len()
         )?,
-        Some(stop) => outln!("stopped: {}", crate::io::printable(&stop.to_string()))?,
+        Some(stop) => outln!("stopped: {}", printable(&stop.to_string()))?,
     }
     for node in trace.graph.nodes() {
         let args: Vec<String> = node

@@ -179,7 +179,12 @@ impl Composite {
         Ok(Composite {
             traces: moka::sync::Cache::builder()
                 .max_capacity(options.trace_cache_bytes)
-                .weigher(|_key: &String, trace: &Arc<CachedTrace>| trace.weight)
+                // The key is the canonical input: it counts too.
+                .weigher(|key: &String, trace: &Arc<CachedTrace>| {
+                    u32::try_from(key.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(trace.weight)
+                })
                 .build(),
             operator: composite,
             operators,

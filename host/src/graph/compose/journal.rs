@@ -370,7 +370,26 @@ impl Journal {
                     }
                 },
                 ArgValue::Deferred(expr) => match self.expr(expr) {
-                    Some(expr) => expr.source.clone(),
+                    // The node's argument is a copy of the deferred value's
+                    // references: they count against the same bound as a
+                    // gather's, checked before copying.
+                    Some(expr) => {
+                        let leaves = self.leaves.saturating_add(expr.leaves);
+                        let leaf_bound = self.options.max_calls.saturating_mul(LEAVES_PER_CALL);
+                        if leaves > leaf_bound {
+                            return Err(analysis(
+                                scope,
+                                format!(
+                                    "its calls' arguments and deferred values hold more than \
+                                     {leaf_bound} references ({LEAVES_PER_CALL} per allowed \
+                                     call): every argument copies its value's"
+                                ),
+                            ));
+                        }
+                        let source = expr.source.clone();
+                        self.leaves = leaves;
+                        source
+                    }
                     None => {
                         problems.push(format!("argument `{name}`: no deferred value {expr}"));
                         continue;

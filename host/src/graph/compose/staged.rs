@@ -63,8 +63,11 @@ pub(crate) async fn run_composite(
         events,
         finished: finished.clone(),
     };
+    // A nested staged composite runs inside its caller's call, which holds
+    // a composite slot (and may wait for this one's value).
+    let claim_slot = scope.depth() == 1;
     match composite
-        .attempt_composed(input, limits, Some(Box::new(staged)), true)
+        .attempt_composed(input, limits, Some(Box::new(staged)), claim_slot)
         .await?
     {
         Composed::Returned(output) => Ok(ScopeEnd::Returned(output.value)),
