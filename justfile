@@ -12,19 +12,20 @@ xcs := "cargo run --quiet -p xcs-cli --"
 default:
     @just --list
 
-# Install what the build needs: the wasm32-wasip2 target (idempotent).
+# Install what the build needs: the guest targets (idempotent).
 setup:
-    @rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-
-# Build every operator under operators/ into target/operators/<name>.wasm.
-build-operators: setup
-    cargo build --release --target wasm32-wasip2 --target-dir {{guest_target}} \
-        $(for dir in operators/*/; do printf -- '-p %s ' "$(basename "$dir")"; done)
-    mkdir -p target/operators
-    for dir in operators/*/; do \
-        name="$(basename "$dir")"; \
-        cp "{{guest_target}}/wasm32-wasip2/release/${name//-/_}.wasm" "target/operators/$name.wasm"; \
+    @for target in wasm32-wasip2 wasm32-unknown-unknown; do \
+        rustup target list --installed | grep -qx "$target" || rustup target add "$target"; \
     done
+
+# Build every operator under operators/ into target/operators/<name>.wasm:
+# the test crate's build script builds them (wasm32-wasip2, or
+# wasm32-unknown-unknown made a component for the lean ones) into
+# target/guest/components/.
+build-operators: setup
+    cargo build --quiet -p xcs-tests --lib
+    mkdir -p target/operators
+    cp target/guest/components/*.wasm target/operators/
     @echo "operators: $(ls target/operators | tr '\n' ' ')"
 
 # Build the operators and show what the sandbox does with them.
@@ -37,8 +38,11 @@ test: setup
     cargo test
 
 # Benchmarks: medians against a bare-wasmtime baseline measured in the same run.
+# The call bench drives the Extism peer (its own workspace and wasmtime, so
+# its own process) batch by batch, interleaved with its own variants.
 bench: setup
-    cargo bench -p xcs-tests
+    cargo build --release --quiet --manifest-path tests/peer-extism/Cargo.toml --target-dir target/peer-extism
+    XCS_PEER_EXTISM="$PWD/target/peer-extism/release/xcs-peer-extism" cargo bench -p xcs-tests
 
 # Format check and clippy (warnings denied), host and guest crates.
 lint: setup
@@ -46,6 +50,8 @@ lint: setup
     cargo clippy --all-targets -- -D warnings
     cargo clippy --release --target wasm32-wasip2 --target-dir {{guest_target}} \
         $(for dir in operators/*/; do printf -- '-p %s ' "$(basename "$dir")"; done) -- -D warnings
+    cargo clippy --release --target wasm32-unknown-unknown --target-dir {{guest_target}} \
+        -p xcs-guest $(grep -l '^wasi = false' operators/*/Cargo.toml | xargs -n1 dirname | xargs -n1 basename | sed 's/^/-p /') -- -D warnings
 
 # API docs, warnings denied.
 doc:

@@ -1,7 +1,9 @@
 //! Paths of the operator components built for the tests and benchmarks.
 //!
-//! `build.rs` builds every crate under `operators/` for wasm32-wasip2 and
-//! generates one constant per operator (`UPPER`, `WORD_COUNT`, ...) and the
+//! `build.rs` builds every crate under `operators/` (for wasm32-wasip2, or
+//! for wasm32-unknown-unknown and made a component there when the crate
+//! says `wasi = false`) into `target/guest/components/`, and generates one
+//! constant per operator (`UPPER`, `WORD_COUNT`, ...) and the
 //! `foreach_operator!` macro.
 
 include!(concat!(env!("OUT_DIR"), "/operators.rs"));

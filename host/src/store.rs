@@ -129,7 +129,15 @@ impl bindings::xcs::operator::types::Host for StoreState {}
 
 impl bindings::xcs::operator::host::Host for StoreState {
     fn log(&mut self, level: Level, message: String) {
-        self.log.record(level.into(), &message);
+        let level = LogLevel::from(level);
+        self.log.record(level, &message);
+        // Error-level messages are also part of the output a `trap` error
+        // quotes: a lean component (no WASI, so no stderr) reports its
+        // panic message this way (see `xcs_guest`'s panic hook).
+        if level == LogLevel::Error {
+            self.stderr.keep(message.as_bytes());
+            self.stderr.keep(b"\n");
+        }
     }
 }
 
@@ -289,6 +297,21 @@ impl CapturedOutput {
     fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
+
+    /// Keeps what fits under the cap of `bytes` and counts the rest.
+    fn keep(&self, bytes: &[u8]) {
+        let mut kept = self
+            .inner
+            .kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let room = self.inner.cap.saturating_sub(kept.len());
+        let taken = room.min(bytes.len());
+        kept.extend_from_slice(&bytes[..taken]);
+        self.inner
+            .dropped
+            .fetch_add((bytes.len() - taken) as u64, Ordering::Relaxed);
+    }
 }
 
 impl IsTerminal for CapturedOutput {
@@ -309,17 +332,7 @@ impl tokio::io::AsyncWrite for CapturedOutput {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let mut kept = self
-            .inner
-            .kept
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let room = self.inner.cap.saturating_sub(kept.len());
-        let taken = room.min(buf.len());
-        kept.extend_from_slice(&buf[..taken]);
-        self.inner
-            .dropped
-            .fetch_add((buf.len() - taken) as u64, Ordering::Relaxed);
+        self.keep(buf);
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -9,6 +9,104 @@ use xcs::{Capability, ErrorKind, Host, Limits};
 use crate::fixtures;
 use crate::util::{assert_healthy, expect_kind, host, load_wat};
 
+/// Core modules, core instances and imported interfaces of a component,
+/// nested ones included.
+fn shape(path: &str) -> (usize, usize, Vec<String>) {
+    let bytes = std::fs::read(path).expect("the operator was built");
+    let (mut modules, mut instances, mut imports) = (0, 0_usize, Vec::new());
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        match payload.expect("a valid component") {
+            wasmparser::Payload::ModuleSection { .. } => modules += 1,
+            wasmparser::Payload::InstanceSection(section) => instances += section.count() as usize,
+            wasmparser::Payload::ComponentImportSection(section) => {
+                for import in section {
+                    imports.push(import.expect("a valid import").name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    (modules, instances, imports)
+}
+
+#[tokio::test]
+async fn lean_operators_import_no_wasi_and_instantiate_less() {
+    let builds = [
+        (xcs_tests::NOOP, xcs_tests::NOOP_WASIP2),
+        (xcs_tests::UPPER, xcs_tests::UPPER_WASIP2),
+        (xcs_tests::SUM, xcs_tests::SUM_WASIP2),
+    ];
+    for (lean, wasip2) in builds {
+        let (_, lean_instances, lean_imports) = shape(lean);
+        let (_, wasip2_instances, wasip2_imports) = shape(wasip2);
+        assert!(
+            lean_imports
+                .iter()
+                .all(|import| !import.starts_with("wasi:")),
+            "{lean} imports no WASI: {lean_imports:?}"
+        );
+        // The same code built for wasip2 links the adapter and WASI's stdio.
+        assert!(
+            wasip2_imports
+                .iter()
+                .any(|import| import.starts_with("wasi:cli/")),
+            "{wasip2_imports:?}"
+        );
+        assert!(
+            lean_instances * 3 <= wasip2_instances,
+            "{lean}: {lean_instances} core instances, {wasip2_instances} in the wasip2 build"
+        );
+    }
+    // Without the panic hook nothing is imported that needs lowering: one
+    // core module, instantiated once.
+    assert_eq!(shape(xcs_tests::NOOP).0, 1, "noop is one core module");
+    // Lean components run like any other.
+    let host = host();
+    let upper = host.load(xcs_tests::UPPER).await.expect("upper loads");
+    assert_eq!(
+        upper
+            .call(&json!(["lean"]), &Limits::default())
+            .await
+            .expect("upper runs"),
+        json!("LEAN")
+    );
+}
+
+#[tokio::test]
+async fn the_lean_allocator_moves_on_to_grown_memory() {
+    // Past the ~50 KiB that lean builds allocate from before growing the
+    // memory: large values, reallocated while they grow, and many small
+    // blocks freed out of order.
+    let host = host();
+    let upper = host.load(xcs_tests::UPPER).await.expect("upper loads");
+    let text = "abc ".repeat(300_000);
+    let output = upper
+        .call(&json!([text]), &Limits::default())
+        .await
+        .expect("a 1.2 MB upper");
+    assert_eq!(output, json!(text.to_uppercase()));
+    let sort = host.load(xcs_tests::SORT).await.expect("sort loads");
+    let items: Vec<String> = (0..20_000)
+        .map(|i| format!("item {}", (i * 7919) % 20_000))
+        .collect();
+    let mut sorted = items.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sort.call(&json!([items]), &Limits::default())
+            .await
+            .expect("sort runs"),
+        json!(sorted)
+    );
+    // Growing past the memory cap is a `memory` error, as in wasip2 builds.
+    expect_kind(
+        upper
+            .call(&json!([text]), &Limits::default().max_memory_bytes(2 << 20))
+            .await,
+        ErrorKind::Memory,
+    );
+    assert_healthy(&host).await;
+}
+
 #[tokio::test]
 async fn malformed_bytes_are_an_invalid_component() {
     let host = host();

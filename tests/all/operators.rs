@@ -198,6 +198,19 @@ async fn panic() {
 }
 
 #[tokio::test]
+async fn panic_lean() {
+    let host = host();
+    let op = load(&host, xcs_tests::PANIC_LEAN).await;
+    let error = expect_kind(op.call(&json!([]), &quick()).await, ErrorKind::Trap);
+    let text = error.to_string();
+    assert!(
+        text.contains("panicked at") && text.contains("this lean operator always panics"),
+        "a component without stderr carries its panic message through the log: {error}"
+    );
+    assert_healthy(&host).await;
+}
+
+#[tokio::test]
 async fn counter() {
     let op = load(&host(), xcs_tests::COUNTER).await;
     for _ in 0..5 {

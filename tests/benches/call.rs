@@ -224,14 +224,118 @@ macro_rules! time_batch {
     }};
 }
 
+/// The call variants, interleaved within every round.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    /// xcs, the lean `noop` (one core module, one core instance, no WASI; `panic_hook = false`).
+    XcsLean,
+    /// xcs, `noop` built for wasip2 (the default wasip2 build).
+    XcsWasi,
+    /// Bare wasmtime, best settings, the lean `noop`.
+    BareLean,
+    /// Bare wasmtime, best settings, `noop` built for wasip2.
+    BareWasi,
+    /// Bare wasmtime, the settings before in-place resets, `noop` built for wasip2.
+    OldWasi,
+    /// Bare wasmtime, a minimal hand-written component.
+    Minimal,
+    /// Bare wasmtime, one reused instance of `noop` built for wasip2.
+    Reused,
+    /// Extism 1.30, a fresh plugin from a compiled one per call.
+    ExtismFresh,
+    /// Extism 1.30, one reused plugin.
+    ExtismReused,
+}
+
+const VARIANTS: [Variant; 9] = [
+    Variant::XcsLean,
+    Variant::XcsWasi,
+    Variant::BareLean,
+    Variant::BareWasi,
+    Variant::OldWasi,
+    Variant::Minimal,
+    Variant::Reused,
+    Variant::ExtismFresh,
+    Variant::ExtismReused,
+];
+
+/// One variant's batch means and the minor page faults of its batches.
+#[derive(Default)]
+struct Timed {
+    samples: Samples,
+    faults: u64,
+}
+
+impl Timed {
+    fn faults_per_call(&self, calls: usize) -> f64 {
+        self.faults as f64 / calls as f64
+    }
+}
+
+/// The Extism peer: `tests/peer-extism`, its own process (its wasmtime is
+/// not ours), driven over its stdin one batch at a time.
+struct Peer {
+    child: std::process::Child,
+    commands: std::process::ChildStdin,
+    answers: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Peer {
+    /// Starts the binary that `XCS_PEER_EXTISM` names (`just bench` builds
+    /// it and sets it); `None` when unset.
+    fn start() -> Result<Option<Peer>> {
+        use std::io::BufRead;
+        let Some(path) = std::env::var_os("XCS_PEER_EXTISM") else {
+            return Ok(None);
+        };
+        let mut child = std::process::Command::new(&path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting the Extism peer {}", Path::new(&path).display()))?;
+        let commands = child.stdin.take().context("the peer's stdin")?;
+        let answers =
+            std::io::BufReader::new(child.stdout.take().context("the peer's stdout")?).lines();
+        Ok(Some(Peer {
+            child,
+            commands,
+            answers,
+        }))
+    }
+
+    /// Runs `calls` calls of `what` (`fresh` or `reused`) in the peer and
+    /// records their mean.
+    fn batch(&mut self, what: &str, calls: usize, samples: &mut Samples) -> Result<()> {
+        use std::io::Write;
+        writeln!(self.commands, "{what} {calls}")?;
+        self.commands.flush()?;
+        let answer = self
+            .answers
+            .next()
+            .context("the Extism peer exited (its stderr says why)")??;
+        let nanos = answer
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("the Extism peer answered {answer:?}"))?;
+        samples.push(std::time::Duration::from_nanos(nanos), calls);
+        Ok(())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Closing its stdin ends it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 struct Results {
-    xcs_call: Samples,
-    bare_call: Samples,
-    old_bare_call: Samples,
-    reused_call: Samples,
-    minimal_call: Samples,
-    /// Minor page faults per call of xcs, the bare and the old bare calls.
-    faults: [f64; 3],
+    calls: std::collections::HashMap<&'static str, Timed>,
+    /// Calls per variant.
+    calls_per_variant: usize,
+    /// Whether the Extism peer ran.
+    peer: bool,
     memory_reset: xcs::MemoryReset,
     compile: Samples,
     memory_hit: Samples,
@@ -244,7 +348,21 @@ struct Results {
     leaked_tickers: usize,
 }
 
-async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results> {
+fn name(variant: Variant) -> &'static str {
+    match variant {
+        Variant::XcsLean => "xcs lean",
+        Variant::XcsWasi => "xcs wasi",
+        Variant::BareLean => "bare lean",
+        Variant::BareWasi => "bare wasi",
+        Variant::OldWasi => "old wasi",
+        Variant::Minimal => "minimal",
+        Variant::Reused => "reused",
+        Variant::ExtismFresh => "extism fresh",
+        Variant::ExtismReused => "extism reused",
+    }
+}
+
+async fn measure(plan: &Plan, lean: &[u8], wasi: &[u8], cache_dir: &Path) -> Result<Results> {
     // The xcs side: a default host without the disk cache (the user's
     // cache directory is left alone), default limits.
     // A fresh sandbox every call: the result cache would answer `noop` (it is
@@ -253,27 +371,34 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
         .no_disk_cache()
         .default_policy(Policy::new().cache(false))
         .build()?;
-    let noop = host.load_bytes(bytes.to_vec(), "noop.wasm").await?;
+    let noop = host.load_bytes(lean.to_vec(), "noop.wasm").await?;
+    let noop_wasi = host.load_bytes(wasi.to_vec(), "noop-wasip2.wasm").await?;
     let limits = Limits::default();
     let input = json!([]);
 
-    let bare = Bare::new(bare_engine(false)?, bytes)?;
-    let old_bare = Bare::new(bare_engine(true)?, bytes)?;
+    let bare_lean = Bare::new(bare_engine(false)?, lean)?;
+    let bare = Bare::new(bare_engine(false)?, wasi)?;
+    let old_bare = Bare::new(bare_engine(true)?, wasi)?;
     // The floor set by the component's shape: one core module, one
     // memory, no imports, an `invoke` that returns `ok`.
     let minimal = Bare::new(bare_engine(false)?, &wat::parse_str(MINIMAL_COMPONENT)?)?;
     let mut reused_store = bare.store()?;
     let reused_instance = bare.pre.instantiate_async(&mut reused_store).await?;
+    let mut peer = Peer::start()?;
 
     // Sanity and warm-up: every variant returns `ok` and has touched its
     // pool slots before timing starts.
     for _ in 0..plan.calls_per_batch.max(50) {
         xcs_call(&noop, &input, &limits).await?;
-        let fresh = bare.call_fresh().await?;
-        let old = old_bare.call_fresh().await?;
-        let reused = invoke(&mut reused_store, reused_instance, &bare.invoke).await?;
-        let floor = minimal.call_fresh().await?;
-        for result in [fresh, old, reused, floor] {
+        xcs_call(&noop_wasi, &input, &limits).await?;
+        let results = [
+            bare_lean.call_fresh().await?,
+            bare.call_fresh().await?,
+            old_bare.call_fresh().await?,
+            invoke(&mut reused_store, reused_instance, &bare.invoke).await?,
+            minimal.call_fresh().await?,
+        ];
+        for result in results {
             if !matches!(result, Val::Result(Ok(None))) {
                 bail!("bare `invoke` returned {result:?}, expected ok");
             }
@@ -281,38 +406,66 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
     }
 
     let batch = plan.calls_per_batch;
-    let mut minimal_samples = Samples::default();
-    let (mut xcs_samples, mut bare_samples, mut old_samples, mut reused_samples) = (
-        Samples::default(),
-        Samples::default(),
-        Samples::default(),
-        Samples::default(),
-    );
-    let (mut xcs_faults, mut bare_faults, mut old_faults) = (0u64, 0u64, 0u64);
+    let mut calls: std::collections::HashMap<&'static str, Timed> = VARIANTS
+        .iter()
+        .map(|variant| (name(*variant), Timed::default()))
+        .collect();
     for round in 0..plan.call_rounds {
-        for variant in 0..5 {
-            match (round + variant) % 5 {
-                0 => time_batch!(
-                    xcs_samples,
-                    xcs_faults,
+        for offset in 0..VARIANTS.len() {
+            let variant = VARIANTS[(round + offset) % VARIANTS.len()];
+            let timed = calls
+                .get_mut(name(variant))
+                .expect("every variant has an entry");
+            let (samples, faults) = (&mut timed.samples, &mut timed.faults);
+            match variant {
+                Variant::XcsLean => {
+                    time_batch!(
+                        samples,
+                        *faults,
+                        batch,
+                        xcs_call(&noop, &input, &limits).await?
+                    )
+                }
+                Variant::XcsWasi => time_batch!(
+                    samples,
+                    *faults,
                     batch,
-                    xcs_call(&noop, &input, &limits).await?
+                    xcs_call(&noop_wasi, &input, &limits).await?
                 ),
-                1 => time_batch!(bare_samples, bare_faults, batch, bare.call_fresh().await?),
-                2 => time_batch!(old_samples, old_faults, batch, old_bare.call_fresh().await?),
-                3 => time_batch!(minimal_samples, batch, minimal.call_fresh().await?),
-                _ => time_batch!(
-                    reused_samples,
+                Variant::BareLean => {
+                    time_batch!(samples, *faults, batch, bare_lean.call_fresh().await?)
+                }
+                Variant::BareWasi => time_batch!(samples, *faults, batch, bare.call_fresh().await?),
+                Variant::OldWasi => {
+                    time_batch!(samples, *faults, batch, old_bare.call_fresh().await?)
+                }
+                Variant::Minimal => time_batch!(samples, batch, minimal.call_fresh().await?),
+                Variant::Reused => time_batch!(
+                    samples,
                     batch,
                     invoke(&mut reused_store, reused_instance, &bare.invoke).await?
                 ),
+                Variant::ExtismFresh | Variant::ExtismReused => {
+                    if let Some(peer) = peer.as_mut() {
+                        let what = if variant == Variant::ExtismFresh {
+                            "fresh"
+                        } else {
+                            "reused"
+                        };
+                        peer.batch(what, batch, samples)?;
+                    }
+                }
             };
         }
     }
-    let calls = (plan.call_rounds * batch) as f64;
-    let faults = [xcs_faults, bare_faults, old_faults].map(|faults| faults as f64 / calls);
+    let calls_per_variant = plan.call_rounds * batch;
+    let peer_ran = peer.is_some();
+    drop(peer);
+    let peer = peer_ran;
     let memory_reset = host.memory_reset();
     drop(reused_store);
+    // Loads are measured on the default build, the larger of the two.
+    let bytes = wasi;
 
     // Compiling from scratch: the bare engine has no disk cache.
     let mut compile = Samples::default();
@@ -328,12 +481,16 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
         let copies: Vec<Vec<u8>> = (0..batch).map(|_| bytes.to_vec()).collect();
         let started = Instant::now();
         for copy in copies {
-            host.load_bytes(copy, "noop.wasm").await?;
+            host.load_bytes(copy, "noop-wasip2.wasm").await?;
         }
         memory_hit.push(started.elapsed(), batch);
-        time_batch!(memory_hit_path, batch, host.load(xcs_tests::NOOP).await?);
+        time_batch!(
+            memory_hit_path,
+            batch,
+            host.load(xcs_tests::NOOP_WASIP2).await?
+        );
     }
-    drop(noop);
+    drop((noop, noop_wasi));
     drop(host);
 
     // On-disk hit: a first host compiles and stores, then every load is in
@@ -347,7 +504,9 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
         time_batch!(
             disk_populate,
             1,
-            populating.load_bytes(bytes.to_vec(), "noop.wasm").await?
+            populating
+                .load_bytes(bytes.to_vec(), "noop-wasip2.wasm")
+                .await?
         );
     }
     let mut disk_hit = Samples::default();
@@ -358,7 +517,7 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
             .build()?;
         let copy = bytes.to_vec();
         let started = Instant::now();
-        fresh_host.load_bytes(copy, "noop.wasm").await?;
+        fresh_host.load_bytes(copy, "noop-wasip2.wasm").await?;
         disk_hit.push(started.elapsed(), 1);
         ensure!(
             fresh_host.compilations() == 0,
@@ -382,12 +541,9 @@ async fn measure(plan: &Plan, bytes: &[u8], cache_dir: &Path) -> Result<Results>
     let leaked_tickers = threads_named("xcs-epoch");
 
     Ok(Results {
-        xcs_call: xcs_samples,
-        bare_call: bare_samples,
-        old_bare_call: old_samples,
-        reused_call: reused_samples,
-        minimal_call: minimal_samples,
-        faults,
+        calls,
+        calls_per_variant,
+        peer,
         memory_reset,
         compile,
         memory_hit,
@@ -430,7 +586,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
+fn print_report(plan: &Plan, lean: &[u8], wasi: &[u8], results: &Results) {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!("# xcs call benchmark");
     println!();
@@ -446,8 +602,9 @@ fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
     );
     println!("- xcs sandbox reset: {}", results.memory_reset);
     println!(
-        "- operator: noop ({} bytes), wasmtime 48, same engine settings on both sides",
-        bytes.len()
+        "- operators: noop, lean ({} bytes), and noop built for wasip2 ({} bytes; also the loads' component); wasmtime 48, same engine settings on both sides",
+        lean.len(),
+        wasi.len()
     );
     println!(
         "- calls: {} interleaved rounds × {} calls per variant; medians of batch means (p25–p75)",
@@ -464,51 +621,103 @@ fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
     println!();
     println!("| measurement | median | ratio vs baseline |");
     println!("|---|---|---|");
-    let bare = results.bare_call.median();
     let row = |name: &str, samples: &Samples, ratio: String| {
         println!("| {name} | {} | {ratio} |", samples.summary());
     };
-    let [xcs_faults, bare_faults, old_faults] = results.faults;
-    row(
-        &format!(
-            "bare wasmtime call: fresh store + instantiate + invoke, best settings ({bare_faults:.2} page faults per call)"
-        ),
-        &results.bare_call,
-        "1.00 (baseline)".into(),
+    let per_call = results.calls_per_variant;
+    let timed = |variant| &results.calls[name(variant)];
+    let median = |variant| timed(variant).samples.median();
+    let faults = |variant| timed(variant).faults_per_call(per_call);
+    let (bare_lean, bare, old) = (
+        median(Variant::BareLean),
+        median(Variant::BareWasi),
+        median(Variant::OldWasi),
     );
-    let xcs = results.xcs_call.median();
+    let (xcs_lean, xcs) = (median(Variant::XcsLean), median(Variant::XcsWasi));
     row(
         &format!(
-            "xcs `Operator::call(&json!([]))`, fresh sandbox ({xcs_faults:.2} page faults per call)"
+            "bare wasmtime call of the lean `noop` (one core module, one core instance, no WASI; `panic_hook = false`): fresh store + instantiate + invoke, best settings ({:.2} page faults per call)",
+            faults(Variant::BareLean)
         ),
-        &results.xcs_call,
+        &timed(Variant::BareLean).samples,
+        "1.00 (baseline of the lean rows)".into(),
+    );
+    row(
+        &format!(
+            "xcs `Operator::call(&json!([]))` of the lean `noop`, fresh sandbox ({:.2} page faults per call)",
+            faults(Variant::XcsLean)
+        ),
+        &timed(Variant::XcsLean).samples,
         format!(
-            "**{:.2}** (target ≤ 1.10; ≤ 10 µs: {xcs:.2} µs)",
-            xcs / bare
+            "**{:.2}** (target ≤ 1.10; ≤ 10 µs: {xcs_lean:.2} µs)",
+            xcs_lean / bare_lean
         ),
     );
-    let old = results.old_bare_call.median();
     row(
         &format!(
-            "bare wasmtime call, the old settings: no `PAGEMAP_SCAN`, nothing kept resident ({old_faults:.2} page faults per call)"
+            "bare wasmtime call of `noop` built for wasip2 (the default build: 3 core modules, 17 core instances, WASI stdio), best settings ({:.2} page faults per call)",
+            faults(Variant::BareWasi)
         ),
-        &results.old_bare_call,
+        &timed(Variant::BareWasi).samples,
+        "1.00 (baseline of the wasip2 rows)".into(),
+    );
+    row(
+        &format!(
+            "xcs call of `noop` built for wasip2, fresh sandbox ({:.2} page faults per call)",
+            faults(Variant::XcsWasi)
+        ),
+        &timed(Variant::XcsWasi).samples,
         format!(
-            "{:.2} (xcs is {:.2}× faster; target ≥ 2×)",
+            "**{:.2}** (the lean build is {:.2}× faster through xcs)",
+            xcs / bare,
+            xcs / xcs_lean
+        ),
+    );
+    row(
+        &format!(
+            "bare wasmtime call of `noop` built for wasip2, the old settings: no `PAGEMAP_SCAN`, nothing kept resident ({:.2} page faults per call)",
+            faults(Variant::OldWasi)
+        ),
+        &timed(Variant::OldWasi).samples,
+        format!(
+            "{:.2} (xcs is {:.2}× faster with the lean build, {:.2}× with the wasip2 one; target ≥ 2×)",
             old / bare,
+            old / xcs_lean,
             old / xcs
         ),
     );
     row(
         "bare wasmtime call of a minimal component: one core module, no imports (reference: the floor of the component's shape)",
-        &results.minimal_call,
-        format!("{:.2}", results.minimal_call.median() / bare),
+        &timed(Variant::Minimal).samples,
+        format!("{:.2}", median(Variant::Minimal) / bare),
     );
     row(
-        "bare wasmtime call on a reused instance (reference)",
-        &results.reused_call,
-        format!("{:.3}", results.reused_call.median() / bare),
+        "bare wasmtime call on a reused instance of `noop` built for wasip2 (reference, not isolated)",
+        &timed(Variant::Reused).samples,
+        format!("{:.3}", median(Variant::Reused) / bare),
     );
+    if results.peer {
+        let extism = median(Variant::ExtismFresh);
+        row(
+            "Extism 1.30 call on a plugin freshly instantiated from a `CompiledPlugin` (its isolation; own process, its own wasmtime 43)",
+            &timed(Variant::ExtismFresh).samples,
+            format!(
+                "{:.2} (xcs's lean call is **{:.1}× faster**, target ≥ 15×; the wasip2 one {:.1}×)",
+                extism / bare,
+                extism / xcs_lean,
+                extism / xcs
+            ),
+        );
+        row(
+            "Extism 1.30 call on one reused plugin (reference, not isolated)",
+            &timed(Variant::ExtismReused).samples,
+            format!("{:.3}", median(Variant::ExtismReused) / bare),
+        );
+    } else {
+        println!(
+            "| Extism 1.30 (not measured: `just bench` builds tests/peer-extism and sets XCS_PEER_EXTISM) | | |"
+        );
+    }
     let compile = results.compile.median();
     let load_ratio = |samples: &Samples, target: &str| {
         let median = samples.median();
@@ -552,8 +761,8 @@ fn print_report(plan: &Plan, bytes: &[u8], results: &Results) {
 
 fn run() -> Result<()> {
     let plan = Plan::from_env();
-    let bytes =
-        std::fs::read(xcs_tests::NOOP).with_context(|| format!("reading {}", xcs_tests::NOOP))?;
+    let read = |path: &str| std::fs::read(path).with_context(|| format!("reading {path}"));
+    let (lean, wasi) = (read(xcs_tests::NOOP)?, read(xcs_tests::NOOP_WASIP2)?);
     let cache_dir: PathBuf =
         std::env::temp_dir().join(format!("xcs-bench-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache_dir);
@@ -562,19 +771,86 @@ fn run() -> Result<()> {
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    let results = runtime.block_on(measure(&plan, &bytes, &cache_dir));
+    let results = runtime.block_on(measure(&plan, &lean, &wasi, &cache_dir));
     // The cache directory is ours alone; remove it whatever happened.
     let _ = std::fs::remove_dir_all(&cache_dir);
     let _ = std::fs::remove_file(cache_dir.with_extension("key"));
-    print_report(&plan, &bytes, &results?);
-    print_throughput(&throughput(&bytes)?);
+    print_report(&plan, &lean, &wasi, &results?);
+    print_builds(&runtime.block_on(builds(&plan))?);
+    print_throughput(&throughput(&lean)?);
     Ok(())
+}
+
+/// The lean operators, each with an input, a lean and a wasip2 build.
+const BUILDS: [(&str, &str, &str); 3] = [
+    ("noop", xcs_tests::NOOP, xcs_tests::NOOP_WASIP2),
+    ("upper", xcs_tests::UPPER, xcs_tests::UPPER_WASIP2),
+    ("sum", xcs_tests::SUM, xcs_tests::SUM_WASIP2),
+];
+
+/// Fresh-sandbox xcs calls of each lean operator's two builds, interleaved:
+/// `(name, lean, wasip2)` per operator.
+async fn builds(plan: &Plan) -> Result<Vec<(&'static str, Samples, Samples)>> {
+    let host = Host::builder()
+        .no_disk_cache()
+        .default_policy(Policy::new().cache(false))
+        .build()?;
+    let limits = Limits::default();
+    let mut operators = Vec::new();
+    for (name, lean, wasip2) in BUILDS {
+        let input = match name {
+            "noop" => json!([]),
+            "upper" => json!(["hello, world"]),
+            _ => json!([[1, 2, 3, 4, 5, 6, 7, 8]]),
+        };
+        let (lean, wasip2) = (host.load(lean).await?, host.load(wasip2).await?);
+        ensure!(
+            lean.call(&input, &limits).await? == wasip2.call(&input, &limits).await?,
+            "the two builds of {name} disagree"
+        );
+        operators.push((name, input, lean, wasip2));
+    }
+    let batch = plan.calls_per_batch / 2;
+    let mut samples: Vec<[Samples; 2]> = BUILDS.iter().map(|_| Default::default()).collect();
+    for round in 0..plan.call_rounds / 2 {
+        for offset in 0..operators.len() * 2 {
+            let which = (round + offset) % (operators.len() * 2);
+            let (_, input, lean, wasip2) = &operators[which / 2];
+            let operator = if which % 2 == 0 { lean } else { wasip2 };
+            let timed = &mut samples[which / 2][which % 2];
+            time_batch!(timed, batch, operator.call(input, &limits).await?);
+        }
+    }
+    Ok(operators
+        .iter()
+        .zip(samples)
+        .map(|((name, ..), [lean, wasip2])| (*name, lean, wasip2))
+        .collect())
+}
+
+fn print_builds(figures: &[(&str, Samples, Samples)]) {
+    println!();
+    println!(
+        "Lean build against wasip2 build of the same operator, xcs fresh-sandbox calls, interleaved:"
+    );
+    println!();
+    println!("| operator | lean | wasip2 | lean is faster by |");
+    println!("|---|---|---|---|");
+    for (name, lean, wasip2) in figures {
+        println!(
+            "| `{name}` | {} | {} | {:.2}× ({:.2} µs a call) |",
+            lean.summary(),
+            wasip2.summary(),
+            wasip2.median() / lean.median(),
+            wasip2.median() - lean.median()
+        );
+    }
 }
 
 /// Calls in flight at once in the throughput runs.
 const IN_FLIGHT: [usize; 3] = [2, 8, 32];
 
-/// Isolated `noop` calls per second with 2, 8 and 32 in flight, on a
+/// Isolated calls of the lean `noop` per second with 2, 8 and 32 in flight, on a
 /// multi-threaded runtime with a worker per core: the median of 5 runs.
 fn throughput(bytes: &[u8]) -> Result<Vec<(usize, f64)>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -627,7 +903,9 @@ fn throughput(bytes: &[u8]) -> Result<Vec<(usize, f64)>> {
 fn print_throughput(figures: &[(usize, f64)]) {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     println!();
-    println!("Throughput, isolated `noop` calls, {cores} worker threads, median of 5 runs:");
+    println!(
+        "Throughput, isolated calls of the lean `noop`, {cores} worker threads, median of 5 runs:"
+    );
     println!();
     println!("| in flight | calls per second |");
     println!("|---|---|");

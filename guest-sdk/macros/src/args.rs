@@ -5,7 +5,6 @@ use syn::meta::ParseNestedMeta;
 use syn::{LitBool, LitStr};
 
 /// What `#[operator(...)]` was given; every field is optional.
-#[derive(Default)]
 pub(crate) struct Args {
     /// `name = "..."`: defaults to the crate's package name.
     pub(crate) name: Option<LitStr>,
@@ -17,6 +16,22 @@ pub(crate) struct Args {
     pub(crate) deterministic: bool,
     /// `types = "..."`: WIT type definitions used by the signature.
     pub(crate) types: Option<LitStr>,
+    /// `panic_hook = false`: in a lean build (no WASI), leave out the hook
+    /// that sends panic messages to the host's log; defaults to true.
+    pub(crate) panic_hook: bool,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            name: None,
+            version: None,
+            description: None,
+            deterministic: false,
+            types: None,
+            panic_hook: true,
+        }
+    }
 }
 
 impl Args {
@@ -42,6 +57,10 @@ impl Args {
                 };
                 return Ok(());
             }
+            "panic_hook" => {
+                self.panic_hook = meta.value()?.parse::<LitBool>()?.value;
+                return Ok(());
+            }
             "name" => &mut self.name,
             "version" => &mut self.version,
             "description" => &mut self.description,
@@ -50,7 +69,7 @@ impl Args {
                 return Err(meta.error(
                     "unknown operator argument; expected one of `name = \"..\"`, \
                      `version = \"..\"`, `description = \"..\"`, `deterministic`, \
-                     `types = \"<WIT type definitions>\"`",
+                     `types = \"<WIT type definitions>\"`, `panic_hook = false`",
                 ));
             }
         };

@@ -80,6 +80,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
             super::#fn_name(#(#param_names),*).map_err(#into_error)
         }
     };
+    // The panic hook of lean builds, unless the operator leaves it out.
+    let enter = args
+        .panic_hook
+        .then(|| quote!(::xcs_guest::__private::enter();));
     Ok(quote! {
         #function
 
@@ -102,6 +106,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             impl Guest for Operator {
                 fn metadata() -> Metadata {
+                    #enter
                     Metadata {
                         name: ::std::string::String::from(#name),
                         version: ::std::string::String::from(#version),
@@ -113,6 +118,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
                 fn invoke(
                     #(#param_names: #param_types),*
                 ) -> ::core::result::Result<#ok_type, Error> {
+                    #enter
                     #body
                 }
             }
