@@ -49,6 +49,16 @@ fn main() {
     // them, the lean ones made components here.
     let components = target_dir.join("components");
     fs::create_dir_all(&components).expect("target/guest is writable");
+    // An operator removed from operators/ leaves no component behind.
+    for entry in fs::read_dir(&components).expect("target/guest/components is readable") {
+        let path = entry.expect("target/guest/components is readable").path();
+        let stem = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned());
+        if stem.is_none_or(|stem| !operators.contains(&stem)) {
+            fs::remove_file(&path).expect("target/guest/components is writable");
+        }
+    }
     for operator in &operators {
         let ident = operator.replace('-', "_");
         let component = if lean.contains(&operator) {

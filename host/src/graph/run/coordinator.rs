@@ -8,11 +8,13 @@
 //! value); a composite node ends with its result, once the nodes that
 //! result comes from have.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -100,6 +102,16 @@ pub(super) struct Run<'a> {
     keep: Vec<bool>,
     outputs: Vec<Option<Arc<Value>>>,
     running: Vec<bool>,
+    /// Single-call nodes that are ready but wait for a run slot, in the
+    /// order they became ready. The coordinator takes a node's slot before
+    /// it spawns its task: at bound 1 one node task exists at a time, and
+    /// the next starts on the coordinator's worker instead of waking a
+    /// parked one.
+    ready: VecDeque<usize>,
+    /// At bound 1, the one single-call node running, polled by the
+    /// coordinator itself: no task to spawn, no worker to wake, and nothing
+    /// to run in parallel with anyway.
+    inline: Option<Pin<Box<dyn Future<Output = NodeOutcome> + Send + 'a>>>,
     tasks: JoinSet<NodeOutcome>,
     /// The node each running task runs.
     task_nodes: HashMap<tokio::task::Id, usize>,
@@ -138,6 +150,8 @@ impl<'a> Run<'a> {
             keep,
             outputs: vec![None; total],
             running: vec![false; total],
+            ready: VecDeque::new(),
+            inline: None,
             tasks: JoinSet::new(),
             task_nodes: HashMap::new(),
             ended: 0,
@@ -200,12 +214,22 @@ impl<'a> Run<'a> {
             }
         }
         let deadline = tokio::time::Instant::from_std(self.shared.started + self.options.timeout);
+        // One timer for the whole run, not one per wake-up.
+        let deadline = tokio::time::sleep_until(deadline);
+        tokio::pin!(deadline);
+        let run_slots = self.shared.run_slots.clone();
         loop {
             let composites_running = self
                 .compose
                 .as_ref()
                 .is_some_and(|compose| !compose.tasks.is_empty());
-            if self.tasks.is_empty() && !composites_running {
+            // A ready node waits for a slot that a running task holds, so
+            // the run is over only when nothing runs and nothing waits.
+            if self.tasks.is_empty()
+                && self.inline.is_none()
+                && !composites_running
+                && self.ready.is_empty()
+            {
                 let event = self
                     .compose
                     .as_mut()
@@ -220,15 +244,25 @@ impl<'a> Run<'a> {
                     None => return self.finish(),
                 }
             }
+            let waiting = !self.ready.is_empty();
+            let inline = &mut self.inline;
+            let inline = std::future::poll_fn(|cx| match inline {
+                Some(future) => future.as_mut().poll(cx),
+                None => Poll::Pending,
+            });
             let step = match &mut self.compose {
-                // No composite: only node tasks and the deadline.
+                // No composite: only node tasks, run slots and the deadline.
                 None => tokio::select! {
-                    joined = self.tasks.join_next_with_id() => Step::Task(joined),
-                    () = tokio::time::sleep_until(deadline) => Step::Deadline,
+                    outcome = inline => Step::Inline(outcome),
+                    joined = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => Step::Task(joined),
+                    permit = run_slots.acquire_owned(), if waiting => Step::Slot(permit),
+                    () = &mut deadline => Step::Deadline,
                 },
                 Some(compose) => tokio::select! {
                     biased;
-                    () = tokio::time::sleep_until(deadline) => Step::Deadline,
+                    () = &mut deadline => Step::Deadline,
+                    permit = run_slots.acquire_owned(), if waiting => Step::Slot(permit),
+                    outcome = inline => Step::Inline(outcome),
                     Some(event) = compose.receiver.recv() => Step::Event(event),
                     joined = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => Step::Task(joined),
                     Some(done) = compose.tasks.join_next_with_id(), if !compose.tasks.is_empty() => Step::Composite(done),
@@ -236,6 +270,16 @@ impl<'a> Run<'a> {
             };
             let ended = match step {
                 Step::Deadline => return self.deadline_passed(),
+                Step::Inline(outcome) => {
+                    self.inline = None;
+                    self.ended(outcome)
+                }
+                Step::Slot(permit) => {
+                    if let Some(index) = self.ready.pop_front() {
+                        self.start(index, Some(permit));
+                    }
+                    None
+                }
                 Step::Event(event) => self.event(event),
                 Step::Task(None) => None,
                 Step::Task(Some(Ok((task, outcome)))) => {
@@ -296,6 +340,7 @@ impl<'a> Run<'a> {
 
     fn abort_all(&mut self) {
         self.tasks.abort_all();
+        self.inline = None;
         if let Some(compose) = &mut self.compose {
             compose.tasks.abort_all();
         }
@@ -309,18 +354,74 @@ impl<'a> Run<'a> {
             .unwrap_or_else(|| self.operator(index).runtime().default_limits.clone())
     }
 
+    /// Starts node `index`, which became ready: a composite or a map node
+    /// at once (a map's element calls take run slots of their own), a
+    /// single call when a run slot is free, else in its turn.
     fn spawn(&mut self, index: usize) {
-        self.running[index] = true;
-        let input: Map<String, Value> = self
-            .args(index)
+        let single = self.graph_node(index).map.is_none() && !self.operator(index).is_composite();
+        if single {
+            match self.shared.run_slots.try_acquire_owned() {
+                // Ready nodes that waited go first.
+                Some(permit) if self.ready.is_empty() => self.start(index, Some(permit)),
+                _ => self.ready.push_back(index),
+            }
+            return;
+        }
+        self.start_unbounded(index);
+    }
+
+    /// The input of node `index`, from the values it depends on.
+    fn input(&self, index: usize) -> Map<String, Value> {
+        self.args(index)
             .iter()
             .map(|(name, resolved)| {
                 let value = resolve_value(resolved, &self.inputs, &self.outputs);
                 (name.clone(), value)
             })
-            .collect();
+            .collect()
+    }
+
+    /// Spawns the single-call node `index` in the run slot `permit` (or,
+    /// without one, to wait for a slot in its task).
+    fn start(&mut self, index: usize, permit: Option<OwnedSemaphorePermit>) {
+        self.running[index] = true;
+        let input = self.input(index);
         let node = self.graph_node(index);
-        let (id, map) = (node.id.clone(), node.map.clone());
+        let id = node.id.clone();
+        let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
+        let call = NodeCall {
+            operator: self.operator(index).clone(),
+            policy: self.policy(index).clone(),
+            limits: self.limits(index),
+        };
+        let shared = self.shared.clone();
+        let node = run_node(shared, index, id, call, input, permit).instrument(span);
+        if self.max_concurrency == 1 && self.inline.is_none() {
+            self.inline = Some(Box::pin(node));
+            return;
+        }
+        let task = self.tasks.spawn(node);
+        self.task_nodes.insert(task.id(), index);
+    }
+
+    /// Spawns node `index`, a composite or a map node.
+    fn start_unbounded(&mut self, index: usize) {
+        let Some(map) = self.graph_node(index).map.clone() else {
+            if !self.operator(index).is_composite() {
+                // A single call: its task waits for its run slot.
+                return self.start(index, None);
+            }
+            let input = self.input(index);
+            self.running[index] = true;
+            let node = self.graph_node(index);
+            let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
+            let operator = self.operator(index).clone();
+            return self.spawn_composite(index, operator, Value::Object(input), span);
+        };
+        self.running[index] = true;
+        let input = self.input(index);
+        let node = self.graph_node(index);
+        let id = node.id.clone();
         let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
         let operator = self.operator(index).clone();
         if operator.is_composite() {
@@ -333,17 +434,11 @@ impl<'a> Run<'a> {
             limits: self.limits(index),
         };
         let shared = self.shared.clone();
-        let task = match &map {
-            None => self
-                .tasks
-                .spawn(run_node(shared, index, id, call, input).instrument(span)),
-            Some(map) => {
-                let bound = map.max_concurrency.unwrap_or(self.max_concurrency).max(1);
-                let map = (map.param.clone(), bound);
-                self.tasks
-                    .spawn(run_map_node(shared, index, id, call, input, map).instrument(span))
-            }
-        };
+        let bound = map.max_concurrency.unwrap_or(self.max_concurrency).max(1);
+        let map = (map.param.clone(), bound);
+        let task = self
+            .tasks
+            .spawn(run_map_node(shared, index, id, call, input, map).instrument(span));
         self.task_nodes.insert(task.id(), index);
     }
 
@@ -510,6 +605,10 @@ type CompositeEnd = (usize, Result<ScopeEnd, Error>);
 /// What the coordinator's loop woke up for.
 enum Step {
     Deadline,
+    /// The node the coordinator ran itself ended.
+    Inline(NodeOutcome),
+    /// A run slot for the first ready node.
+    Slot(OwnedSemaphorePermit),
     Event(Event),
     Task(Option<Result<(tokio::task::Id, NodeOutcome), tokio::task::JoinError>>),
     Composite(Result<(tokio::task::Id, CompositeEnd), tokio::task::JoinError>),

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::{Map, Value};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinError, JoinSet};
 
 use crate::call::{self, Called, Policies};
@@ -99,13 +100,18 @@ pub(super) struct NodeCall {
 }
 
 /// One guest call under both concurrency bounds, recorded for the report.
+/// `run_permit`: the run's slot, when the coordinator took it already.
 async fn bounded_call(
     shared: &Shared,
     call: &NodeCall,
     input: &Value,
     element: Option<usize>,
+    run_permit: Option<OwnedSemaphorePermit>,
 ) -> (Result<Value, Error>, CallRecord) {
-    let _run_permit = shared.run_slots.acquire().await;
+    let _run_permit = match run_permit {
+        Some(permit) => permit,
+        None => shared.run_slots.acquire_owned().await,
+    };
     let _host_permit = shared.host_slots.acquire().await;
     let slot = shared.slot_ids.take();
     let start = shared.started.elapsed();
@@ -161,15 +167,18 @@ pub(super) fn resume_panic(error: JoinError) {
     }
 }
 
-/// Runs one node: one call.
+/// Runs one node: one call, in the run's slot that the coordinator took for
+/// it (so that a bound of 1 has one node task, not one per ready node).
 pub(super) async fn run_node(
     shared: Arc<Shared>,
     index: usize,
     id: String,
     call: NodeCall,
     input: Map<String, Value>,
+    run_permit: Option<OwnedSemaphorePermit>,
 ) -> NodeOutcome {
-    let (result, record) = bounded_call(&shared, &call, &Value::Object(input), None).await;
+    let (result, record) =
+        bounded_call(&shared, &call, &Value::Object(input), None, run_permit).await;
     NodeOutcome {
         index,
         result: result.map_err(|error| node_error(&id, error, None)),
@@ -215,6 +224,7 @@ pub(super) async fn run_map_node(
                     &call,
                     &Value::Object(element_input),
                     Some(element_index),
+                    None,
                 )
                 .await;
                 (element_index, result, record)
