@@ -597,3 +597,120 @@ async fn a_deterministic_node_reports_its_fuel_and_memory() {
     assert!(node.fuel_consumed.is_some_and(|fuel| fuel > 0), "{node:?}");
     assert!(node.peak_memory_bytes > 0, "{node:?}");
 }
+
+/// At bound 1 the coordinator runs each single-call node itself instead of
+/// spawning it: the bound, the deadline, fail-fast and a panic behave as at
+/// any other bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_one_keeps_every_guarantee() {
+    let one = RunOptions::default().max_concurrency(1);
+    let (ops, in_flight) = latency_host(4).await;
+    let plan = wait_fan_out(4, 20).check(&ops).unwrap();
+    let report = plan.run(&Value::Null, &one).await;
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(in_flight.peak(), 1, "one node at a time");
+    assert!(
+        report
+            .nodes
+            .iter()
+            .flat_map(|node| &node.spans)
+            .all(|span| span.slot == 0),
+        "one timeline track"
+    );
+
+    // The deadline interrupts the node the coordinator is running; the
+    // node waiting for the slot never starts.
+    let ops = operators(&host()).await;
+    let plan = Graph::new()
+        .node(Node::new("spin", "spin"))
+        .node(Node::new("loud", "upper").arg("text", Source::literal(json!("x"))))
+        .output("loud", Source::node("loud"))
+        .check(&ops)
+        .unwrap();
+    let options = one
+        .clone()
+        .timeout(Duration::from_millis(300))
+        .limits(Limits::default());
+    let report = plan.run(&Value::Null, &options).await;
+    assert_eq!(report.node("spin").unwrap().status, NodeStatus::Cancelled);
+    assert_eq!(report.node("loud").unwrap().status, NodeStatus::Cancelled);
+    let error = expect_kind(report.into_result(), ErrorKind::Timeout);
+    assert_eq!(
+        error.to_string(),
+        "graph timed out after 300ms; still running: spin"
+    );
+
+    // Fail-fast: the first failure ends the run, the rest is cancelled;
+    // keep-going runs what does not depend on it.
+    let ops = ops.with(load(&host(), xcs_tests::FACTORIAL).await);
+    let plan = Graph::new()
+        .node(Node::new("boom", "factorial").arg("n", Source::literal(json!(25))))
+        .node(Node::new("downstream", "factorial").arg("n", Source::node("boom")))
+        .node(Node::new("after", "upper").arg("text", Source::literal(json!("y"))))
+        .output("after", Source::node("after"))
+        .check(&ops)
+        .unwrap();
+    let report = plan.run(&Value::Null, &one).await;
+    assert_eq!(report.node("boom").unwrap().status, NodeStatus::Failed);
+    assert_eq!(report.node("after").unwrap().status, NodeStatus::Cancelled);
+    expect_kind(report.into_result(), ErrorKind::Operator);
+    let report = plan.run(&Value::Null, &one.clone().keep_going(true)).await;
+    assert_eq!(
+        report.node("downstream").unwrap().status,
+        NodeStatus::Skipped
+    );
+    assert_eq!(report.outputs.get("after"), Some(&json!("Y")));
+
+    // A panic in the node's call reaches the run's caller.
+    let capability = xcs::Capability::new(latency::INTERFACE)
+        .func("sleep", |(_ms,): (u32,)| -> Result<(), xcs::BoxError> {
+            panic!("panicked at bound one")
+        });
+    let host = Host::builder().grant(capability).build().unwrap();
+    let wait = load(&host, xcs_tests::WAIT).await;
+    let plan = Graph::new()
+        .node(Node::new("w", "wait").arg("ms", Source::literal(json!(1))))
+        .output("w", Source::node("w"))
+        .check(&Operators::new().with(wait))
+        .unwrap();
+    let run = tokio::spawn(async move { plan.run(&Value::Null, &one).await });
+    let error = run.await.expect_err("the run panicked");
+    assert!(error.is_panic(), "{error}");
+}
+
+/// A chain of 100,000 nodes checks and runs (nothing recurses along it),
+/// at bound 1 and at the default bound; a failure at its head skips the
+/// rest without recursing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_a_hundred_thousand_nodes_runs() {
+    let host = host();
+    let sum = load(&host, xcs_tests::SUM).await;
+    let chain = |head: Value| {
+        let mut graph = Graph::new().node(Node::new("n0", "sum").arg("xs", Source::literal(head)));
+        for n in 1..100_000 {
+            graph = graph.node(
+                Node::new(format!("n{n}"), "sum")
+                    .arg("xs", Source::list([Source::node(format!("n{}", n - 1))])),
+            );
+        }
+        graph
+            .output("last", Source::node("n99999"))
+            .check(&Operators::new().with(sum.clone()))
+            .unwrap()
+    };
+    let plan = chain(json!([1, 2]));
+    for options in [
+        RunOptions::default().max_concurrency(1),
+        RunOptions::default(),
+    ] {
+        let report = plan.run(&Value::Null, &options).await;
+        assert_eq!(report.into_result().unwrap()["last"], json!(3));
+    }
+    // i64::MAX + 1 overflows in the first node.
+    let plan = chain(json!([i64::MAX, 1]));
+    let report = plan
+        .run(&Value::Null, &RunOptions::default().keep_going(true))
+        .await;
+    assert_eq!(report.node("n0").unwrap().status, NodeStatus::Failed);
+    assert_eq!(report.node("n99999").unwrap().status, NodeStatus::Skipped);
+}
