@@ -579,6 +579,10 @@ fn random_dag(nodes: usize) -> Graph {
     graph.output("last", Source::node(format!("n{}", nodes - 1)))
 }
 
+/// A large graph: its name, how it is made for a number of nodes, the
+/// operator its nodes call and an input for a direct call of it.
+type LargeGraph = (&'static str, fn(usize) -> Graph, &'static str, Value);
+
 /// One large graph's figures.
 struct Large {
     name: String,
@@ -601,7 +605,7 @@ async fn large(host: &Host, rounds: usize) -> Result<(Vec<Large>, f64)> {
         .with(host.load(xcs_tests::NOOP).await?)
         .with(host.load(xcs_tests::SUM).await?)
         .with(host.load(xcs_tests::STATS).await?);
-    let graphs: [(&str, fn(usize) -> Graph, &str, Value); 3] = [
+    let graphs: [LargeGraph; 3] = [
         ("chain of `sum`", chain, "sum", json!([[1]])),
         ("wide fan-out of `noop`", wide, "noop", json!([])),
         (
