@@ -23,6 +23,9 @@ setup:
 # wasm32-unknown-unknown made a component for the lean ones) into
 # target/guest/components/.
 build-operators: setup
+    @# The build script reruns when its inputs change; a removed output
+    @# directory is not one of them.
+    @[ -d target/guest/components ] || touch tests/build.rs
     cargo build --quiet -p xcs-tests --lib
     mkdir -p target/operators
     cp target/guest/components/*.wasm target/operators/
@@ -51,7 +54,7 @@ lint: setup
     cargo clippy --release --target wasm32-wasip2 --target-dir {{guest_target}} \
         $(for dir in operators/*/; do printf -- '-p %s ' "$(basename "$dir")"; done) -- -D warnings
     cargo clippy --release --target wasm32-unknown-unknown --target-dir {{guest_target}} \
-        -p xcs-guest $(grep -l '^wasi = false' operators/*/Cargo.toml | xargs -n1 dirname | xargs -n1 basename | sed 's/^/-p /') -- -D warnings
+        -p xcs-guest $(grep -l '^wasi = false' operators/*/Cargo.toml | xargs -r -n1 dirname | xargs -r -n1 basename | sed 's/^/-p /') -- -D warnings
 
 # API docs, warnings denied.
 doc:

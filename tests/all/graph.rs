@@ -599,8 +599,9 @@ async fn a_deterministic_node_reports_its_fuel_and_memory() {
 }
 
 /// At bound 1 the coordinator runs each single-call node itself instead of
-/// spawning it: the bound, the deadline, fail-fast and a panic behave as at
-/// any other bound.
+/// spawning it (unless it imports an embedder's capability, which might
+/// block): the bound, the deadline, fail-fast and a panic behave as at any
+/// other bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bound_one_keeps_every_guarantee() {
     let one = RunOptions::default().max_concurrency(1);
@@ -699,18 +700,22 @@ async fn a_chain_of_a_hundred_thousand_nodes_runs() {
             .unwrap()
     };
     let plan = chain(json!([1, 2]));
+    // Bound 1 runs each node in the coordinator; bound 4 spawns tasks.
     for options in [
         RunOptions::default().max_concurrency(1),
-        RunOptions::default(),
+        RunOptions::default().max_concurrency(4),
     ] {
         let report = plan.run(&Value::Null, &options).await;
         assert_eq!(report.into_result().unwrap()["last"], json!(3));
     }
     // i64::MAX + 1 overflows in the first node.
     let plan = chain(json!([i64::MAX, 1]));
-    let report = plan
-        .run(&Value::Null, &RunOptions::default().keep_going(true))
-        .await;
-    assert_eq!(report.node("n0").unwrap().status, NodeStatus::Failed);
-    assert_eq!(report.node("n99999").unwrap().status, NodeStatus::Skipped);
+    for bound in [1, 4] {
+        let options = RunOptions::default()
+            .max_concurrency(bound)
+            .keep_going(true);
+        let report = plan.run(&Value::Null, &options).await;
+        assert_eq!(report.node("n0").unwrap().status, NodeStatus::Failed);
+        assert_eq!(report.node("n99999").unwrap().status, NodeStatus::Skipped);
+    }
 }

@@ -79,6 +79,23 @@ async fn the_lean_allocator_moves_on_to_grown_memory() {
     // blocks freed out of order.
     let host = host();
     let upper = host.load(xcs_tests::UPPER).await.expect("upper loads");
+    // A small call fits in the free end of the initial memory: it does not
+    // grow the memory at all (one `memory.grow` per call was the cost).
+    let bytes = std::fs::read(xcs_tests::UPPER).expect("upper was built");
+    let initial: u64 = wasmparser::Parser::new(0)
+        .parse_all(&bytes)
+        .find_map(|payload| match payload.expect("a valid component") {
+            wasmparser::Payload::MemorySection(memories) => {
+                Some(memories.into_iter().next()?.expect("a memory").initial * 65_536)
+            }
+            _ => None,
+        })
+        .expect("upper has a memory");
+    let small = upper
+        .call_with_stats(&json!(["abc"]), &Limits::default())
+        .await
+        .expect("a small upper");
+    assert_eq!(small.stats.peak_memory_bytes, initial, "no memory.grow");
     let text = "abc ".repeat(300_000);
     let output = upper
         .call(&json!([text]), &Limits::default())

@@ -1,7 +1,9 @@
-//! The coordinator of one run: it owns the run's state, spawns a task per
-//! ready node, and as each one ends records the outcome, frees the inputs
-//! nobody needs any more, and starts what became ready — or, on a failure,
-//! skips what depends on it (`keep_going`) or cancels the rest.
+//! The coordinator of one run: it owns the run's state, starts each ready
+//! node when a run slot is free (a task per node; at bound 1, the node's
+//! call polled by the coordinator itself), and as each one ends records
+//! the outcome, frees the inputs nobody needs any more, and starts what
+//! became ready — or, on a failure, skips what depends on it
+//! (`keep_going`) or cancels the rest.
 //!
 //! Composite nodes grow the graph while it runs: their code runs in a task
 //! of its own whose calls come in as events (a recorded node, a forced
@@ -110,7 +112,8 @@ pub(super) struct Run<'a> {
     ready: VecDeque<usize>,
     /// At bound 1, the one single-call node running, polled by the
     /// coordinator itself: no task to spawn, no worker to wake, and nothing
-    /// to run in parallel with anyway.
+    /// to run in parallel with anyway. Only for operators that import no
+    /// embedder capability (see `start`).
     inline: Option<Pin<Box<dyn Future<Output = NodeOutcome> + Send + 'a>>>,
     tasks: JoinSet<NodeOutcome>,
     /// The node each running task runs.
@@ -252,11 +255,14 @@ impl<'a> Run<'a> {
             });
             let step = match &mut self.compose {
                 // No composite: only node tasks, run slots and the deadline.
+                // Biased: the deadline first, then ends, then new starts,
+                // so that a run is the same from one time to the next.
                 None => tokio::select! {
+                    biased;
+                    () = &mut deadline => Step::Deadline,
                     outcome = inline => Step::Inline(outcome),
                     joined = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => Step::Task(joined),
                     permit = run_slots.acquire_owned(), if waiting => Step::Slot(permit),
-                    () = &mut deadline => Step::Deadline,
                 },
                 Some(compose) => tokio::select! {
                     biased;
@@ -361,9 +367,14 @@ impl<'a> Run<'a> {
         let single = self.graph_node(index).map.is_none() && !self.operator(index).is_composite();
         if single {
             match self.shared.run_slots.try_acquire_owned() {
-                // Ready nodes that waited go first.
-                Some(permit) if self.ready.is_empty() => self.start(index, Some(permit)),
-                _ => self.ready.push_back(index),
+                Some(permit) => {
+                    // Ready nodes that waited go first, in this free slot.
+                    self.ready.push_back(index);
+                    if let Some(first) = self.ready.pop_front() {
+                        self.start(first, Some(permit));
+                    }
+                }
+                None => self.ready.push_back(index),
             }
             return;
         }
@@ -395,8 +406,17 @@ impl<'a> Run<'a> {
             limits: self.limits(index),
         };
         let shared = self.shared.clone();
+        // Inline only what cannot block the coordinator: an embedder's
+        // capability may be a synchronous function that blocks its thread
+        // (and with it the run's deadline); xcs's own and WASI's imports
+        // never do.
+        let own_imports_only = call
+            .operator
+            .imports()
+            .iter()
+            .all(|import| import.starts_with("xcs:operator/") || import.starts_with("wasi:"));
         let node = run_node(shared, index, id, call, input, permit).instrument(span);
-        if self.max_concurrency == 1 && self.inline.is_none() {
+        if self.max_concurrency == 1 && self.inline.is_none() && own_imports_only {
             self.inline = Some(Box::pin(node));
             return;
         }
