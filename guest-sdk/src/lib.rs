@@ -130,7 +130,7 @@
 //! environment or files) can be built for `wasm32-unknown-unknown` and made
 //! a component with `wasm-tools component new`: no WASI adapter, no WASI
 //! imports, a third of the core instances, so a fresh call costs less (the
-//! README's benchmarks: `upper` 1.3–1.6× faster). On that target this crate
+//! README's benchmarks: `upper` 1.2× faster, `noop` 1.7×). On that target this crate
 //! allocates from the free end of the initial memory before growing it,
 //! and installs a panic hook that sends the panic message to the host's log
 //! at error level, which the `trap` error quotes. The hook's import costs
