@@ -461,11 +461,11 @@ impl Journal {
                 problems.push(format!("maps over `{over}`, which is not given"));
             }
         }
-        for (position, (name, source)) in node.args.iter().enumerate() {
-            if node.args[..position]
-                .iter()
-                .any(|(earlier, _)| earlier == name)
-            {
+        // A set, not a scan of the earlier arguments: a guest decides how
+        // many arguments a call has.
+        let mut given = std::collections::HashSet::with_capacity(node.args.len());
+        for (name, source) in &node.args {
+            if !given.insert(name.as_str()) {
                 problems.push(format!("argument `{name}` is given twice"));
                 continue;
             }

@@ -145,12 +145,15 @@ impl Run<'_> {
         let index = self.nodes.len();
         let mut args = Vec::with_capacity(node.args.len());
         let mut dependencies = Vec::new();
+        // A set beside the list: a guest decides how many references a
+        // call's arguments hold (up to the composite's reference bound).
+        let mut depends_on = std::collections::HashSet::new();
         let mut refused = None;
         for (name, source) in &node.args {
             match self.resolve(source) {
                 Ok(resolved) => {
                     resolved.for_each_node(&mut |producer| {
-                        if !dependencies.contains(&producer) {
+                        if depends_on.insert(producer) {
                             dependencies.push(producer);
                         }
                     });
