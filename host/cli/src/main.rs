@@ -108,6 +108,15 @@ enum Command {
         #[arg(long)]
         toml: bool,
     },
+    /// Print the operator contract (the `xcs:operator@0.1.0` WIT package)
+    /// that operators in any language build against, or write it to a
+    /// directory to vendor it (e.g. `--out wit/deps/xcs`).
+    Wit {
+        /// Write `operator.wit` into this directory (made if missing)
+        /// instead of printing it.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Check a graph file without running anything.
     Check {
         /// The graph (.toml).
@@ -299,6 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Inspect { operator, json } => inspect(&operator, json).await,
+            Command::Wit { out } => wit(out.as_deref()),
             Command::Call {
                 operator,
                 input,
@@ -363,6 +373,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// The contract, as this build of xcs implements it.
+const OPERATOR_WIT: &str = include_str!("../../../wit/operator.wit");
+
+fn wit(out: Option<&Path>) -> anyhow::Result<()> {
+    let Some(dir) = out else {
+        return io::write_out(format_args!("{OPERATOR_WIT}"), false);
+    };
+    std::fs::create_dir_all(dir).map_err(|source| Error::io(dir, source))?;
+    let path = dir.join("operator.wit");
+    io::write_file(&path, OPERATOR_WIT.as_bytes())?;
+    errln!("wrote {}", path.display());
+    Ok(())
 }
 
 async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {

@@ -1392,3 +1392,33 @@ fn input_is_bounded_while_it_is_parsed_and_must_be_utf8() {
     );
     run.assert_error(4, "validation", &["not UTF-8"]);
 }
+
+/// `xcs wit` prints the contract this build implements, byte for byte the
+/// repository's `wit/operator.wit`; `--out DIR` writes it there to vendor,
+/// making the directory; a directory that cannot be made is an `io` error.
+#[test]
+fn wit_prints_and_writes_the_contract() {
+    let contract = include_str!("../../../wit/operator.wit");
+    let printed = xcs(&["wit"]);
+    assert_eq!(printed.code, 0, "{}", printed.stderr);
+    assert_eq!(printed.stdout, contract);
+    assert!(printed.stdout.contains("package xcs:operator@0.1.0;"));
+
+    let scratch = Scratch::new();
+    let dir = scratch.path().join("wit").join("deps").join("xcs");
+    let written = xcs_with_stdin(&["wit", "--out", &dir.to_string_lossy()], None, &scratch);
+    assert_eq!(written.code, 0, "{}", written.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("operator.wit")).expect("written"),
+        contract
+    );
+
+    let blocked = scratch.file("a-file", b"not a directory");
+    let refused = xcs(&["wit", "--out", &format!("{blocked}/deps")]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.first_stderr_line().starts_with("error[io]"),
+        "{}",
+        refused.stderr
+    );
+}
