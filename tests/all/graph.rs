@@ -548,22 +548,7 @@ async fn a_spinning_guest_does_not_starve_other_tasks() {
 /// swallowed: it reaches the caller of `run`, as it would a direct call's.
 #[tokio::test]
 async fn a_panicking_capability_in_a_node_panics_the_run_not_silently() {
-    let capability = xcs::Capability::new(latency::INTERFACE).func(
-        "sleep",
-        |(_ms,): (u32,)| -> Result<(), xcs::BoxError> {
-            panic!("the embedder's capability panicked")
-        },
-    );
-    let host = Host::builder().grant(capability).build().unwrap();
-    let wait = load(&host, xcs_tests::WAIT).await;
-    let plan = Graph::new()
-        .node(Node::new("w", "wait").arg("ms", Source::literal(json!(1))))
-        .output("w", Source::node("w"))
-        .check(&Operators::new().with(wait))
-        .unwrap();
-    let run = tokio::spawn(async move { plan.run(&Value::Null, &RunOptions::default()).await });
-    let error = run.await.expect_err("the run panicked");
-    assert!(error.is_panic(), "{error}");
+    let error = run_panicking_wait(RunOptions::default()).await;
     let panic = error.into_panic();
     let message = panic
         .downcast_ref::<&str>()
@@ -663,10 +648,18 @@ async fn bound_one_keeps_every_guarantee() {
     assert_eq!(report.outputs.get("after"), Some(&json!("Y")));
 
     // A panic in the node's call reaches the run's caller.
-    let capability = xcs::Capability::new(latency::INTERFACE)
-        .func("sleep", |(_ms,): (u32,)| -> Result<(), xcs::BoxError> {
-            panic!("panicked at bound one")
-        });
+    run_panicking_wait(one).await;
+}
+
+/// Runs a one-node graph whose `wait` calls a capability that panics, in
+/// a task of its own; the task's panic, which the run must not swallow.
+async fn run_panicking_wait(options: RunOptions) -> tokio::task::JoinError {
+    let capability = xcs::Capability::new(latency::INTERFACE).func(
+        "sleep",
+        |(_ms,): (u32,)| -> Result<(), xcs::BoxError> {
+            panic!("the embedder's capability panicked")
+        },
+    );
     let host = Host::builder().grant(capability).build().unwrap();
     let wait = load(&host, xcs_tests::WAIT).await;
     let plan = Graph::new()
@@ -674,9 +667,10 @@ async fn bound_one_keeps_every_guarantee() {
         .output("w", Source::node("w"))
         .check(&Operators::new().with(wait))
         .unwrap();
-    let run = tokio::spawn(async move { plan.run(&Value::Null, &one).await });
+    let run = tokio::spawn(async move { plan.run(&Value::Null, &options).await });
     let error = run.await.expect_err("the run panicked");
     assert!(error.is_panic(), "{error}");
+    error
 }
 
 /// A chain of 100,000 nodes checks and runs (nothing recurses along it),
