@@ -660,13 +660,16 @@ async fn run_panicking_wait(options: RunOptions) -> tokio::task::JoinError {
             panic!("the embedder's capability panicked")
         },
     );
-    let host = Host::builder().grant(capability).build().unwrap();
+    let host = Host::builder()
+        .grant(capability)
+        .build()
+        .expect("a host with the capability");
     let wait = load(&host, xcs_tests::WAIT).await;
     let plan = Graph::new()
         .node(Node::new("w", "wait").arg("ms", Source::literal(json!(1))))
         .output("w", Source::node("w"))
         .check(&Operators::new().with(wait))
-        .unwrap();
+        .expect("the graph checks");
     let run = tokio::spawn(async move { plan.run(&Value::Null, &options).await });
     let error = run.await.expect_err("the run panicked");
     assert!(error.is_panic(), "{error}");
