@@ -158,10 +158,10 @@ pub enum Error {
         operator: String,
         /// The trap's cause.
         message: String,
-        /// What the guest wrote to stderr before trapping, and its
-        /// error-level log messages, in order and truncated (a Rust panic
-        /// message lands here, by stderr or, from a component without
-        /// WASI, by the SDK's panic hook and the log).
+        /// What the guest wrote to stderr before trapping, truncated, then
+        /// its last error-level log message (a Rust panic message lands
+        /// here, by stderr or, from a component without WASI, by the SDK's
+        /// panic hook and the log).
         guest_stderr: String,
     },
 

@@ -106,6 +106,9 @@ pub(crate) struct StoreState {
     log: LogState,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
+    /// The guest's last error-level log message, at most
+    /// [`LAST_ERROR_BYTES`]: what a trap without stderr can say.
+    last_error_log: Option<String>,
     /// What a composite's `compose` calls go to; `None` for a call that
     /// is not a composite's run or trace.
     composer: Option<Box<dyn Composer>>,
@@ -131,12 +134,12 @@ impl bindings::xcs::operator::host::Host for StoreState {
     fn log(&mut self, level: Level, message: String) {
         let level = LogLevel::from(level);
         self.log.record(level, &message);
-        // Error-level messages are also part of the output a `trap` error
-        // quotes: a lean component (no WASI, so no stderr) reports its
-        // panic message this way (see `xcs_guest`'s panic hook).
+        // The last error-level message is quoted by a `trap` error with
+        // the stderr: a lean component (no WASI, so no stderr) reports its
+        // panic message this way (see `xcs_guest`'s panic hook). Kept apart
+        // from stderr so that neither crowds the other out of its cap.
         if level == LogLevel::Error {
-            self.stderr.keep(message.as_bytes());
-            self.stderr.keep(b"\n");
+            self.last_error_log = Some(truncated(message, LAST_ERROR_BYTES));
         }
     }
 }
@@ -258,6 +261,21 @@ impl ResourceLimiter for Limiter {
     fn instances(&self) -> usize {
         self.max_instances
     }
+}
+
+/// The most of the last error-level log message a trap error quotes.
+const LAST_ERROR_BYTES: usize = 4096;
+
+/// `message` cut to at most `max` bytes, on a character boundary.
+fn truncated(message: String, max: usize) -> String {
+    if message.len() <= max {
+        return message;
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].to_owned()
 }
 
 /// A guest output stream (stdout or stderr) that keeps the first bytes up
@@ -469,6 +487,7 @@ impl StoreState {
             },
             stdout,
             stderr,
+            last_error_log: None,
             composer: None,
             seat,
         }
@@ -515,8 +534,19 @@ impl StoreState {
     }
 
     /// What the guest wrote to stderr (within the budget).
+    /// What a `trap` error quotes: the captured stderr, then the last
+    /// error-level log message when stderr does not already hold it.
     pub(crate) fn stderr_text(&self) -> String {
-        self.stderr.text()
+        let mut text = self.stderr.text();
+        if let Some(last) = &self.last_error_log
+            && !text.contains(last.as_str())
+        {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(last);
+        }
+        text
     }
 
     /// Reports what the guest wrote and what was dropped, once the call is
@@ -545,5 +575,19 @@ impl StoreState {
                 "guest log messages over the log budget were dropped"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncated("short".to_owned(), 10), "short");
+        assert_eq!(truncated("abcdef".to_owned(), 3), "abc");
+        // 'é' is two bytes: a cut inside it goes back to before it.
+        assert_eq!(truncated("aé".to_owned(), 2), "a");
+        assert_eq!(truncated("é".to_owned(), 0), "");
     }
 }
