@@ -207,6 +207,8 @@ async fn panic_lean() {
         text.contains("panicked at") && text.contains("this lean operator always panics"),
         "a component without stderr carries its panic message through the log: {error}"
     );
+    // The 5,000 error lines before it (past the log budget) are not quoted.
+    assert!(!text.contains("error line 4999"), "{error}");
     assert_healthy(&host).await;
 }
 
