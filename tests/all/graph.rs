@@ -337,16 +337,7 @@ async fn the_graph_deadline_interrupts_a_spinning_node_and_cancels_the_rest() {
         problems(&plan, &ops),
         vec!["node `later`: parameter `n` is bound twice".to_owned()]
     );
-    let plan = Graph::new()
-        .node(Node::new("spin", "spin"))
-        .node(Node::new("loud", "upper").arg("text", Source::literal(json!("x"))))
-        .output("loud", Source::node("loud"))
-        .check(&ops)
-        .unwrap();
-    let options = RunOptions::default()
-        .timeout(Duration::from_millis(300))
-        .limits(Limits::default());
-    let report = plan.run(&Value::Null, &options).await;
+    let report = run_spin_and_loud(&ops, RunOptions::default()).await;
     assert_eq!(report.node("spin").unwrap().status, NodeStatus::Cancelled);
     assert_eq!(
         report.node("loud").unwrap().status,
@@ -358,6 +349,21 @@ async fn the_graph_deadline_interrupts_a_spinning_node_and_cancels_the_rest() {
         error.to_string(),
         "graph timed out after 300ms; still running: spin"
     );
+}
+
+/// Runs a spinning node beside an independent `upper` under a 300 ms graph
+/// deadline and no per-call limits beyond the defaults.
+async fn run_spin_and_loud(ops: &Operators, options: RunOptions) -> xcs::graph::RunReport {
+    let plan = Graph::new()
+        .node(Node::new("spin", "spin"))
+        .node(Node::new("loud", "upper").arg("text", Source::literal(json!("x"))))
+        .output("loud", Source::node("loud"))
+        .check(ops)
+        .expect("the graph checks");
+    let options = options
+        .timeout(Duration::from_millis(300))
+        .limits(Limits::default());
+    plan.run(&Value::Null, &options).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,17 +613,7 @@ async fn bound_one_keeps_every_guarantee() {
     // The deadline interrupts the node the coordinator is running; the
     // node waiting for the slot never starts.
     let ops = operators(&host()).await;
-    let plan = Graph::new()
-        .node(Node::new("spin", "spin"))
-        .node(Node::new("loud", "upper").arg("text", Source::literal(json!("x"))))
-        .output("loud", Source::node("loud"))
-        .check(&ops)
-        .unwrap();
-    let options = one
-        .clone()
-        .timeout(Duration::from_millis(300))
-        .limits(Limits::default());
-    let report = plan.run(&Value::Null, &options).await;
+    let report = run_spin_and_loud(&ops, one.clone()).await;
     assert_eq!(report.node("spin").unwrap().status, NodeStatus::Cancelled);
     assert_eq!(report.node("loud").unwrap().status, NodeStatus::Cancelled);
     let error = expect_kind(report.into_result(), ErrorKind::Timeout);

@@ -282,7 +282,7 @@ impl<'a> Run<'a> {
                 }
                 Step::Slot(permit) => {
                     if let Some(index) = self.ready.pop_front() {
-                        self.start(index, Some(permit));
+                        self.start(index, permit);
                     }
                     None
                 }
@@ -364,59 +364,69 @@ impl<'a> Run<'a> {
     /// at once (a map's element calls take run slots of their own), a
     /// single call when a run slot is free, else in its turn.
     fn spawn(&mut self, index: usize) {
-        let single = self.graph_node(index).map.is_none() && !self.operator(index).is_composite();
-        if single {
-            match self.shared.run_slots.try_acquire_owned() {
-                Some(permit) => {
-                    // Ready nodes that waited go first, in this free slot.
-                    self.ready.push_back(index);
-                    if let Some(first) = self.ready.pop_front() {
-                        self.start(first, Some(permit));
-                    }
-                }
-                None => self.ready.push_back(index),
-            }
-            return;
+        if self.operator(index).is_composite() {
+            return self.start_composite(index);
         }
-        self.start_unbounded(index);
+        if let Some(map) = &self.graph_node(index).map {
+            let bound = map.max_concurrency.unwrap_or(self.max_concurrency).max(1);
+            let map = (map.param.clone(), bound);
+            return self.start_map(index, map);
+        }
+        match self.shared.run_slots.try_acquire_owned() {
+            Some(permit) => {
+                // Ready nodes that waited go first, in this free slot.
+                self.ready.push_back(index);
+                if let Some(first) = self.ready.pop_front() {
+                    self.start(first, permit);
+                }
+            }
+            None => self.ready.push_back(index),
+        }
     }
 
-    /// The input of node `index`, from the values it depends on.
-    fn input(&self, index: usize) -> Map<String, Value> {
-        self.args(index)
+    /// Marks node `index` running: its input, from the values it depends
+    /// on, and its tracing span.
+    fn begin(&mut self, index: usize) -> (Map<String, Value>, tracing::Span) {
+        self.running[index] = true;
+        let input = self
+            .args(index)
             .iter()
             .map(|(name, resolved)| {
                 let value = resolve_value(resolved, &self.inputs, &self.outputs);
                 (name.clone(), value)
             })
-            .collect()
+            .collect();
+        let node = self.graph_node(index);
+        let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
+        (input, span)
     }
 
-    /// Spawns the single-call node `index` in the run slot `permit` (or,
-    /// without one, to wait for a slot in its task).
-    fn start(&mut self, index: usize, permit: Option<OwnedSemaphorePermit>) {
-        self.running[index] = true;
-        let input = self.input(index);
-        let node = self.graph_node(index);
-        let id = node.id.clone();
-        let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
-        let call = NodeCall {
+    /// What node `index` calls, and how.
+    fn node_call(&self, index: usize) -> NodeCall {
+        NodeCall {
             operator: self.operator(index).clone(),
             policy: self.policy(index).clone(),
             limits: self.limits(index),
-        };
-        let shared = self.shared.clone();
+        }
+    }
+
+    /// Runs the single-call node `index` in the run slot `permit`.
+    fn start(&mut self, index: usize, permit: OwnedSemaphorePermit) {
+        let (input, span) = self.begin(index);
+        let call = self.node_call(index);
         // Inline only what cannot block the coordinator: an embedder's
         // capability may be a synchronous function that blocks its thread
         // (and with it the run's deadline); xcs's own and WASI's imports
         // never do.
-        let own_imports_only = call
-            .operator
-            .imports()
-            .iter()
-            .all(|import| import.starts_with("xcs:operator/") || import.starts_with("wasi:"));
-        let node = run_node(shared, index, id, call, input, permit).instrument(span);
-        if self.max_concurrency == 1 && self.inline.is_none() && own_imports_only {
+        let inline =
+            self.max_concurrency == 1
+                && self.inline.is_none()
+                && call.operator.imports().iter().all(|import| {
+                    import.starts_with("xcs:operator/") || import.starts_with("wasi:")
+                });
+        let id = self.graph_node(index).id.clone();
+        let node = run_node(self.shared.clone(), index, id, call, input, permit).instrument(span);
+        if inline {
             self.inline = Some(Box::pin(node));
             return;
         }
@@ -424,42 +434,22 @@ impl<'a> Run<'a> {
         self.task_nodes.insert(task.id(), index);
     }
 
-    /// Spawns node `index`, a composite or a map node.
-    fn start_unbounded(&mut self, index: usize) {
-        let Some(map) = self.graph_node(index).map.clone() else {
-            if !self.operator(index).is_composite() {
-                // A single call: its task waits for its run slot.
-                return self.start(index, None);
-            }
-            let input = self.input(index);
-            self.running[index] = true;
-            let node = self.graph_node(index);
-            let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
-            let operator = self.operator(index).clone();
-            return self.spawn_composite(index, operator, Value::Object(input), span);
-        };
-        self.running[index] = true;
-        let input = self.input(index);
-        let node = self.graph_node(index);
-        let id = node.id.clone();
-        let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
-        let operator = self.operator(index).clone();
-        if operator.is_composite() {
-            self.spawn_composite(index, operator, Value::Object(input), span);
-            return;
-        }
-        let call = NodeCall {
-            operator,
-            policy: self.policy(index).clone(),
-            limits: self.limits(index),
-        };
-        let shared = self.shared.clone();
-        let bound = map.max_concurrency.unwrap_or(self.max_concurrency).max(1);
-        let map = (map.param.clone(), bound);
+    /// Spawns the map node `index`: `(param, bound)` of its elements.
+    fn start_map(&mut self, index: usize, map: (String, usize)) {
+        let (input, span) = self.begin(index);
+        let call = self.node_call(index);
+        let id = self.graph_node(index).id.clone();
         let task = self
             .tasks
-            .spawn(run_map_node(shared, index, id, call, input, map).instrument(span));
+            .spawn(run_map_node(self.shared.clone(), index, id, call, input, map).instrument(span));
         self.task_nodes.insert(task.id(), index);
+    }
+
+    /// Starts the composite node `index` (see `composites.rs`).
+    fn start_composite(&mut self, index: usize) {
+        let (input, span) = self.begin(index);
+        let operator = self.operator(index).clone();
+        self.spawn_composite(index, operator, Value::Object(input), span);
     }
 
     /// Node `index` cannot run: `failed` (a node it depends on) failed.

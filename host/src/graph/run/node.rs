@@ -175,10 +175,16 @@ pub(super) async fn run_node(
     id: String,
     call: NodeCall,
     input: Map<String, Value>,
-    run_permit: Option<OwnedSemaphorePermit>,
+    run_permit: OwnedSemaphorePermit,
 ) -> NodeOutcome {
-    let (result, record) =
-        bounded_call(&shared, &call, &Value::Object(input), None, run_permit).await;
+    let (result, record) = bounded_call(
+        &shared,
+        &call,
+        &Value::Object(input),
+        None,
+        Some(run_permit),
+    )
+    .await;
     NodeOutcome {
         index,
         result: result.map_err(|error| node_error(&id, error, None)),
