@@ -108,6 +108,11 @@ fn main() {
                 .join("wasm32-wasip2")
                 .join("release")
                 .join(format!("{ident}.wasm"));
+            assert!(
+                is_component(&wasip2),
+                "{} is missing or not a component",
+                wasip2.display()
+            );
             generated.push_str(&format!(
                 "/// Path of the `{operator}` operator built for wasm32-wasip2, not lean.\n\
                  pub const {}_WASIP2: &str = {:?};\n",

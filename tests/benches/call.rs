@@ -324,14 +324,15 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        // Closing its stdin ends it.
+        // Between batches it only waits on its stdin: nothing to lose.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 struct Results {
-    calls: std::collections::HashMap<&'static str, Timed>,
+    /// Per variant, in the order of [`VARIANTS`] (`variant as usize`).
+    calls: Vec<Timed>,
     /// Calls per variant.
     calls_per_variant: usize,
     /// Whether the Extism peer ran.
@@ -346,20 +347,6 @@ struct Results {
     hosts_built: usize,
     /// Epoch ticker threads still running once every host was dropped.
     leaked_tickers: usize,
-}
-
-fn name(variant: Variant) -> &'static str {
-    match variant {
-        Variant::XcsLean => "xcs lean",
-        Variant::XcsWasi => "xcs wasi",
-        Variant::BareLean => "bare lean",
-        Variant::BareWasi => "bare wasi",
-        Variant::OldWasi => "old wasi",
-        Variant::Minimal => "minimal",
-        Variant::Reused => "reused",
-        Variant::ExtismFresh => "extism fresh",
-        Variant::ExtismReused => "extism reused",
-    }
 }
 
 async fn measure(plan: &Plan, lean: &[u8], wasi: &[u8], cache_dir: &Path) -> Result<Results> {
@@ -406,16 +393,11 @@ async fn measure(plan: &Plan, lean: &[u8], wasi: &[u8], cache_dir: &Path) -> Res
     }
 
     let batch = plan.calls_per_batch;
-    let mut calls: std::collections::HashMap<&'static str, Timed> = VARIANTS
-        .iter()
-        .map(|variant| (name(*variant), Timed::default()))
-        .collect();
+    let mut calls: Vec<Timed> = VARIANTS.iter().map(|_| Timed::default()).collect();
     for round in 0..plan.call_rounds {
         for offset in 0..VARIANTS.len() {
             let variant = VARIANTS[(round + offset) % VARIANTS.len()];
-            let timed = calls
-                .get_mut(name(variant))
-                .expect("every variant has an entry");
+            let timed = &mut calls[variant as usize];
             let (samples, faults) = (&mut timed.samples, &mut timed.faults);
             match variant {
                 Variant::XcsLean => {
@@ -625,7 +607,7 @@ fn print_report(plan: &Plan, lean: &[u8], wasi: &[u8], results: &Results) {
         println!("| {name} | {} | {ratio} |", samples.summary());
     };
     let per_call = results.calls_per_variant;
-    let timed = |variant| &results.calls[name(variant)];
+    let timed = |variant: Variant| &results.calls[variant as usize];
     let median = |variant| timed(variant).samples.median();
     let faults = |variant| timed(variant).faults_per_call(per_call);
     let (bare_lean, bare, old) = (
