@@ -52,31 +52,66 @@ pub(crate) fn check(bytes: &[u8], limits: &LoadLimits) -> Result<(), String> {
                 limits.max_function_locals
             ));
         }
+        // Loops nested deep cost Cranelift superlinear time, and more the
+        // more locals each loop header carries (see `LoadLimits`).
+        let loop_bound = limits
+            .max_loop_nesting
+            .min(u32::try_from(limits.max_loop_locals / count.max(1)).unwrap_or(u32::MAX));
         // Every operator that opens a block takes two bytes at least (its
         // opcode and block type): a shorter body cannot nest too deep.
-        if size < 2 * (u64::from(limits.max_function_nesting) + 1) {
+        let bound = limits.max_function_nesting.min(loop_bound);
+        if size < 2 * (u64::from(bound) + 1) {
             continue;
         }
         let Ok(operators) = body.get_operators_reader() else {
             continue;
         };
-        let mut depth: u32 = 0;
+        // Whether each open block is a loop; at most `max_function_nesting`
+        // long.
+        let mut open: Vec<bool> = Vec::new();
+        let mut loops: u32 = 0;
         for operator in operators {
-            match operator {
-                Ok(Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. })
-                | Ok(Operator::TryTable { .. } | Operator::Try { .. }) => {
-                    depth += 1;
-                    if depth > limits.max_function_nesting {
-                        return Err(format!(
-                            "function {functions} nests blocks more than {} deep \
-                             (LoadLimits::max_function_nesting)",
-                            limits.max_function_nesting
-                        ));
+            let is_loop = match operator {
+                Ok(Operator::Loop { .. }) => true,
+                Ok(
+                    Operator::Block { .. }
+                    | Operator::If { .. }
+                    | Operator::TryTable { .. }
+                    | Operator::Try { .. },
+                ) => false,
+                Ok(Operator::End) => {
+                    if open.pop() == Some(true) {
+                        loops -= 1;
                     }
+                    continue;
                 }
-                Ok(Operator::End) => depth = depth.saturating_sub(1),
-                Ok(_) => {}
+                Ok(_) => continue,
                 Err(_) => break,
+            };
+            if open.len() >= limits.max_function_nesting as usize {
+                return Err(format!(
+                    "function {functions} nests blocks more than {} deep \
+                     (LoadLimits::max_function_nesting)",
+                    limits.max_function_nesting
+                ));
+            }
+            open.push(is_loop);
+            if is_loop {
+                loops += 1;
+                if loops > limits.max_loop_nesting {
+                    return Err(format!(
+                        "function {functions} nests loops more than {} deep \
+                         (LoadLimits::max_loop_nesting)",
+                        limits.max_loop_nesting
+                    ));
+                }
+                if u64::from(loops) * count > limits.max_loop_locals {
+                    return Err(format!(
+                        "function {functions} nests {loops} loops over {count} locals: \
+                         loops times locals is at most {} (LoadLimits::max_loop_locals)",
+                        limits.max_loop_locals
+                    ));
+                }
             }
         }
     }
