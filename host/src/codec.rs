@@ -187,6 +187,7 @@ mod tests {
             .map(|(name, ty)| Param {
                 name: (*name).into(),
                 ty: ty.clone(),
+                wit: ty.to_string(),
             })
             .collect()
     }

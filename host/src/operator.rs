@@ -23,6 +23,7 @@ use crate::types::Signature;
 
 pub(crate) mod load;
 mod shape;
+mod wit;
 
 /// What an operator says about itself (its `metadata` export).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]

@@ -314,12 +314,29 @@ impl fmt::Display for WitType {
 pub struct Param {
     /// The parameter's name, as in the WIT (kebab-case).
     pub name: String,
-    /// Its type.
-    #[serde(rename = "type", serialize_with = "display")]
+    /// Its type, structural: what an argument must look like.
+    #[serde(skip)]
     pub ty: WitType,
+    /// Its type as the operator's WIT spells it: records, variants, enums
+    /// and flags by name (`stats`), defined in [`Signature::types`].
+    /// Structural, like `ty`, when the component's WIT could not be read.
+    #[serde(rename = "type")]
+    pub wit: String,
+}
+
+/// A named type of an operator's signature, as WIT defines it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct TypeDefinition {
+    /// Its name (`stats`).
+    pub name: String,
+    /// Its definition (`record stats { words: u32, lines: u32 }`).
+    pub definition: String,
 }
 
 /// The signature of an operator's `invoke` export.
+///
+/// Printed, it is WIT: `func(text: string) -> result<stats, error>`, with
+/// the named types in [`types`](Self::types).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Signature {
     /// Parameters in order.
@@ -327,23 +344,25 @@ pub struct Signature {
     /// The `ok` type of `invoke`'s `result<T, error>`; `None` when it
     /// returns nothing.
     pub result: Option<WitType>,
+    /// `result` as the operator's WIT spells it (see [`Param::wit`]).
+    pub result_wit: Option<String>,
+    /// The records, variants, enums, flags and aliases the signature names
+    /// (the contract's `error` aside), each after the ones it uses; empty
+    /// when it names none or the component's WIT could not be read.
+    pub types: Vec<TypeDefinition>,
 }
 
 impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("func(")?;
         write_list(f, &self.params, |f, param| {
-            write!(f, "{}: {}", param.name, param.ty)
+            write!(f, "{}: {}", param.name, param.wit)
         })?;
-        match &self.result {
+        match &self.result_wit {
             Some(result) => write!(f, ") -> result<{result}, error>"),
             None => f.write_str(") -> result<_, error>"),
         }
     }
-}
-
-fn display<S: serde::Serializer>(ty: &WitType, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(ty)
 }
 
 #[cfg(test)]
@@ -385,8 +404,11 @@ mod tests {
             params: vec![Param {
                 name: "xs".into(),
                 ty: WitType::List(Box::new(WitType::S64)),
+                wit: "list<s64>".into(),
             }],
             result: None,
+            result_wit: None,
+            types: Vec::new(),
         };
         assert_eq!(
             signature.to_string(),

@@ -163,11 +163,30 @@ pub fn takes_a_resource() -> String {
   (type $r' (resource (rep i32)))
   (export $r "thing" (type $r'))
   (func (export "invoke") (param "thing" (own $r)) (result (result (error $error)))
-    (canon lift (core func $i "ok") {LIFT})))"#,
-        core = core_module("", ""),
+    (canon lift (core func $i "take") {LIFT})))"#,
+        core = core_module("", TAKES_A_HANDLE),
         metadata = metadata_export(),
     )
 }
+
+/// A component whose `invoke` takes a handle to a resource of an interface
+/// it imports (which no embedder granted).
+pub fn takes_an_imported_resource() -> String {
+    format!(
+        r#"(component {TYPES_IMPORT}
+  (import "test:things/things" (instance $things (export "thing" (type (sub resource)))))
+  (alias export $things "thing" (type $r))
+  {core} {metadata}
+  (func (export "invoke") (param "thing" (own $r)) (result (result (error $error)))
+    (canon lift (core func $i "take") {LIFT})))"#,
+        core = core_module("", TAKES_A_HANDLE),
+        metadata = metadata_export(),
+    )
+}
+
+/// A core function taking a handle (an i32) and returning `ok`.
+const TAKES_A_HANDLE: &str = r#"(func (export "take") (param i32) (result i32)
+    (i32.store8 (i32.const 128) (i32.const 0)) (i32.const 128))"#;
 
 /// A component whose core module traps in its start function, so every
 /// instantiation (the load's `metadata` call included) traps.

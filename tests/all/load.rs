@@ -206,18 +206,26 @@ async fn component_without_the_contract() {
     assert_healthy(&host).await;
 }
 
+/// A resource in `invoke`'s signature is a contract error saying so,
+/// whether the component defines the resource or imports the interface
+/// that does (not a capability error: no grant would make it callable).
 #[tokio::test]
 async fn resource_parameters_are_a_contract_error() {
-    let error = expect_kind(
-        load_wat(&host(), &fixtures::takes_a_resource()).await,
-        ErrorKind::Contract,
-    );
-    assert!(
-        error
-            .to_string()
-            .contains("`invoke` parameter `thing` uses resource handles"),
-        "{error}"
-    );
+    let host = host();
+    for (fixture, wat) in [
+        ("own", fixtures::takes_a_resource()),
+        ("imported", fixtures::takes_an_imported_resource()),
+    ] {
+        let error = expect_kind(load_wat(&host, &wat).await, ErrorKind::Contract);
+        let text = error.to_string();
+        assert!(
+            text.contains("`invoke` takes or returns the resource `thing`")
+                && text.contains("resources are not supported in operator signatures"),
+            "{fixture}: {error}"
+        );
+        assert!(!text.contains("Capability"), "{fixture}: {error}");
+    }
+    assert_healthy(&host).await;
 }
 
 /// Sockets are linked inert, as the filesystem is without preopens: an

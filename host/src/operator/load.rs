@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 
+use super::wit::{Invoke, Spelling};
 use super::{Metadata, Operator, OperatorInner};
 use crate::disk_cache::{Lookup, hex};
 use crate::error::{self, Error, SharedError};
@@ -69,9 +70,10 @@ pub(crate) async fn load(
     source_name: &str,
 ) -> Result<Operator, Error> {
     check_header(&bytes, source_name)?;
+    let spelling = read_wit(&bytes, source_name)?;
     let imports = check_imports(runtime, &bytes, source_name)?;
     let component = compile(runtime, bytes, digest, source_name).await?;
-    let (signature, invoke) = read_contract(runtime, &component, source_name)?;
+    let (signature, invoke) = read_contract(runtime, &component, source_name, spelling)?;
     let (pre, bindings_pre) = link(runtime, &component, source_name)?;
     let metadata = read_metadata(runtime, bindings_pre, source_name).await?;
     tracing::debug!(operator = %metadata.name, %signature, "loaded");
@@ -125,6 +127,25 @@ fn check_header(bytes: &[u8], source_name: &str) -> Result<(), Error> {
             format!(
                 "not a WebAssembly binary ({} bytes, no `\\0asm` header)",
                 bytes.len()
+            ),
+            None,
+        )),
+    }
+}
+
+/// Step 2a: `invoke` as the component's WIT spells it (the names of its
+/// types), read from the bytes; a resource in it is refused here, before
+/// the imports that define it are (an embedder's grant would not help).
+fn read_wit(bytes: &[u8], source_name: &str) -> Result<Option<Spelling>, Error> {
+    match super::wit::read(bytes) {
+        Invoke::Spelled(spelling) => Ok(Some(spelling)),
+        Invoke::Unknown => Ok(None),
+        Invoke::Resource(resource) => Err(contract(
+            source_name,
+            format!(
+                "`invoke` takes or returns the resource `{resource}`: resources are not \
+                 supported in operator signatures (every call runs in a fresh instance, \
+                 so no handle outlives it); pass plain data: records, lists, strings"
             ),
             None,
         )),
@@ -316,6 +337,7 @@ fn read_contract(
     runtime: &Runtime,
     component: &Component,
     source_name: &str,
+    spelling: Option<Spelling>,
 ) -> Result<(Signature, ComponentExportIndex), Error> {
     let contract = |reason: String| contract(source_name, reason, None);
     let Some(ComponentItem::ComponentFunc(invoke_type)) = component
@@ -339,6 +361,7 @@ fn read_contract(
         })?;
         params.push(Param {
             name: name.to_owned(),
+            wit: ty.to_string(),
             ty,
         });
     }
@@ -377,7 +400,24 @@ fn read_contract(
     let invoke = component
         .get_export_index(None, "invoke")
         .ok_or_else(|| contract("`invoke` export has no index".into()))?;
-    Ok((Signature { params, result }, invoke))
+    let mut signature = Signature {
+        result_wit: result.as_ref().map(ToString::to_string),
+        params,
+        result,
+        types: Vec::new(),
+    };
+    // The names, where the WIT read agrees with the compiled component.
+    if let Some(spelling) = spelling
+        && spelling.params.len() == signature.params.len()
+        && spelling.result.is_some() == signature.result.is_some()
+    {
+        for (param, wit) in signature.params.iter_mut().zip(spelling.params) {
+            param.wit = wit;
+        }
+        signature.result_wit = spelling.result;
+        signature.types = spelling.types;
+    }
+    Ok((signature, invoke))
 }
 
 /// Whether `ty` is the contract's `error` record.
