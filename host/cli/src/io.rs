@@ -226,6 +226,19 @@ impl fmt::Display for StdoutClosed {
 
 impl std::error::Error for StdoutClosed {}
 
+/// A command given what it cannot use (exit code 2, as clap's own usage
+/// errors), said in words.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// Writes `text` to stdout (and a newline with `newline`), flushed: a
 /// closed pipe is [`StdoutClosed`], another failure (a full disk) an `io`
 /// error.

@@ -4,6 +4,7 @@
 #[macro_use]
 mod io;
 mod graphs;
+mod new;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -116,6 +117,22 @@ enum Command {
         /// instead of printing it.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+    },
+    /// Write a new operator project (Rust, Python or JavaScript) that
+    /// builds with the language's standard tool and loads as it is.
+    New {
+        /// The operator's name, kebab-case (`word-count`).
+        name: String,
+        /// The language of the project.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: new::Lang,
+        /// Where to write it (default: ./<name>); must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The guest SDK for a Rust project (the guest-sdk directory of an
+        /// xcs checkout; default: the one this xcs was built from).
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<PathBuf>,
     },
     /// Check a graph file without running anything.
     Check {
@@ -270,6 +287,7 @@ fn main() -> ExitCode {
         Err(error) => {
             let (kind, code) = match error.downcast_ref::<Error>() {
                 Some(xcs_error) => (xcs_error.kind().as_str(), exit_code(xcs_error.kind())),
+                None if error.is::<io::Usage>() => ("usage", 2),
                 None => ("io", 1),
             };
             // One line with the kind, then the causes; what a guest wrote
@@ -309,6 +327,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Inspect { operator, json } => inspect(&operator, json).await,
             Command::Wit { out } => wit(out.as_deref()),
+            Command::New {
+                name,
+                lang,
+                dir,
+                sdk,
+            } => new::new(&name, lang, dir.as_deref(), sdk.as_deref()),
             Command::Call {
                 operator,
                 input,
@@ -375,16 +399,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-/// The contract, as this build of xcs implements it.
-const OPERATOR_WIT: &str = include_str!("../../../wit/operator.wit");
-
+/// `xcs wit`: the contract, as this build of xcs implements it, printed
+/// or written into `out`.
 fn wit(out: Option<&Path>) -> anyhow::Result<()> {
     let Some(dir) = out else {
-        return io::write_out(format_args!("{OPERATOR_WIT}"), false);
+        return io::write_out(format_args!("{}", new::OPERATOR_WIT), false);
     };
     std::fs::create_dir_all(dir).map_err(|source| Error::io(dir, source))?;
     let path = dir.join("operator.wit");
-    io::write_file(&path, OPERATOR_WIT.as_bytes())?;
+    io::write_file(&path, new::OPERATOR_WIT.as_bytes())?;
     errln!("wrote {}", path.display());
     Ok(())
 }
@@ -402,7 +425,8 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
             "deterministic": metadata.deterministic,
             "composite": operator.is_composite(),
             "params": signature.params,
-            "result": signature.result.as_ref().map(ToString::to_string),
+            "result": signature.result_wit,
+            "types": signature.types,
             "signature": signature.to_string(),
             "imports": operator.imports(),
             "digest": operator.digest(),
@@ -417,14 +441,23 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
             "deterministic: {}",
             if metadata.deterministic { "yes" } else { "no" }
         )?;
-        outln!("invoke:        {signature}")?;
+        // A guest names its types: printable.
+        outln!("invoke:        {}", io::printable(&signature.to_string()))?;
+        if !signature.types.is_empty() {
+            outln!("types:")?;
+            for ty in &signature.types {
+                outln!("  {}", io::printable(&ty.definition))?;
+            }
+        }
         if operator.is_composite() {
             // What it calls depends on its input: `xcs trace` shows it.
             outln!("composite:     yes (calls operators by name; `xcs trace` shows which)")?;
         }
-        outln!("imports:")?;
-        for import in operator.imports() {
-            outln!("  {import}")?;
+        if !operator.imports().is_empty() {
+            outln!("imports:")?;
+            for import in operator.imports() {
+                outln!("  {}", io::printable(import))?;
+            }
         }
         outln!("digest:        {}", operator.digest())?;
     }

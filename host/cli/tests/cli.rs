@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
 
+#[path = "cli/languages.rs"]
+mod languages;
+
 /// A scratch directory, unique per test, removed on drop. The compilation
 /// cache (`XCS_CACHE_DIR`) and any input files live in it.
 #[derive(Debug)]
@@ -231,9 +234,18 @@ fn inspect_json_describes_params_result_imports_and_digest() {
         description["params"],
         serde_json::json!([{ "name": "xs", "type": "list<f64>" }])
     );
+    // Named types keep their WIT names, defined once.
+    assert_eq!(description["result"], "stats");
     assert_eq!(
-        description["result"],
-        "record { count: u32, mean: f64, min: f64, max: f64 }"
+        description["types"],
+        serde_json::json!([{
+            "name": "stats",
+            "definition": "record stats { count: u32, mean: f64, min: f64, max: f64 }",
+        }])
+    );
+    assert_eq!(
+        description["signature"],
+        "func(xs: list<f64>) -> result<stats, error>"
     );
     let imports = description["imports"]
         .as_array()

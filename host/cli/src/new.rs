@@ -1,0 +1,222 @@
+//! `xcs new`: a ready operator project in Rust, Python or JavaScript, that
+//! builds with the language's standard tool and loads without edits.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use xcs::Error;
+
+use crate::io::{self, Usage};
+
+/// The languages `xcs new` writes projects in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Lang {
+    /// A crate on the guest SDK (`xcs-guest`), built for wasm32-wasip2.
+    Rust,
+    /// componentize-py.
+    Python,
+    /// componentize-js.
+    Js,
+}
+
+/// The operator contract, as `xcs wit` prints it.
+pub(crate) const OPERATOR_WIT: &str = include_str!("../../../wit/operator.wit");
+
+/// Where this build's guest SDK is, for Rust projects: the checkout the
+/// binary was built from.
+const SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../guest-sdk");
+
+/// Where the contract goes in a Python or JavaScript project: a WIT
+/// dependency of the operator's world.
+const CONTRACT_PATH: &str = "wit/deps/xcs-operator/operator.wit";
+
+macro_rules! template {
+    ($lang:literal, $file:literal) => {
+        include_str!(concat!("../templates/", $lang, "/", $file))
+    };
+}
+
+/// (path in the project, template, executable)
+fn files(lang: Lang) -> Vec<(&'static str, &'static str, bool)> {
+    match lang {
+        Lang::Rust => vec![
+            ("Cargo.toml", template!("rust", "Cargo.toml"), false),
+            ("src/lib.rs", template!("rust", "lib.rs"), false),
+            ("build.sh", template!("rust", "build.sh"), true),
+            ("README.md", template!("rust", "README.md"), false),
+            (".gitignore", template!("rust", "gitignore"), false),
+        ],
+        Lang::Python => vec![
+            ("wit/world.wit", template!("python", "world.wit"), false),
+            (CONTRACT_PATH, OPERATOR_WIT, false),
+            ("app.py", template!("python", "app.py"), false),
+            ("build.sh", template!("python", "build.sh"), true),
+            ("README.md", template!("python", "README.md"), false),
+            (".gitignore", template!("python", "gitignore"), false),
+        ],
+        Lang::Js => vec![
+            ("wit/world.wit", template!("js", "world.wit"), false),
+            (CONTRACT_PATH, OPERATOR_WIT, false),
+            ("app.js", template!("js", "app.js"), false),
+            ("package.json", template!("js", "package.json"), false),
+            ("README.md", template!("js", "README.md"), false),
+            (".gitignore", template!("js", "gitignore"), false),
+        ],
+    }
+}
+
+/// The longest operator name (as the host's metadata check).
+const MAX_NAME_BYTES: usize = 64;
+
+/// A name is what the host accepts of an operator's metadata: kebab-case
+/// words of lowercase letters and digits, each starting with a letter. It
+/// is also the world's name (a WIT identifier), the package's and the
+/// file's, so nothing else can pass.
+fn check_name(name: &str) -> Result<(), Usage> {
+    let kebab = !name.is_empty()
+        && name.split('-').all(|word| {
+            word.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        });
+    if kebab && name.len() <= MAX_NAME_BYTES {
+        Ok(())
+    } else {
+        Err(Usage(format!(
+            "`{}` is not an operator name: kebab-case words of lowercase letters and \
+             digits, each starting with a letter (`word-count`), at most {MAX_NAME_BYTES} bytes",
+            io::printable(name)
+        )))
+    }
+}
+
+/// Writes the project for `name` into `dir` (default `./<name>`), which
+/// must not exist or be empty; Rust projects depend on the SDK at `sdk`
+/// (default: the checkout this binary was built from).
+pub(crate) fn new(
+    name: &str,
+    lang: Lang,
+    dir: Option<&Path>,
+    sdk: Option<&Path>,
+) -> anyhow::Result<()> {
+    check_name(name)?;
+    let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
+    match std::fs::read_dir(&dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Usage(format!(
+                    "{} exists and is not empty: choose another --dir",
+                    dir.display()
+                ))
+                .into());
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(Error::io(&dir, source).into()),
+    }
+    let sdk = match lang {
+        Lang::Rust => Some(sdk_path(sdk)?),
+        Lang::Python | Lang::Js => None,
+    };
+    let snake = name.replace('-', "_");
+    for (relative, template, executable) in files(lang) {
+        let text = template
+            .replace("{{name}}", name)
+            .replace("{{snake}}", &snake)
+            .replace("{{sdk}}", sdk.as_deref().unwrap_or(""));
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| Error::io(parent, source))?;
+        }
+        io::write_file(&path, text.as_bytes())?;
+        if executable {
+            make_executable(&path)?;
+        }
+    }
+    errln!(
+        "wrote {} ({}); build it as its README.md says",
+        dir.display(),
+        match lang {
+            Lang::Rust => "Rust, on the guest SDK",
+            Lang::Python => "Python, for componentize-py",
+            Lang::Js => "JavaScript, for componentize-js",
+        }
+    );
+    Ok(())
+}
+
+/// The guest SDK's directory, absolute, as a TOML string's content.
+fn sdk_path(sdk: Option<&Path>) -> anyhow::Result<String> {
+    let given = sdk.is_some();
+    let sdk = sdk.unwrap_or(Path::new(SDK_DIR));
+    let sdk = std::fs::canonicalize(sdk)
+        .ok()
+        .filter(|sdk| sdk.join("Cargo.toml").is_file())
+        .ok_or_else(|| {
+            Usage(if given {
+                format!("--sdk {}: no crate there", sdk.display())
+            } else {
+                format!(
+                    "the guest SDK this xcs was built from is gone ({}): pass --sdk \
+                     <the guest-sdk directory of an xcs checkout>",
+                    sdk.display()
+                )
+            })
+        })?;
+    let text = sdk
+        .to_str()
+        .with_context(|| format!("{} is not UTF-8", sdk.display()))?;
+    // A TOML basic string: backslashes and quotes escaped.
+    Ok(text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[cfg(unix)]
+fn make_executable(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|source| Error::io(path, source).into())
+}
+
+#[cfg(not(unix))]
+fn make_executable(_path: &Path) -> anyhow::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_kebab_case() {
+        assert!(check_name("word-count").is_ok());
+        assert!(check_name("a1-b2").is_ok());
+        for bad in [
+            "",
+            "Word",
+            "word_count",
+            "-a",
+            "a-",
+            "a--b",
+            "1a",
+            "a b",
+            "é",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn every_placeholder_is_filled() {
+        for lang in [Lang::Rust, Lang::Python, Lang::Js] {
+            for (path, template, _) in files(lang) {
+                let text = template
+                    .replace("{{name}}", "x")
+                    .replace("{{snake}}", "x")
+                    .replace("{{sdk}}", "x");
+                assert!(!text.contains("{{"), "{lang:?} {path}");
+            }
+        }
+    }
+}
