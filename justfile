@@ -36,8 +36,22 @@ demo: build-operators
     cargo build --quiet -p xcs-cli
     bash examples/demo.sh
 
-# Run every test (the operators are built by the test crate's build script).
-test: setup
+# Where the foreign toolchains are installed (a venv and an npm prefix),
+# and the tests' builds with them are cached.
+foreign := "target/foreign"
+
+# Install the toolchains the tests build Python and JavaScript operators
+# with, pinned, into target/foreign (idempotent; needs python3 and npm).
+setup-foreign:
+    @[ -x {{foreign}}/venv/bin/componentize-py ] || { \
+        python3 -m venv {{foreign}}/venv && \
+        {{foreign}}/venv/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1; }
+    @[ -x {{foreign}}/node/node_modules/.bin/componentize-js ] || \
+        npm install --silent --no-audit --no-fund --prefix {{foreign}}/node @bytecodealliance/componentize-js@0.23.0
+
+# Run every test (the operators are built by the test crate's build script;
+# the Python and JavaScript ones with the toolchains of setup-foreign).
+test: setup setup-foreign
     cargo test
 
 # Benchmarks: medians against a bare-wasmtime baseline measured in the same run.

@@ -2,10 +2,11 @@
 //! built from source with each language's standard tool (componentize-py,
 //! componentize-js, cargo) and run through the `xcs` command.
 //!
-//! The toolchains are not optional: a missing one fails these tests with
-//! the command that installs it (`.ci/run` installs them all). Builds are
-//! cached in `target/foreign/`, keyed by the sources and the tool's
-//! version, so a rerun compiles nothing.
+//! The toolchains are not optional: `just test` installs componentize-py
+//! and componentize-js, pinned, into `target/foreign/` (`just
+//! setup-foreign`), and a missing one fails these tests with the command
+//! that installs it. Builds are cached in `target/foreign/` too, keyed by
+//! the sources and the tool's version, so a rerun compiles nothing.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
@@ -41,16 +42,34 @@ impl Tool {
 
     fn install(self) -> &'static str {
         match self {
-            Tool::Python => "pip install componentize-py==0.25.1",
-            Tool::Js => "npm install -g @bytecodealliance/componentize-js@0.23.0",
-            Tool::Rust => "rustup target add wasm32-wasip2",
+            Tool::Python | Tool::Js => "just setup-foreign",
+            Tool::Rust => "just setup",
         }
+    }
+
+    /// `program` with the PATH that finds the toolchains of `just
+    /// setup-foreign` first.
+    fn run(program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let foreign = workspace().join("target/foreign");
+        let mut path = vec![
+            foreign.join("venv/bin"),
+            foreign.join("node/node_modules/.bin"),
+        ];
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let mut command = Command::new(program);
+        command.env(
+            "PATH",
+            std::env::join_paths(path).expect("PATH entries join"),
+        );
+        command
     }
 
     /// The tool's version, part of the cache key; panics, naming the
     /// install command, if the tool is missing.
     fn version(self) -> String {
-        let output = Command::new(self.program())
+        let output = Self::run(self.program())
             .arg("--version")
             .output()
             .unwrap_or_else(|error| {
@@ -72,9 +91,9 @@ impl Tool {
 
     fn command(self, project: &Path) -> Command {
         let mut command = match self {
-            Tool::Python | Tool::Rust => Command::new(project.join("build.sh")),
+            Tool::Python | Tool::Rust => Self::run(project.join("build.sh")),
             Tool::Js => {
-                let mut npm = Command::new("npm");
+                let mut npm = Self::run("npm");
                 npm.args(["run", "--silent", "build"]);
                 npm
             }
@@ -166,6 +185,27 @@ fn new_and_build(name: &str, lang: &str, tool: Tool) -> PathBuf {
     build(tool, &project, name, sdk.as_deref())
 }
 
+/// `xcs args...` with one compilation cache for every test here (in
+/// `target/foreign/`): an 18 MB Python component compiles in seconds, once,
+/// not in every command.
+fn xcs_cached(args: &[&str]) -> Run {
+    xcs_with_cache(args, None, &workspace().join("target/foreign/xcs-cache"))
+}
+
+/// `xcs call <operator> --input <input> [extra...]`, with the shared cache.
+fn call_with(operator: &str, input: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["call", operator, "--input", input];
+    args.extend_from_slice(extra);
+    xcs_cached(&args)
+}
+
+/// `xcs inspect --json <operator>`, parsed, with the shared cache.
+fn inspect_with(operator: &str) -> Value {
+    let inspected = xcs_cached(&["inspect", operator, "--json"]);
+    inspected.assert_success();
+    serde_json::from_str(&inspected.stdout).expect("inspect --json prints JSON")
+}
+
 /// Each operator is built once per test process, whichever test asks first.
 macro_rules! built {
     ($($name:ident => $build:expr;)+) => {$(
@@ -194,7 +234,7 @@ built! {
 /// what its image needs (exit 8; Python's and JavaScript's engines need
 /// megabytes before `invoke` runs).
 fn new_project_behaves(operator: &str, name: &str) {
-    let description = inspect_json(operator);
+    let description = inspect_with(operator);
     assert_eq!(description["name"], name, "{description:#}");
     assert_eq!(
         description["params"],
@@ -205,15 +245,15 @@ fn new_project_behaves(operator: &str, name: &str) {
         description["signature"],
         "func(text: string) -> result<string, error>"
     );
-    let run = call(operator, r#"{"text": "hello, wörld"}"#, &[]);
+    let run = call_with(operator, r#"{"text": "hello, wörld"}"#, &[]);
     run.assert_success();
     assert_eq!(run.stdout, "\"HELLO, WÖRLD\"\n", "{run:#?}");
-    call(operator, r#"{"text": 5}"#, &[]).assert_error(
+    call_with(operator, r#"{"text": 5}"#, &[]).assert_error(
         4,
         "validation",
         &["$.text: expected string, found number 5"],
     );
-    call(operator, r#"{"text": ""}"#, &[]).assert_error(
+    call_with(operator, r#"{"text": ""}"#, &[]).assert_error(
         5,
         "operator",
         &["operator error [empty]: the text is empty"],
@@ -223,7 +263,7 @@ fn new_project_behaves(operator: &str, name: &str) {
 #[test]
 fn a_python_project_from_xcs_new_builds_and_runs() {
     new_project_behaves(new_python(), "upper-py");
-    call(new_python(), r#"{"text": "hi"}"#, &["--memory", "4MiB"]).assert_error(
+    call_with(new_python(), r#"{"text": "hi"}"#, &["--memory", "4MiB"]).assert_error(
         8,
         "memory",
         &["the limit is 4194304 bytes"],
@@ -233,7 +273,7 @@ fn a_python_project_from_xcs_new_builds_and_runs() {
 #[test]
 fn a_javascript_project_from_xcs_new_builds_and_runs() {
     new_project_behaves(new_js(), "upper-js");
-    call(new_js(), r#"{"text": "hi"}"#, &["--memory", "4MiB"]).assert_error(
+    call_with(new_js(), r#"{"text": "hi"}"#, &["--memory", "4MiB"]).assert_error(
         8,
         "memory",
         &["the limit is 4194304 bytes"],
@@ -250,7 +290,7 @@ fn a_rust_project_from_xcs_new_builds_and_runs() {
 #[test]
 fn spinning_python_and_javascript_operators_time_out() {
     for operator in [spin_py(), spin_js()] {
-        call(operator, r#"{"text": "x"}"#, &["--timeout", "300ms"]).assert_error(
+        call_with(operator, r#"{"text": "x"}"#, &["--timeout", "300ms"]).assert_error(
             6,
             "timeout",
             &["300ms"],
@@ -262,7 +302,7 @@ fn spinning_python_and_javascript_operators_time_out() {
 /// the examples do what the README says.
 #[test]
 fn the_python_and_javascript_examples_name_their_types_and_run() {
-    let stats = inspect_json(word_stats());
+    let stats = inspect_with(word_stats());
     assert_eq!(
         stats["signature"],
         "func(text: string) -> result<stats, error>"
@@ -274,19 +314,19 @@ fn the_python_and_javascript_examples_name_their_types_and_run() {
             "definition": "record stats { words: u32, lines: u32, longest: string }",
         }])
     );
-    let run = call(word_stats(), r#"{"text": "one two\nthree"}"#, &[]);
+    let run = call_with(word_stats(), r#"{"text": "one two\nthree"}"#, &[]);
     run.assert_success();
     assert_eq!(
         run.stdout, "{\"lines\":2,\"longest\":\"three\",\"words\":3}\n",
         "{run:#?}"
     );
-    call(word_stats(), r#"{"text": " \n "}"#, &[]).assert_error(
+    call_with(word_stats(), r#"{"text": " \n "}"#, &[]).assert_error(
         5,
         "operator",
         &["[empty]: the text has no words"],
     );
 
-    let run = xcs(&["inspect", recase()]);
+    let run = xcs_cached(&["inspect", recase()]);
     run.assert_success();
     assert!(
         run.stdout.contains(
@@ -295,14 +335,14 @@ fn the_python_and_javascript_examples_name_their_types_and_run() {
         ),
         "{run:#?}"
     );
-    let run = call(
+    let run = call_with(
         recase(),
         r#"{"text": "big  red dog", "style": "title"}"#,
         &[],
     );
     run.assert_success();
     assert_eq!(run.stdout, "\"Big Red Dog\"\n", "{run:#?}");
-    call(recase(), r#"{"text": "x", "style": "shout"}"#, &[]).assert_error(
+    call_with(recase(), r#"{"text": "x", "style": "shout"}"#, &[]).assert_error(
         4,
         "validation",
         &["$.style: expected one of: upper, lower, title, kebab"],
@@ -359,7 +399,7 @@ stats = "@stats"
 counts = "@counts"
 "#,
     );
-    let run = xcs(&[
+    let run = xcs_cached(&[
         "run",
         &graph,
         "--operators",
