@@ -43,10 +43,10 @@ foreign := "target/foreign"
 # Install the toolchains the tests build Python and JavaScript operators
 # with, pinned, into target/foreign (idempotent; needs python3 and npm).
 setup-foreign:
-    @[ -x {{foreign}}/venv/bin/componentize-py ] || { \
+    @{{foreign}}/venv/bin/componentize-py --version 2>/dev/null | grep -x 'componentize-py 0.25.1' >/dev/null || { \
         python3 -m venv {{foreign}}/venv && \
         {{foreign}}/venv/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1; }
-    @[ -x {{foreign}}/node/node_modules/.bin/componentize-js ] || \
+    @{{foreign}}/node/node_modules/.bin/componentize-js --version 2>/dev/null | grep -x '0.23.0' >/dev/null || \
         npm install --silent --no-audit --no-fund --prefix {{foreign}}/node @bytecodealliance/componentize-js@0.23.0
 
 # Run every test (the operators are built by the test crate's build script;

@@ -81,7 +81,7 @@ pub use operator::{CallOutput, Metadata, Operator};
 pub use runtime::MemoryReset;
 pub use sandbox::CallStats;
 pub use store::{LogLevel, LogRecord};
-pub use types::{Param, Signature, TypeDefinition, WitType};
+pub use types::{Param, Signature, TypeDefinition, WIT_KEYWORDS, WitType};
 
 #[doc(hidden)]
 pub mod __doc_fixture {

@@ -61,6 +61,63 @@ pub enum WitType {
     Flags(Vec<String>),
 }
 
+/// WIT's keywords: an identifier spelled like one is written `%name` in
+/// WIT (`%type: u32`), as printed signatures do.
+pub const WIT_KEYWORDS: &[&str] = &[
+    "as",
+    "async",
+    "bool",
+    "borrow",
+    "char",
+    "constructor",
+    "enum",
+    "error-context",
+    "export",
+    "f32",
+    "f64",
+    "flags",
+    "from",
+    "func",
+    "future",
+    "import",
+    "include",
+    "interface",
+    "list",
+    "map",
+    "option",
+    "own",
+    "package",
+    "record",
+    "resource",
+    "result",
+    "s16",
+    "s32",
+    "s64",
+    "s8",
+    "static",
+    "stream",
+    "string",
+    "tuple",
+    "type",
+    "u16",
+    "u32",
+    "u64",
+    "u8",
+    "use",
+    "variant",
+    "with",
+    "world",
+];
+
+/// `name` as a WIT identifier: `%`-escaped when it is a keyword.
+pub(crate) fn ident(name: &str) -> std::borrow::Cow<'_, str> {
+    if WIT_KEYWORDS.contains(&name) {
+        format!("%{name}").into()
+    } else {
+        name.into()
+    }
+}
+
 /// A component type the host cannot pass as a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Unsupported(pub(crate) &'static str);
@@ -271,7 +328,9 @@ impl fmt::Display for WitType {
             WitType::List(element) => write!(f, "list<{element}>"),
             WitType::Record(fields) => {
                 f.write_str("record { ")?;
-                write_list(f, fields, |f, (name, ty)| write!(f, "{name}: {ty}"))?;
+                write_list(f, fields, |f, (name, ty)| {
+                    write!(f, "{}: {ty}", ident(name))
+                })?;
                 f.write_str(" }")
             }
             WitType::Tuple(types) => {
@@ -282,19 +341,19 @@ impl fmt::Display for WitType {
             WitType::Variant(cases) => {
                 f.write_str("variant { ")?;
                 write_list(f, cases, |f, (name, payload)| match payload {
-                    Some(ty) => write!(f, "{name}({ty})"),
-                    None => f.write_str(name),
+                    Some(ty) => write!(f, "{}({ty})", ident(name)),
+                    None => f.write_str(&ident(name)),
                 })?;
                 f.write_str(" }")
             }
             WitType::Enum(names) => {
                 f.write_str("enum { ")?;
-                write_list(f, names, |f, name| f.write_str(name))?;
+                write_list(f, names, |f, name| f.write_str(&ident(name)))?;
                 f.write_str(" }")
             }
             WitType::Flags(names) => {
                 f.write_str("flags { ")?;
-                write_list(f, names, |f, name| f.write_str(name))?;
+                write_list(f, names, |f, name| f.write_str(&ident(name)))?;
                 f.write_str(" }")
             }
             WitType::Option(inner) => write!(f, "option<{inner}>"),
@@ -356,7 +415,7 @@ impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("func(")?;
         write_list(f, &self.params, |f, param| {
-            write!(f, "{}: {}", param.name, param.wit)
+            write!(f, "{}: {}", ident(&param.name), param.wit)
         })?;
         match &self.result_wit {
             Some(result) => write!(f, ") -> result<{result}, error>"),

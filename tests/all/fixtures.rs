@@ -169,6 +169,36 @@ pub fn takes_a_resource() -> String {
     )
 }
 
+/// A component whose `invoke` names a flags, an enum, a record (with a
+/// field spelled like a WIT keyword), an alias and a variant:
+/// `invoke(t: thing, data: bytes) -> result<list<shape>, error>`.
+pub fn named_types() -> String {
+    format!(
+        r#"(component {TYPES_IMPORT}
+  (type $perms' (flags "read" "write"))
+  (import "perms" (type $perms (eq $perms')))
+  (type $color' (enum "red" "green"))
+  (import "color" (type $color (eq $color')))
+  (type $thing' (record (field "perms" $perms) (field "color" $color) (field "type" u32)))
+  (import "thing" (type $thing (eq $thing')))
+  (type $bytes' (list u8))
+  (import "bytes" (type $bytes (eq $bytes')))
+  (type $shape' (variant (case "circle" f64) (case "none")))
+  (import "shape" (type $shape (eq $shape')))
+  {core} {metadata}
+  (func (export "invoke") (param "t" $thing) (param "data" $bytes)
+    (result (result (list $shape) (error $error)))
+    (canon lift (core func $i "five") {LIFT})))"#,
+        core = core_module(
+            "",
+            r#"(func (export "five") (param i32 i32 i32 i32 i32) (result i32)
+    (i32.store8 (i32.const 128) (i32.const 0)) (i32.store (i32.const 132) (i32.const 0))
+    (i32.store (i32.const 136) (i32.const 0)) (i32.const 128))"#
+        ),
+        metadata = metadata_export(),
+    )
+}
+
 /// A component whose `invoke` takes a handle to a resource of an interface
 /// it imports (which no embedder granted).
 pub fn takes_an_imported_resource() -> String {

@@ -206,6 +206,46 @@ async fn component_without_the_contract() {
     assert_healthy(&host).await;
 }
 
+/// The signature keeps the WIT names of its flags, enums, records,
+/// aliases and variants, defines each once after what it uses, and escapes
+/// a name spelled like a WIT keyword; the structural types (what inputs
+/// are checked against) are unchanged.
+#[tokio::test]
+async fn signatures_keep_their_wit_names() {
+    let operator = load_wat(&host(), &fixtures::named_types())
+        .await
+        .expect("loads");
+    let signature = operator.signature();
+    assert_eq!(
+        signature.to_string(),
+        "func(t: thing, data: bytes) -> result<list<shape>, error>"
+    );
+    let definitions: Vec<(&str, &str)> = signature
+        .types
+        .iter()
+        .map(|ty| (ty.name.as_str(), ty.definition.as_str()))
+        .collect();
+    assert_eq!(
+        definitions,
+        [
+            ("perms", "flags perms { read, write }"),
+            ("color", "enum color { red, green }"),
+            (
+                "thing",
+                "record thing { perms: perms, color: color, %type: u32 }"
+            ),
+            ("bytes", "type bytes = list<u8>"),
+            ("shape", "variant shape { circle(f64), none }"),
+        ]
+    );
+    assert_eq!(signature.params[0].wit, "thing");
+    assert_eq!(
+        signature.params[0].ty.to_string(),
+        "record { perms: flags { read, write }, color: enum { red, green }, %type: u32 }"
+    );
+    assert_eq!(signature.result_wit.as_deref(), Some("list<shape>"));
+}
+
 /// A resource in `invoke`'s signature is a contract error saying so,
 /// whether the component defines the resource or imports the interface
 /// that does (not a capability error: no grant would make it callable).

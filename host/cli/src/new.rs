@@ -68,11 +68,86 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str, bool)> {
 /// The longest operator name (as the host's metadata check).
 const MAX_NAME_BYTES: usize = 64;
 
+/// Rust's keywords and the crate names cargo refuses: not a package name.
+const RUST_RESERVED: &[&str] = &[
+    "abstract",
+    "alloc",
+    "as",
+    "async",
+    "await",
+    "become",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "core",
+    "crate",
+    "do",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "final",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "macro",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "override",
+    "priv",
+    "proc-macro",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "std",
+    "struct",
+    "super",
+    "test",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typeof",
+    "unsafe",
+    "unsized",
+    "use",
+    "virtual",
+    "where",
+    "while",
+    "xcs-guest",
+    "yield",
+];
+
 /// A name is what the host accepts of an operator's metadata: kebab-case
 /// words of lowercase letters and digits, each starting with a letter. It
-/// is also the world's name (a WIT identifier), the package's and the
-/// file's, so nothing else can pass.
-fn check_name(name: &str) -> Result<(), Usage> {
+/// is also the world's name (a WIT identifier, so no WIT keyword), the
+/// package's (for Rust, no Rust keyword) and the file's.
+fn check_name(name: &str, lang: Lang) -> Result<(), Usage> {
+    // A WIT keyword cannot name a world without escaping, which the
+    // toolchains' world lookup does not take; a Rust project's world is
+    // the SDK's, but its package name cannot be a Rust keyword, a standard
+    // crate or its own dependency.
+    let reserved = match lang {
+        Lang::Python | Lang::Js if xcs::WIT_KEYWORDS.contains(&name) => Some("a WIT keyword"),
+        Lang::Rust if RUST_RESERVED.contains(&name) => Some(
+            "a name cargo refuses for this package (a Rust keyword, a standard crate or xcs-guest)",
+        ),
+        _ => None,
+    };
+    if let Some(what) = reserved {
+        return Err(Usage(format!("`{name}` is {what}: choose another name")));
+    }
     let kebab = !name.is_empty()
         && name.split('-').all(|word| {
             word.chars().next().is_some_and(|c| c.is_ascii_lowercase())
@@ -100,7 +175,7 @@ pub(crate) fn new(
     dir: Option<&Path>,
     sdk: Option<&Path>,
 ) -> anyhow::Result<()> {
-    check_name(name)?;
+    check_name(name, lang)?;
     let dir = dir.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
     match std::fs::read_dir(&dir) {
         Ok(mut entries) => {
@@ -119,12 +194,8 @@ pub(crate) fn new(
         Lang::Rust => Some(sdk_path(sdk)?),
         Lang::Python | Lang::Js => None,
     };
-    let snake = name.replace('-', "_");
     for (relative, template, executable) in files(lang) {
-        let text = template
-            .replace("{{name}}", name)
-            .replace("{{snake}}", &snake)
-            .replace("{{sdk}}", sdk.as_deref().unwrap_or(""));
+        let text = render(template, name, sdk.as_deref().unwrap_or(""));
         let path = dir.join(relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| Error::io(parent, source))?;
@@ -144,6 +215,16 @@ pub(crate) fn new(
         }
     );
     Ok(())
+}
+
+/// A template with its placeholders filled: `{{name}}`, `{{snake}}` (the
+/// name with `_` for `-`, as cargo names the built file) and `{{sdk}}`
+/// (last: a path is not read for placeholders).
+fn render(template: &str, name: &str, sdk: &str) -> String {
+    template
+        .replace("{{name}}", name)
+        .replace("{{snake}}", &name.replace('-', "_"))
+        .replace("{{sdk}}", sdk)
 }
 
 /// The guest SDK's directory, absolute, as a TOML string's content.
@@ -167,7 +248,15 @@ fn sdk_path(sdk: Option<&Path>) -> anyhow::Result<String> {
     let text = sdk
         .to_str()
         .with_context(|| format!("{} is not UTF-8", sdk.display()))?;
-    // A TOML basic string: backslashes and quotes escaped.
+    // A TOML basic string: backslashes and quotes escaped; no control
+    // characters (they would need \u escapes, and no real path has them).
+    if text.chars().any(char::is_control) {
+        return Err(Usage(format!(
+            "the guest SDK's path {} has control characters: pass --sdk <a plain path>",
+            sdk.display()
+        ))
+        .into());
+    }
     Ok(text.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
@@ -188,34 +277,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_are_kebab_case() {
-        assert!(check_name("word-count").is_ok());
-        assert!(check_name("a1-b2").is_ok());
-        for bad in [
-            "",
-            "Word",
-            "word_count",
-            "-a",
-            "a-",
-            "a--b",
-            "1a",
-            "a b",
-            "é",
-        ] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
+    fn names_are_kebab_case_and_no_keyword() {
+        for lang in [Lang::Rust, Lang::Python, Lang::Js] {
+            assert!(check_name("word-count", lang).is_ok());
+            assert!(check_name("a1-b2", lang).is_ok());
+            for bad in [
+                "",
+                "Word",
+                "word_count",
+                "-a",
+                "a-",
+                "a--b",
+                "1a",
+                "a b",
+                "é",
+            ] {
+                assert!(check_name(bad, lang).is_err(), "{bad:?}");
+            }
+            assert!(check_name(&"a".repeat(65), lang).is_err());
         }
-        assert!(check_name(&"a".repeat(65)).is_err());
+        for lang in [Lang::Python, Lang::Js] {
+            assert!(check_name("record", lang).is_err());
+            assert!(check_name("error-context", lang).is_err());
+        }
+        assert!(check_name("record", Lang::Rust).is_ok(), "the SDK's world");
+        assert!(check_name("xcs-guest", Lang::Rust).is_err());
+        assert!(check_name("match", Lang::Rust).is_err());
+        assert!(check_name("match", Lang::Python).is_ok());
+        assert!(check_name("std", Lang::Rust).is_err());
     }
 
     #[test]
     fn every_placeholder_is_filled() {
         for lang in [Lang::Rust, Lang::Python, Lang::Js] {
             for (path, template, _) in files(lang) {
-                let text = template
-                    .replace("{{name}}", "x")
-                    .replace("{{snake}}", "x")
-                    .replace("{{sdk}}", "x");
-                assert!(!text.contains("{{"), "{lang:?} {path}");
+                let text = render(template, "a-b", "/sdk");
+                assert!(!text.contains("{{"), "{lang:?} {path}: {text}");
             }
         }
     }

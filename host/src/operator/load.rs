@@ -70,9 +70,7 @@ pub(crate) async fn load(
     source_name: &str,
 ) -> Result<Operator, Error> {
     check_header(&bytes, source_name)?;
-    let spelling = read_wit(&bytes, source_name)?;
-    let imports = check_imports(runtime, &bytes, source_name)?;
-    let component = compile(runtime, bytes, digest, source_name).await?;
+    let (spelling, imports, component) = compile(runtime, bytes, digest, source_name).await?;
     let (signature, invoke) = read_contract(runtime, &component, source_name, spelling)?;
     let (pre, bindings_pre) = link(runtime, &component, source_name)?;
     let metadata = read_metadata(runtime, bindings_pre, source_name).await?;
@@ -133,7 +131,7 @@ fn check_header(bytes: &[u8], source_name: &str) -> Result<(), Error> {
     }
 }
 
-/// Step 2a: `invoke` as the component's WIT spells it (the names of its
+/// Step 2, first: `invoke` as the component's WIT spells it (the names of its
 /// types), read from the bytes; a resource in it is refused here, before
 /// the imports that define it are (an embedder's grant would not help).
 fn read_wit(bytes: &[u8], source_name: &str) -> Result<Option<Spelling>, Error> {
@@ -152,25 +150,28 @@ fn read_wit(bytes: &[u8], source_name: &str) -> Result<Option<Spelling>, Error> 
     }
 }
 
-/// Step 3, off the async threads: take the compiled code from a valid
-/// entry of the on-disk cache, or check the shape of the code against the
+/// Steps 2 and 3, off the async threads (they read every byte): the WIT
+/// and the imports, then the compiled code from a valid entry of the
+/// on-disk cache, or the shape of the code checked against the
 /// [`LoadLimits`](crate::LoadLimits) (what is already compiled is not
 /// checked again: the bounds are there to keep compilation bounded), then
-/// validate and compile (and store the result in the cache).
+/// validation and compilation (and the result stored in the cache).
 async fn compile(
     runtime: &Arc<Runtime>,
     bytes: Vec<u8>,
     digest: [u8; 32],
     source_name: &str,
-) -> Result<Component, Error> {
+) -> Result<(Option<Spelling>, Vec<String>, Component), Error> {
     let runtime = runtime.clone();
     let name = source_name.to_owned();
-    let compiled = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
+        let spelling = read_wit(&bytes, &name)?;
+        let imports = check_imports(&runtime, &bytes, &name)?;
         let engine = &runtime.engine;
         let cache = runtime.disk_cache.as_ref();
         if let Some(cache) = cache {
             match cache.lookup(engine, &digest) {
-                Lookup::Hit(component) => return Ok(Ok(component)),
+                Lookup::Hit(component) => return Ok((spelling, imports, component)),
                 Lookup::Miss => {}
                 Lookup::Rejected(why) => tracing::warn!(
                     target: "xcs::cache",
@@ -178,10 +179,16 @@ async fn compile(
                 ),
             }
         }
-        super::shape::check(&bytes, &runtime.load_limits)?;
+        super::shape::check(&bytes, &runtime.load_limits)
+            .map_err(|reason| invalid(&name, reason, None))?;
         runtime.count_compilation();
-        let compiled = Component::from_binary(engine, &bytes);
-        if let (Some(cache), Ok(component)) = (cache, &compiled) {
+        let component = Component::from_binary(engine, &bytes).map_err(|error| {
+            match over_pool_limit(&format!("{error:#}")) {
+                Some(reason) => contract(&name, reason, None),
+                None => invalid(&name, "invalid component".into(), error::cause(error)),
+            }
+        })?;
+        if let Some(cache) = cache {
             let stored = component
                 .serialize()
                 .map_err(|error| std::io::Error::other(format!("{error:#}")))
@@ -190,7 +197,7 @@ async fn compile(
                 tracing::warn!(target: "xcs::cache", "not caching {name}: {error}");
             }
         }
-        Ok(compiled)
+        Ok((spelling, imports, component))
     })
     .await
     .map_err(|join| {
@@ -199,13 +206,7 @@ async fn compile(
             format!("compilation did not finish: {join}"),
             None,
         )
-    })?;
-    compiled
-        .map_err(|reason| invalid(source_name, reason, None))?
-        .map_err(|error| match over_pool_limit(&format!("{error:#}")) {
-            Some(reason) => contract(source_name, reason, None),
-            None => invalid(source_name, "invalid component".into(), error::cause(error)),
-        })
+    })?
 }
 
 /// The words for wasmtime's refusal of a component that needs more core

@@ -3,13 +3,12 @@
 //! wasmtime's structural types do not keep), and whether it takes or
 //! returns a resource (which no operator may).
 
-use std::collections::HashSet;
-use std::fmt::Write as _;
+use std::collections::{HashMap, HashSet};
 
 use wit_parser::decoding::{DecodedWasm, decode};
 use wit_parser::{Function, Resolve, Type, TypeDefKind, TypeId, WorldItem, WorldKey};
 
-use crate::types::{MAX_SIGNATURE_BYTES, TypeDefinition};
+use crate::types::{MAX_SIGNATURE_BYTES, TypeDefinition, ident};
 
 /// `invoke`'s parameter and result types as the WIT spells them, and the
 /// named types they use, in dependency order.
@@ -62,6 +61,8 @@ pub(crate) fn read(bytes: &[u8]) -> Invoke {
         resolve: &resolve,
         budget: MAX_SIGNATURE_BYTES,
         defined: HashSet::new(),
+        names: HashMap::new(),
+        uses: HashMap::new(),
         types: Vec::new(),
     };
     match speller.function(invoke) {
@@ -119,6 +120,10 @@ struct Speller<'a> {
     resolve: &'a Resolve,
     budget: usize,
     defined: HashSet<TypeId>,
+    /// The names defined so far, and by which type.
+    names: HashMap<String, TypeId>,
+    /// `used` of each type asked about.
+    uses: HashMap<TypeId, TypeId>,
     types: Vec<TypeDefinition>,
 }
 
@@ -179,8 +184,8 @@ impl Speller<'_> {
                 let def = &self.resolve.types[id];
                 return match &def.name {
                     Some(name) => {
+                        let name = ident(name).into_owned();
                         self.define(id)?;
-                        let name = name.clone();
                         self.push(out, &name)
                     }
                     None => self.kind(&def.kind, out),
@@ -226,7 +231,9 @@ impl Speller<'_> {
     }
 
     /// Adds the definition of the named type `id` (after those it uses),
-    /// unless it is already there or is the contract's `error`.
+    /// unless it is already there or is the contract's `error`; `None`
+    /// when another type already has its name (two `point`s, from two
+    /// interfaces: the bare names would be ambiguous).
     fn define(&mut self, id: TypeId) -> Option<()> {
         if !self.defined.insert(id) {
             return Some(());
@@ -236,52 +243,89 @@ impl Speller<'_> {
         if name == "error" && self.is_contract_type(id) {
             return Some(());
         }
+        if self.names.insert(name.clone(), id).is_some() {
+            return None;
+        }
         let mut text = String::new();
-        let list = |this: &mut Self, text: &mut String, head: &str, items: Vec<String>| {
-            this.push(text, &format!("{head} {name} {{ "))?;
-            this.push(text, &items.join(", "))?;
-            this.push(text, " }")
-        };
+        // `head name { item, item }`: each item written by `item`.
+        let list =
+            |this: &mut Self,
+             text: &mut String,
+             head: &str,
+             count: usize,
+             item: &mut dyn FnMut(&mut Self, &mut String, usize) -> Option<()>| {
+                this.push(text, head)?;
+                this.push(text, " ")?;
+                this.push(text, &ident(&name))?;
+                this.push(text, " { ")?;
+                for index in 0..count {
+                    if index > 0 {
+                        this.push(text, ", ")?;
+                    }
+                    item(this, text, index)?;
+                }
+                this.push(text, " }")
+            };
         match &def.kind {
             TypeDefKind::Record(record) => {
-                let mut fields = Vec::new();
-                for field in &record.fields {
-                    let mut field_text = format!("{}: ", field.name);
-                    self.ty(field.ty, &mut field_text)?;
-                    fields.push(field_text);
-                }
-                list(self, &mut text, "record", fields)?;
+                list(
+                    self,
+                    &mut text,
+                    "record",
+                    record.fields.len(),
+                    &mut |this, text, i| {
+                        let field = &record.fields[i];
+                        this.push(text, &ident(&field.name))?;
+                        this.push(text, ": ")?;
+                        this.ty(field.ty, text)
+                    },
+                )?;
             }
             TypeDefKind::Variant(variant) => {
-                let mut cases = Vec::new();
-                for case in &variant.cases {
-                    let mut case_text = case.name.clone();
-                    if let Some(ty) = case.ty {
-                        case_text.push('(');
-                        self.ty(ty, &mut case_text)?;
-                        case_text.push(')');
-                    }
-                    cases.push(case_text);
-                }
-                list(self, &mut text, "variant", cases)?;
+                list(
+                    self,
+                    &mut text,
+                    "variant",
+                    variant.cases.len(),
+                    &mut |this, text, i| {
+                        let case = &variant.cases[i];
+                        this.push(text, &ident(&case.name))?;
+                        if let Some(ty) = case.ty {
+                            this.push(text, "(")?;
+                            this.ty(ty, text)?;
+                            this.push(text, ")")?;
+                        }
+                        Some(())
+                    },
+                )?;
             }
             TypeDefKind::Enum(cases) => {
-                let cases = cases.cases.iter().map(|case| case.name.clone()).collect();
-                list(self, &mut text, "enum", cases)?;
+                list(
+                    self,
+                    &mut text,
+                    "enum",
+                    cases.cases.len(),
+                    &mut |this, text, i| this.push(text, &ident(&cases.cases[i].name)),
+                )?;
             }
             TypeDefKind::Flags(flags) => {
-                let flags = flags.flags.iter().map(|flag| flag.name.clone()).collect();
-                list(self, &mut text, "flags", flags)?;
+                list(
+                    self,
+                    &mut text,
+                    "flags",
+                    flags.flags.len(),
+                    &mut |this, text, i| this.push(text, &ident(&flags.flags[i].name)),
+                )?;
             }
             kind => {
                 // An alias (`type bytes = list<u8>`) or a named generic.
-                let mut body = String::new();
+                self.push(&mut text, "type ")?;
+                self.push(&mut text, &ident(&name))?;
+                self.push(&mut text, " = ")?;
                 match kind {
-                    TypeDefKind::Type(ty) => self.ty(*ty, &mut body)?,
-                    kind => self.kind(kind, &mut body)?,
+                    TypeDefKind::Type(ty) => self.ty(*ty, &mut text)?,
+                    kind => self.kind(kind, &mut text)?,
                 }
-                let _ = write!(text, "type {name} = {body}");
-                self.budget = self.budget.checked_sub(name.len() + 8)?;
             }
         }
         self.types.push(TypeDefinition {
@@ -293,9 +337,13 @@ impl Speller<'_> {
 
     /// The type a `use` brings in under its own name (`use types.{stats}`
     /// is an alias named `stats` of the interface's `stats`), else `id`.
-    fn used(&self, mut id: TypeId) -> TypeId {
+    fn used(&mut self, start: TypeId) -> TypeId {
+        if let Some(&id) = self.uses.get(&start) {
+            return id;
+        }
+        let mut id = start;
         // A chain of uses is at most every type long (a bound, should a
-        // decoded one ever loop).
+        // decoded one ever loop); each chain is walked once.
         for _ in 0..self.resolve.types.len() {
             match self.resolve.types[id].kind {
                 TypeDefKind::Type(Type::Id(target))
@@ -306,6 +354,7 @@ impl Speller<'_> {
                 _ => break,
             }
         }
+        self.uses.insert(start, id);
         id
     }
 
