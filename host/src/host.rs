@@ -234,6 +234,19 @@ impl HostBuilder {
         self
     }
 
+    /// Linear memories one component may define, in one core module or
+    /// across them (every toolchain seen — Rust, componentize-py,
+    /// componentize-js, C — makes one); the pool reserves this many per
+    /// instance slot, each up to [`max_memory_bytes_per_instance`] of
+    /// address space. Past it, a load is a `contract` error that names
+    /// this setting. Default: 1; within [1, 1,000].
+    ///
+    /// [`max_memory_bytes_per_instance`]: Self::max_memory_bytes_per_instance
+    pub fn max_memories_per_component(mut self, count: u32) -> Self {
+        self.settings.max_memories_per_component = count;
+        self
+    }
+
     /// How many graph-node guests run at once across every graph this host
     /// runs: the one scheduler bound. Default: the available parallelism.
     pub fn max_concurrency(mut self, max: usize) -> Self {

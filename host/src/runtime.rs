@@ -87,6 +87,7 @@ pub(crate) struct Settings {
     pub(crate) epoch_tick: Duration,
     pub(crate) max_concurrent_instances: u32,
     pub(crate) max_tables_per_component: u32,
+    pub(crate) max_memories_per_component: u32,
     pub(crate) max_concurrency: usize,
     pub(crate) max_running_guests: usize,
     pub(crate) max_memory_bytes_per_instance: u64,
@@ -116,6 +117,7 @@ impl Default for Settings {
             epoch_tick: Duration::from_millis(10),
             max_concurrent_instances: 1000,
             max_tables_per_component: 16,
+            max_memories_per_component: 1,
             max_concurrency: std::thread::available_parallelism().map_or(1, usize::from),
             max_running_guests: std::thread::available_parallelism().map_or(1, usize::from),
             max_memory_bytes_per_instance: 4 << 30,
@@ -147,6 +149,11 @@ impl Settings {
         self.max_tables_per_component.clamp(1, 10_000)
     }
 
+    /// Linear memories one component may define, within [1, 1,000].
+    pub(crate) fn max_memories_per_component(&self) -> u32 {
+        self.max_memories_per_component.clamp(1, 1000)
+    }
+
     /// How used sandboxes are reset: in place where `PAGEMAP_SCAN` is
     /// available and wanted, else by returning pages to the kernel.
     pub(crate) fn memory_reset(&self) -> MemoryReset {
@@ -175,7 +182,7 @@ impl Settings {
         let mut pooling = PoolingAllocationConfig::new();
         pooling
             .total_component_instances(slots)
-            .total_memories(slots)
+            .total_memories(slots.saturating_mul(self.max_memories_per_component()))
             .total_tables(slots.saturating_mul(self.max_tables_per_component()))
             .total_core_instances(slots.saturating_mul(core_instances))
             .total_stacks(slots)
@@ -187,7 +194,9 @@ impl Settings {
             )
             .max_core_instances_per_component(core_instances)
             .max_tables_per_component(self.max_tables_per_component())
-            .max_tables_per_module(self.max_tables_per_component());
+            .max_tables_per_module(self.max_tables_per_component())
+            .max_memories_per_component(self.max_memories_per_component())
+            .max_memories_per_module(self.max_memories_per_component());
         let reset = self.memory_reset();
         pooling
             .pagemap_scan(if reset.pagemap_scan {

@@ -118,6 +118,9 @@ pub(crate) fn ident(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// What [`Unsupported`] calls a resource handle.
+pub(crate) const RESOURCE_HANDLES: &str = "resource handles";
+
 /// A component type the host cannot pass as a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Unsupported(pub(crate) &'static str);
@@ -220,7 +223,7 @@ impl WitType {
                 WitType::Result { ok, err }
             }
             Type::Flags(flags) => WitType::Flags(owned_names(flags.names(), budget)?),
-            Type::Own(_) | Type::Borrow(_) => return Err(Unsupported("resource handles")),
+            Type::Own(_) | Type::Borrow(_) => return Err(Unsupported(RESOURCE_HANDLES)),
             Type::Map(_) => return Err(Unsupported("map types")),
             Type::Future(_) => return Err(Unsupported("futures")),
             Type::Stream(_) => return Err(Unsupported("streams")),

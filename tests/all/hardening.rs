@@ -526,3 +526,56 @@ async fn deadlines_hold_under_a_flood_of_busy_guests() {
     );
     assert_healthy(&host).await;
 }
+
+/// One linear memory per component is what every toolchain makes and the
+/// default; a second (in another core module, or a multi-memory module)
+/// is a contract error naming the setting, which admits it.
+#[tokio::test]
+async fn a_second_memory_needs_the_setting_that_allows_it() {
+    // The fixture's memory, and `modules` more modules of `each` memories.
+    let with_memories = |modules: usize, each: usize| {
+        let memories: String = (0..each).map(|_| "(memory 1)").collect();
+        let extra: String = (0..modules)
+            .map(|n| {
+                format!("(core module $o{n} {memories}) (core instance (instantiate $o{n}))\n")
+            })
+            .collect();
+        fixtures::invoke_runs("", "").replacen(
+            "(core instance $i",
+            &format!("{extra}(core instance $i"),
+            1,
+        )
+    };
+    let host = Host::builder().no_disk_cache().build().unwrap();
+    load_wat(&host, &with_memories(0, 0))
+        .await
+        .expect("one loads");
+    for (wat, message) in [
+        (
+            with_memories(1, 1),
+            "needs 2 memories, and this host allows 1 per component: raise \
+             `HostBuilder::max_memories_per_component`",
+        ),
+        (
+            with_memories(1, 2),
+            "a core module of it defines 2 memories, and this host allows 1: raise \
+             `HostBuilder::max_memories_per_component`",
+        ),
+    ] {
+        let error = expect_kind(load_wat(&host, &wat).await, ErrorKind::Contract);
+        assert!(error.to_string().contains(message), "{error}");
+    }
+    let roomy = Host::builder()
+        .no_disk_cache()
+        .max_memories_per_component(3)
+        .build()
+        .unwrap();
+    for wat in [with_memories(2, 1), with_memories(1, 2)] {
+        let loaded = load_wat(&roomy, &wat).await.expect("loads here");
+        loaded
+            .call(&Value::Null, &Limits::default())
+            .await
+            .expect("and runs");
+    }
+    assert_healthy(&host).await;
+}

@@ -259,7 +259,7 @@ async fn resource_parameters_are_a_contract_error() {
         let error = expect_kind(load_wat(&host, &wat).await, ErrorKind::Contract);
         let text = error.to_string();
         assert!(
-            text.contains("`invoke` takes or returns the resource `thing`")
+            text.contains("`thing`")
                 && text.contains("resources are not supported in operator signatures"),
             "{fixture}: {error}"
         );

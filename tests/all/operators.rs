@@ -96,7 +96,11 @@ async fn stats() {
     let op = load(&host(), xcs_tests::STATS).await;
     assert_eq!(
         op.signature().to_string(),
-        "func(xs: list<f64>) -> result<record { count: u32, mean: f64, min: f64, max: f64 }, error>"
+        "func(xs: list<f64>) -> result<stats, error>"
+    );
+    assert_eq!(
+        op.signature().types[0].definition,
+        "record stats { count: u32, mean: f64, min: f64, max: f64 }"
     );
     let output = op
         .call(&json!({"xs": [1.0, 2.0, 6.0]}), &Limits::default())
@@ -471,7 +475,7 @@ async fn recurse() {
 async fn pipeline() {
     assert_composite(
         xcs_tests::PIPELINE,
-        "func(documents: list<string>) -> result<record { count: u32, mean: f64, min: f64, max: f64 }, error>",
+        "func(documents: list<string>) -> result<stats, error>",
     )
     .await;
 }

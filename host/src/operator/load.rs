@@ -18,7 +18,7 @@ use crate::policy::PolicyState;
 use crate::runtime::Runtime;
 use crate::sandbox;
 use crate::store::{StoreState, bindings};
-use crate::types::{MAX_SIGNATURE_BYTES, Param, Signature, WitType};
+use crate::types::{MAX_SIGNATURE_BYTES, Param, RESOURCE_HANDLES, Signature, Unsupported, WitType};
 
 /// The interfaces of the contract, as components import them.
 const HOST_INTERFACE: &str = "xcs:operator/host@0.1.0";
@@ -131,6 +131,19 @@ fn check_header(bytes: &[u8], source_name: &str) -> Result<(), Error> {
     }
 }
 
+/// Why a resource cannot be in `invoke`'s signature.
+const NO_RESOURCES: &str = "resources are not supported in operator signatures (every call \
+     runs in a fresh instance, so no handle outlives it); pass plain data: records, lists, strings";
+
+/// `unsupported` in words, with why for resources.
+fn unsupported_words(unsupported: &Unsupported) -> String {
+    if unsupported.0 == RESOURCE_HANDLES {
+        format!("{RESOURCE_HANDLES}: {NO_RESOURCES}")
+    } else {
+        unsupported.0.to_owned()
+    }
+}
+
 /// Step 2, first: `invoke` as the component's WIT spells it (the names of its
 /// types), read from the bytes; a resource in it is refused here, before
 /// the imports that define it are (an embedder's grant would not help).
@@ -140,11 +153,7 @@ fn read_wit(bytes: &[u8], source_name: &str) -> Result<Option<Spelling>, Error> 
         Invoke::Unknown => Ok(None),
         Invoke::Resource(resource) => Err(contract(
             source_name,
-            format!(
-                "`invoke` takes or returns the resource `{resource}`: resources are not \
-                 supported in operator signatures (every call runs in a fresh instance, \
-                 so no handle outlives it); pass plain data: records, lists, strings"
-            ),
+            format!("`invoke` takes or returns the resource `{resource}`: {NO_RESOURCES}"),
             None,
         )),
     }
@@ -218,14 +227,19 @@ fn over_pool_limit(message: &str) -> Option<String> {
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
     };
-    if let (Some(needed), Some(allowed)) = (
-        number_after("defined tables count of "),
-        number_after("per-instance limit of "),
-    ) {
-        return Some(format!(
-            "a core module of it defines {needed} tables, and this host allows {allowed}: \
-             raise `HostBuilder::max_tables_per_component`"
-        ));
+    for (what, setting) in [
+        ("tables", "max_tables_per_component"),
+        ("memories", "max_memories_per_component"),
+    ] {
+        if let (Some(needed), Some(allowed)) = (
+            number_after(&format!("defined {what} count of ")),
+            number_after("per-instance limit of "),
+        ) {
+            return Some(format!(
+                "a core module of it defines {needed} {what}, and this host allows {allowed}: \
+                 raise `HostBuilder::{setting}`"
+            ));
+        }
     }
     let needed = number_after("transitively contains ")?;
     let allowed = number_after("configured maximum of ")?;
@@ -236,6 +250,8 @@ fn over_pool_limit(message: &str) -> Option<String> {
         )
     } else if message.contains(" tables, ") {
         ("tables", "`HostBuilder::max_tables_per_component`")
+    } else if message.contains(" linear memories, ") {
+        ("memories", "`HostBuilder::max_memories_per_component`")
     } else {
         return None;
     };
@@ -357,7 +373,7 @@ fn read_contract(
         let ty = WitType::from_wasmtime(&ty, &mut budget).map_err(|unsupported| {
             contract(format!(
                 "`invoke` parameter `{name}` uses {}, which operators cannot take",
-                unsupported.0
+                unsupported_words(&unsupported)
             ))
         })?;
         params.push(Param {
@@ -374,7 +390,7 @@ fn read_contract(
                 WitType::from_wasmtime(&ok, &mut budget).map_err(|unsupported| {
                     contract(format!(
                         "`invoke` returns {}, which operators cannot return",
-                        unsupported.0
+                        unsupported_words(&unsupported)
                     ))
                 })
             })
