@@ -369,16 +369,24 @@ async fn deep_loops_are_refused_before_compiling() {
             .contains("nests loops more than 16 deep (LoadLimits::max_loop_nesting)"),
         "{error}"
     );
-    // 11 loops over 20 locals: 220 > 200, though each alone is fine.
-    let error = load_wat(&host, &loops(11, 20)).await.expect_err("product");
-    assert_eq!(error.kind(), ErrorKind::InvalidComponent, "{error}");
-    assert!(
-        error.to_string().contains(
-            "nests 11 loops over 20 locals: loops times locals is at most 200 \
-             (LoadLimits::max_loop_locals)"
-        ),
-        "{error}"
+    // 11 loops over 20 locals: 220 > 200, though each alone is fine; and
+    // the same over 20 parameters, in a function nothing calls.
+    let nests = |depth: usize| format!("{}{}", "(loop ".repeat(depth), ")".repeat(depth));
+    let over_params = fixtures::invoke_runs(
+        &format!("(func $unused (param {}) {})", "i32 ".repeat(20), nests(11)),
+        "",
     );
+    for wat in [loops(11, 20), over_params] {
+        let error = load_wat(&host, &wat).await.expect_err("product");
+        assert_eq!(error.kind(), ErrorKind::InvalidComponent, "{error}");
+        assert!(
+            error.to_string().contains(
+                "nests 11 loops over 20 locals (parameters included): loops times locals \
+                 is at most 200 (LoadLimits::max_loop_locals)"
+            ),
+            "{error}"
+        );
+    }
     // Blocks are not loops: 100 of them are within the default nesting.
     let blocks = fixtures::invoke_runs(
         "",

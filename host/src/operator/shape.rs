@@ -10,11 +10,51 @@ use crate::limits::LoadLimits;
 pub(crate) fn check(bytes: &[u8], limits: &LoadLimits) -> Result<(), String> {
     let mut functions: u64 = 0;
     let mut code_bytes: u64 = 0;
+    // The core module being read: each type's parameter count (0 for a
+    // type that is not a function's), each defined function's type, and
+    // how many of its functions' bodies have been read.
+    let mut type_params: Vec<u64> = Vec::new();
+    let mut function_types: Vec<u32> = Vec::new();
+    let mut bodies_read = 0usize;
     for payload in Parser::new(0).parse_all(bytes) {
-        let Ok(Payload::CodeSectionEntry(body)) = payload else {
-            // Parse errors are the compiler's to report, with its words.
-            continue;
+        // Parse errors are the compiler's to report, with its words.
+        let body = match payload {
+            Ok(Payload::Version {
+                encoding: wasmparser::Encoding::Module,
+                ..
+            }) => {
+                type_params.clear();
+                function_types.clear();
+                bodies_read = 0;
+                continue;
+            }
+            Ok(Payload::TypeSection(types)) => {
+                for group in types.into_iter().flatten() {
+                    for ty in group.types() {
+                        type_params.push(match &ty.composite_type.inner {
+                            wasmparser::CompositeInnerType::Func(func) => {
+                                func.params().len() as u64
+                            }
+                            _ => 0,
+                        });
+                    }
+                }
+                continue;
+            }
+            Ok(Payload::FunctionSection(section)) => {
+                function_types.extend(section.into_iter().flatten());
+                continue;
+            }
+            Ok(Payload::CodeSectionEntry(body)) => body,
+            _ => continue,
         };
+        // A function's parameters are locals too (to the loop bound).
+        let params = function_types
+            .get(bodies_read)
+            .and_then(|&ty| type_params.get(ty as usize))
+            .copied()
+            .unwrap_or(0);
+        bodies_read += 1;
         functions += 1;
         if functions > u64::from(limits.max_functions) {
             return Err(format!(
@@ -53,10 +93,12 @@ pub(crate) fn check(bytes: &[u8], limits: &LoadLimits) -> Result<(), String> {
             ));
         }
         // Loops nested deep cost Cranelift superlinear time, and more the
-        // more locals each loop header carries (see `LoadLimits`).
+        // more locals (parameters included) each loop header carries (see
+        // `LoadLimits`).
+        let all_locals = count + params;
         let loop_bound = limits
             .max_loop_nesting
-            .min(u32::try_from(limits.max_loop_locals / count.max(1)).unwrap_or(u32::MAX));
+            .min(u32::try_from(limits.max_loop_locals / all_locals.max(1)).unwrap_or(u32::MAX));
         // Every operator that opens a block takes two bytes at least (its
         // opcode and block type): a shorter body cannot nest too deep.
         let bound = limits.max_function_nesting.min(loop_bound);
@@ -105,10 +147,11 @@ pub(crate) fn check(bytes: &[u8], limits: &LoadLimits) -> Result<(), String> {
                         limits.max_loop_nesting
                     ));
                 }
-                if u64::from(loops) * count > limits.max_loop_locals {
+                if u64::from(loops) * all_locals > limits.max_loop_locals {
                     return Err(format!(
-                        "function {functions} nests {loops} loops over {count} locals: \
-                         loops times locals is at most {} (LoadLimits::max_loop_locals)",
+                        "function {functions} nests {loops} loops over {all_locals} locals \
+                         (parameters included): loops times locals is at most {} \
+                         (LoadLimits::max_loop_locals)",
                         limits.max_loop_locals
                     ));
                 }
