@@ -81,7 +81,10 @@ pub use operator::{CallOutput, Metadata, Operator};
 pub use runtime::MemoryReset;
 pub use sandbox::CallStats;
 pub use store::{LogLevel, LogRecord};
-pub use types::{Param, Signature, TypeDefinition, WIT_KEYWORDS, WitType};
+pub use types::{
+    MAX_OPERATOR_NAME_BYTES, Param, Signature, TypeDefinition, WIT_KEYWORDS, WitType,
+    is_operator_name,
+};
 
 #[doc(hidden)]
 pub mod __doc_fixture {

@@ -118,6 +118,28 @@ pub(crate) fn ident(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The longest name an operator may have, in bytes.
+pub const MAX_OPERATOR_NAME_BYTES: usize = 64;
+
+/// Whether `name` can name an operator: kebab-case words of lowercase
+/// ASCII letters and digits, each starting with a letter (a WIT
+/// identifier: `word-count`), at most [`MAX_OPERATOR_NAME_BYTES`].
+///
+/// ```
+/// assert!(xcs::is_operator_name("word-count"));
+/// assert!(!xcs::is_operator_name("Word_Count"));
+/// ```
+pub fn is_operator_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_OPERATOR_NAME_BYTES
+        && name.split('-').all(|word| {
+            word.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+}
+
 /// What [`Unsupported`] calls a resource handle.
 pub(crate) const RESOURCE_HANDLES: &str = "resource handles";
 

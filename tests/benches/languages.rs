@@ -38,7 +38,7 @@ fn newest_build(dir: &Path, name: &str) -> Option<PathBuf> {
         .map(|(_, path)| path)
 }
 
-async fn run() -> Result<Option<Vec<(String, Samples)>>> {
+async fn run() -> Result<()> {
     let foreign = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/foreign");
     let mut paths = Vec::new();
     for name in ["upper-py", "upper-js", "upper-rs"] {
@@ -50,7 +50,7 @@ async fn run() -> Result<Option<Vec<(String, Samples)>>> {
                      (the CLI's language tests build them); nothing measured",
                     foreign.display()
                 );
-                return Ok(None);
+                return Ok(());
             }
         }
     }
@@ -92,47 +92,19 @@ async fn run() -> Result<Option<Vec<(String, Samples)>>> {
             samples[index].push(start.elapsed(), batch);
         }
     }
-    Ok(Some(
-        operators
-            .into_iter()
-            .map(|(name, _)| name)
-            .zip(samples)
-            .collect(),
-    ))
+    let rust = samples[2].median();
+    println!("| `upper`, one fresh sandbox per call | median (p25–p75) | vs Rust wasip2 |");
+    println!("|---|---|---|");
+    for ((name, _), samples) in operators.iter().zip(&samples) {
+        println!(
+            "| {name} | {} | {:.2}x |",
+            samples.summary(),
+            samples.median() / rust
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("languages bench: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(Some(results)) => {
-            let rust = results
-                .iter()
-                .find(|(name, _)| name == "upper-rs")
-                .map_or(f64::NAN, |(_, samples)| samples.median());
-            println!("| `upper`, one fresh sandbox per call | median (p25–p75) | vs Rust wasip2 |");
-            println!("|---|---|---|");
-            for (name, samples) in &results {
-                println!(
-                    "| {name} | {} | {:.2}x |",
-                    samples.summary(),
-                    samples.median() / rust
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(None) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("languages bench: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_async(run())
 }

@@ -65,9 +65,6 @@ fn files(lang: Lang) -> Vec<(&'static str, &'static str, bool)> {
     }
 }
 
-/// The longest operator name (as the host's metadata check).
-const MAX_NAME_BYTES: usize = 64;
-
 /// Rust's keywords and the crate names cargo refuses: not a package name.
 const RUST_RESERVED: &[&str] = &[
     "abstract",
@@ -148,20 +145,14 @@ fn check_name(name: &str, lang: Lang) -> Result<(), Usage> {
     if let Some(what) = reserved {
         return Err(Usage(format!("`{name}` is {what}: choose another name")));
     }
-    let kebab = !name.is_empty()
-        && name.split('-').all(|word| {
-            word.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-                && word
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        });
-    if kebab && name.len() <= MAX_NAME_BYTES {
+    if xcs::is_operator_name(name) {
         Ok(())
     } else {
         Err(Usage(format!(
             "`{}` is not an operator name: kebab-case words of lowercase letters and \
-             digits, each starting with a letter (`word-count`), at most {MAX_NAME_BYTES} bytes",
-            io::printable(name)
+             digits, each starting with a letter (`word-count`), at most {} bytes",
+            io::printable(name),
+            xcs::MAX_OPERATOR_NAME_BYTES
         )))
     }
 }

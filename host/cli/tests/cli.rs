@@ -145,14 +145,24 @@ fn xcs(args: &[&str]) -> Run {
 
 /// `xcs call <operator> --input <input>`.
 fn call(operator: &str, input: &str, extra: &[&str]) -> Run {
+    call_by(xcs, operator, input, extra)
+}
+
+/// `xcs call <operator> --input <input> [extra...]`, run by `runner`.
+fn call_by(runner: fn(&[&str]) -> Run, operator: &str, input: &str, extra: &[&str]) -> Run {
     let mut args = vec!["call", operator, "--input", input];
     args.extend_from_slice(extra);
-    xcs(&args)
+    runner(&args)
 }
 
 /// `inspect --json` output, parsed.
 fn inspect_json(operator: &str) -> Value {
-    let run = xcs(&["inspect", operator, "--json"]);
+    inspect_json_by(xcs, operator)
+}
+
+/// `inspect --json` output, parsed, run by `runner`.
+fn inspect_json_by(runner: fn(&[&str]) -> Run, operator: &str) -> Value {
+    let run = runner(&["inspect", operator, "--json"]);
     run.assert_success();
     serde_json::from_str(&run.stdout).expect("inspect --json prints JSON")
 }

@@ -18,7 +18,9 @@ use crate::policy::PolicyState;
 use crate::runtime::Runtime;
 use crate::sandbox;
 use crate::store::{StoreState, bindings};
-use crate::types::{MAX_SIGNATURE_BYTES, Param, RESOURCE_HANDLES, Signature, Unsupported, WitType};
+use crate::types::{
+    MAX_SIGNATURE_BYTES, Param, RESOURCE_HANDLES, Signature, Unsupported, WitType, is_operator_name,
+};
 
 /// The interfaces of the contract, as components import them.
 const HOST_INTERFACE: &str = "xcs:operator/host@0.1.0";
@@ -481,7 +483,7 @@ fn link(
 }
 
 /// The longest name, and version, an operator may have.
-const MAX_NAME_BYTES: usize = 64;
+const MAX_NAME_BYTES: usize = crate::types::MAX_OPERATOR_NAME_BYTES;
 /// The longest description.
 const MAX_DESCRIPTION_BYTES: usize = 1024;
 
@@ -491,14 +493,7 @@ const MAX_DESCRIPTION_BYTES: usize = 1024;
 /// bytes: what a guest says of itself is printed, logged and used as a
 /// key.
 fn check_metadata(name: &str, version: &str, description: &str) -> Result<(), String> {
-    let kebab = !name.is_empty()
-        && name.split('-').all(|word| {
-            word.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-                && word
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        });
-    if !kebab || name.len() > MAX_NAME_BYTES {
+    if !is_operator_name(name) {
         return Err(format!(
             "`metadata` returned the name {name:?}: a name is kebab-case (`word-count`), \
              at most {MAX_NAME_BYTES} bytes"

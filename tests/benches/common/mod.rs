@@ -1,6 +1,26 @@
 //! Helpers shared by the benchmarks: the quick-run switch and medians.
 
+use std::future::Future;
+use std::process::ExitCode;
 use std::time::Duration;
+
+/// Runs a bench's async body on a multi-threaded runtime; an error is
+/// printed and fails the process.
+#[allow(dead_code, reason = "each bench compiles this module; not every one is async")]
+pub fn run_async(body: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(body));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Whether `XCS_BENCH_QUICK` asks for a smoke run.
 pub fn quick() -> bool {

@@ -201,16 +201,12 @@ fn xcs_cached(args: &[&str]) -> Run {
 
 /// `xcs call <operator> --input <input> [extra...]`, with the shared cache.
 fn call_with(operator: &str, input: &str, extra: &[&str]) -> Run {
-    let mut args = vec!["call", operator, "--input", input];
-    args.extend_from_slice(extra);
-    xcs_cached(&args)
+    call_by(xcs_cached, operator, input, extra)
 }
 
 /// `xcs inspect --json <operator>`, parsed, with the shared cache.
 fn inspect_with(operator: &str) -> Value {
-    let inspected = xcs_cached(&["inspect", operator, "--json"]);
-    inspected.assert_success();
-    serde_json::from_str(&inspected.stdout).expect("inspect --json prints JSON")
+    inspect_json_by(xcs_cached, operator)
 }
 
 /// Each operator is built once per test process, whichever test asks first.
