@@ -6,7 +6,10 @@ use std::time::Duration;
 
 /// Runs a bench's async body on a multi-threaded runtime; an error is
 /// printed and fails the process.
-#[allow(dead_code, reason = "each bench compiles this module; not every one is async")]
+#[allow(
+    dead_code,
+    reason = "each bench compiles this module; not every one is async"
+)]
 pub fn run_async(body: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
