@@ -129,7 +129,7 @@ async fn cached(
     limits: &Limits,
     policies: Policies<'_>,
 ) -> Called {
-    let cacheable = policies.policy.cache && operator.metadata().deterministic;
+    let cacheable = policies.policy.cache && operator.is_repeatable();
     let key = cacheable
         .then(|| {
             let digest = operator.digest();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::capability::Capability;
 use crate::disk_cache::CACHE_KEY_FILE_ENV;
 use crate::error::Error;
+use crate::grants::Grants;
 use crate::limits::{Limits, LoadLimits};
 use crate::metrics::MetricsSnapshot;
 use crate::operator::{Operator, load};
@@ -391,6 +392,23 @@ impl HostBuilder {
     /// [`MAX_DURATION`](crate::MAX_DURATION).
     pub fn result_cache_ttl(mut self, ttl: Duration) -> Self {
         self.settings.result_ttl = crate::limits::capped(ttl);
+        self
+    }
+
+    /// Grants every operator without grants of its own (see
+    /// [`grants_for`](Self::grants_for)) the directories and environment
+    /// variables in `grants`; checked by [`build`](Self::build). Default:
+    /// nothing.
+    pub fn grants(mut self, grants: Grants) -> Self {
+        self.settings.default_grants = grants;
+        self
+    }
+
+    /// Grants the operator named `operator` (its metadata's name) these
+    /// instead of the default ones; `Grants::new()` takes the default
+    /// ones away from it.
+    pub fn grants_for(mut self, operator: impl Into<String>, grants: Grants) -> Self {
+        self.settings.grants.insert(operator.into(), grants);
         self
     }
 

@@ -13,6 +13,7 @@ use wasmtime::component::{ComponentExportIndex, InstancePre, Val};
 
 use crate::codec;
 use crate::error::Error;
+use crate::grants::Grants;
 use crate::limits::Limits;
 use crate::metrics::OperatorHandles;
 use crate::policy::{BreakerState, PolicyState};
@@ -55,7 +56,16 @@ struct OperatorInner {
     invoke: ComponentExportIndex,
     policy_state: PolicyState,
     metrics: OperatorHandles,
+    /// What its calls may reach beyond the sandbox (the host's grants for
+    /// its name); `None`: nothing.
+    grants: Option<Arc<Grants>>,
 }
+
+/// What an operator without grants has.
+static NO_GRANTS: Grants = Grants {
+    dirs: Vec::new(),
+    env: Vec::new(),
+};
 
 impl fmt::Debug for Operator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -98,6 +108,19 @@ impl Operator {
     /// The interfaces the component imports, e.g. `xcs:operator/host@0.1.0`.
     pub fn imports(&self) -> &[String] {
         &self.inner.imports
+    }
+
+    /// What its calls may reach beyond the sandbox: the host's grants for
+    /// its name (see [`HostBuilder::grants_for`](crate::HostBuilder::grants_for)).
+    pub fn grants(&self) -> &Grants {
+        self.inner.grants.as_deref().unwrap_or(&NO_GRANTS)
+    }
+
+    /// Whether its results may be cached and identical calls merged: its
+    /// metadata says it is deterministic, and nothing is granted (what a
+    /// file or a variable holds is not part of the input).
+    pub(crate) fn is_repeatable(&self) -> bool {
+        self.inner.metadata.deterministic && self.inner.grants.is_none()
     }
 
     /// Whether it is a composite: it imports `xcs:operator/compose` to call
@@ -186,9 +209,13 @@ impl Operator {
         };
         let limits = waited_limits.as_ref().unwrap_or(limits);
         let (pre, invoke) = (inner.pre.clone(), inner.invoke);
-        let state = move |state: StoreState| match composer {
-            Some(composer) => state.with_composer(composer),
-            None => state,
+        let grants = inner.grants.clone();
+        let state = move |state: StoreState| {
+            let state = state.with_grants(grants);
+            match composer {
+                Some(composer) => state.with_composer(composer),
+                None => state,
+            }
         };
         let (end, stats) =
             sandbox::attempt_in(&inner.runtime, &inner.name, limits, state, move |store| {

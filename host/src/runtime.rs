@@ -21,6 +21,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use crate::capability::Capability;
 use crate::disk_cache::DiskCache;
 use crate::error::Error;
+use crate::grants::Grants;
 use crate::limits::{Limits, LoadLimits};
 use crate::metrics::Metrics;
 use crate::policy::{CachedResult, Installed, Policy, ResultKey};
@@ -101,6 +102,10 @@ pub(crate) struct Settings {
     pub(crate) cache_key_file: Option<PathBuf>,
     pub(crate) disk_cache_bytes: u64,
     pub(crate) capabilities: Vec<Capability>,
+    /// Grants of every operator without grants of its own.
+    pub(crate) default_grants: Grants,
+    /// Grants by operator name.
+    pub(crate) grants: HashMap<String, Grants>,
     pub(crate) log_sink: Option<LogSink>,
     pub(crate) policies: HashMap<String, Policy>,
     pub(crate) default_policy: Policy,
@@ -129,6 +134,8 @@ impl Default for Settings {
             cache_key_file: None,
             disk_cache_bytes: 1 << 30,
             capabilities: Vec::new(),
+            default_grants: Grants::default(),
+            grants: HashMap::new(),
             log_sink: None,
             policies: HashMap::new(),
             default_policy: Policy::default(),
@@ -238,6 +245,10 @@ pub(crate) struct Runtime {
     pub(crate) max_memory_bytes_per_instance: u64,
     /// The interfaces the embedder granted.
     pub(crate) granted: Vec<String>,
+    /// Grants of operators without their own; `None` when there are none.
+    default_grants: Option<Arc<Grants>>,
+    /// Grants by operator name (an empty one overrides the default).
+    grants: HashMap<String, Option<Arc<Grants>>>,
     pub(crate) log_sink: Option<LogSink>,
     /// One per sandbox the pool can hold; a call waits for one.
     pub(crate) instance_slots: Slots,
@@ -266,8 +277,17 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
+    /// The grants of the operator named `name`: its own, else the
+    /// default; `None` when nothing is granted.
+    pub(crate) fn grants_of(&self, name: &str) -> Option<Arc<Grants>> {
+        match self.grants.get(name) {
+            Some(own) => own.clone(),
+            None => self.default_grants.clone(),
+        }
+    }
+
     /// Builds the engine and the linker and starts the epoch ticker.
-    pub(crate) fn new(settings: Settings) -> Result<Runtime, Error> {
+    pub(crate) fn new(mut settings: Settings) -> Result<Runtime, Error> {
         let engine = Engine::new(&settings.engine_config()?)
             .map_err(|error| config_error("engine", &error))?;
 
@@ -327,9 +347,21 @@ impl Runtime {
                 }
             })
             .build();
+        settings.default_grants.check("every operator")?;
+        for (name, grants) in &settings.grants {
+            grants.check(&format!("`{name}`"))?;
+        }
+        let shared = |grants: Grants| (!grants.is_empty()).then(|| Arc::new(grants));
+        let default_grants = shared(std::mem::take(&mut settings.default_grants));
+        let grants = std::mem::take(&mut settings.grants)
+            .into_iter()
+            .map(|(name, grants)| (name, shared(grants)))
+            .collect();
         let slots = settings.slots();
         let memory_reset = settings.memory_reset();
         Ok(Runtime {
+            default_grants,
+            grants,
             engine,
             linker,
             default_limits: settings.default_limits,

@@ -18,6 +18,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use crate::error::BoxError;
+use crate::grants::Grants;
 use crate::limits::Limits;
 use crate::turns::Seat;
 
@@ -101,6 +102,7 @@ pub(crate) struct StoreState {
     wasi: Option<WasiCtx>,
     /// What the context is made from (see [`wasi_context`]).
     seed: u64,
+    grants: Option<Arc<Grants>>,
     table: ResourceTable,
     limiter: Limiter,
     log: LogState,
@@ -119,10 +121,11 @@ pub(crate) struct StoreState {
 impl WasiView for StoreState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         let (seed, stdout, stderr) = (self.seed, &self.stdout, &self.stderr);
+        let (grants, operator) = (self.grants.as_deref(), &self.log.operator);
         WasiCtxView {
             ctx: self
                 .wasi
-                .get_or_insert_with(|| wasi_context(seed, stdout, stderr)),
+                .get_or_insert_with(|| wasi_context(seed, stdout, stderr, grants, operator)),
             table: &mut self.table,
         }
     }
@@ -414,10 +417,36 @@ impl HostMonotonicClock for MonotonicClock {
 }
 
 /// A call's WASI context: captured stdout and stderr, no network, clocks
-/// and randomness from `seed` (the same whenever it is made).
-fn wasi_context(seed: u64, stdout: &CapturedOutput, stderr: &CapturedOutput) -> WasiCtx {
-    // No preopens, environment, arguments or network: nothing is granted.
-    WasiCtx::builder()
+/// and randomness from `seed` (the same whenever it is made), and only the
+/// directories (read-only) and environment variables of `grants`.
+fn wasi_context(
+    seed: u64,
+    stdout: &CapturedOutput,
+    stderr: &CapturedOutput,
+    grants: Option<&Grants>,
+    operator: &str,
+) -> WasiCtx {
+    // No preopens, environment, arguments or network unless granted.
+    let mut builder = WasiCtx::builder();
+    if let Some(grants) = grants {
+        for dir in &grants.dirs {
+            // Checked when the host was built; a directory removed since
+            // is missing in the guest, and said so here.
+            if let Err(error) =
+                builder.preopened_dir(&dir.host, &dir.guest, wasmtime_wasi::FsPerms::ReadOnly)
+            {
+                tracing::warn!(
+                    %operator,
+                    "the granted directory {} cannot be opened: {error:#}",
+                    dir.host.display()
+                );
+            }
+        }
+        for (name, value) in &grants.env {
+            builder.env(name, value);
+        }
+    }
+    builder
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .allow_ip_name_lookup(false)
@@ -469,6 +498,7 @@ impl StoreState {
         StoreState {
             wasi: None,
             seed: limits.seed,
+            grants: None,
             table: ResourceTable::new(),
             limiter: Limiter {
                 max_memory_bytes: limits.max_memory_bytes,
@@ -491,6 +521,12 @@ impl StoreState {
             composer: None,
             seat,
         }
+    }
+
+    /// The same, with what `grants` grants the guest's WASI context.
+    pub(crate) fn with_grants(mut self, grants: Option<Arc<Grants>>) -> StoreState {
+        self.grants = grants;
+        self
     }
 
     /// The same, for a composite whose `compose` calls go to `composer`.

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 /// The layers, bottom first, with their top-level modules of `host/src`.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("vocabulary", &["__doc_fixture", "error", "limits", "types"]),
+    (
+        "vocabulary",
+        &["__doc_fixture", "error", "grants", "limits", "types"],
+    ),
     (
         "mechanisms",
         &["codec", "disk_cache", "metrics", "policy", "slots", "turns"],

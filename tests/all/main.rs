@@ -8,6 +8,7 @@ mod chaos;
 mod compose;
 mod concurrency;
 mod disk_cache;
+mod grants;
 mod graph;
 mod hardening;
 mod hostile;

@@ -601,3 +601,26 @@ async fn netprobe() {
         "no connection reached the listener"
     );
 }
+
+/// `reader` sees no file and no environment without grants (the grants
+/// tests give it some).
+#[tokio::test]
+async fn reader() {
+    let host = host();
+    let reader = load(&host, xcs_tests::READER).await;
+    for (request, code) in [
+        ("read:/etc/hostname", "io"),
+        ("list:/", "io"),
+        ("env:HOME", "unset"),
+    ] {
+        let error = reader
+            .call(&json!({ "request": request }), &Limits::default())
+            .await
+            .expect_err("nothing is granted");
+        match &error {
+            xcs::Error::Operator { code: found, .. } => assert_eq!(found, code, "{error}"),
+            other => panic!("{request}: {other}"),
+        }
+    }
+    assert_healthy(&host).await;
+}

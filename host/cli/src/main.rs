@@ -50,6 +50,8 @@ enum Command {
         limits: LimitArgs,
         #[command(flatten)]
         policy: PolicyArgs,
+        #[command(flatten)]
+        grants: GrantArgs,
         /// Write the metrics in the Prometheus text format.
         #[arg(long, value_name = "FILE")]
         metrics: Option<PathBuf>,
@@ -63,6 +65,8 @@ enum Command {
         input: InputArgs,
         #[command(flatten)]
         graph_args: GraphArgs,
+        #[command(flatten)]
+        grants: GrantArgs,
         /// At most this many guests at once (default: available parallelism).
         #[arg(long)]
         max_concurrency: Option<usize>,
@@ -144,6 +148,41 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         dot: Option<PathBuf>,
     },
+}
+
+/// What the operators may reach beyond their sandbox (nothing unless
+/// granted here).
+#[derive(Debug, Args)]
+struct GrantArgs {
+    /// Let the operators read the host directory HOST at the absolute
+    /// guest path GUEST, read-only (e.g. `--dir ./prompts::/prompts`);
+    /// repeatable.
+    #[arg(long = "dir", value_name = "HOST::GUEST")]
+    dirs: Vec<String>,
+    /// Give the operators the environment variable NAME, with the value it
+    /// has here (e.g. an API key); repeatable. Others are never passed.
+    #[arg(long = "env", value_name = "NAME")]
+    env: Vec<String>,
+}
+
+impl GrantArgs {
+    fn grants(&self) -> anyhow::Result<xcs::Grants> {
+        let mut grants = xcs::Grants::new();
+        for dir in &self.dirs {
+            let Some((host, guest)) = dir.rsplit_once("::") else {
+                return Err(io::Usage(format!(
+                    "--dir {}: expected HOST::GUEST, e.g. ./data::/data",
+                    io::printable(dir)
+                ))
+                .into());
+            };
+            grants = grants.read_dir(host, guest);
+        }
+        for name in &self.env {
+            grants = grants.env(name)?;
+        }
+        Ok(grants)
+    }
 }
 
 /// Retries for the called operator. (A bulkhead, breaker or result cache
@@ -338,14 +377,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 input,
                 limits,
                 policy,
+                grants,
                 metrics,
             } => {
+                let host = Host::builder()
+                    .default_policy(policy.policy())
+                    .grants(grants.grants()?)
+                    .build()?;
                 call(
+                    &host,
                     &operator,
                     &input,
                     &limits.limits(),
                     limits.max_input.saturating_mul(4),
-                    &policy.policy(),
                     metrics.as_deref(),
                 )
                 .await
@@ -370,6 +414,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 graph,
                 input,
                 graph_args,
+                grants,
                 max_concurrency,
                 timeout,
                 keep_going,
@@ -380,6 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics,
             } => {
                 let flags = graphs::RunFlags {
+                    grants: grants.grants()?,
                     max_concurrency,
                     timeout,
                     keep_going,
@@ -465,21 +511,20 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
 }
 
 async fn call(
+    host: &Host,
     path: &Path,
     input: &InputArgs,
     limits: &Limits,
     max_input_text: u64,
-    policy: &Policy,
     metrics: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let host = Host::builder().default_policy(policy.clone()).build()?;
-    let operator = io::load(&host, path).await?;
+    let operator = io::load(host, path).await?;
     let input = read_input(input, operator.name(), max_input_text)?;
     let output = operator.call(&input, limits).await;
     if let Ok(value) = &output {
         outln!("{}", serde_json::to_string(value)?)?;
     }
-    write_metrics(&host, metrics, output.is_ok())?;
+    write_metrics(host, metrics, output.is_ok())?;
     output.map(drop).map_err(Into::into)
 }
 

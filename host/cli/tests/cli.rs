@@ -1444,3 +1444,49 @@ fn wit_prints_and_writes_the_contract() {
         refused.stderr
     );
 }
+
+// --- grants ----------------------------------------------------------------
+
+/// `--dir HOST::GUEST` lets the operator read HOST at GUEST (only that,
+/// read-only); `--env NAME` passes one variable; ungrantable ones are
+/// usage or config errors (exit 2).
+#[test]
+fn dir_and_env_flags_grant_what_they_name() {
+    let scratch = Scratch::new();
+    scratch.file("note.txt", b"granted text");
+    let dir = format!("{}::/data", scratch.path().display());
+    let ask = |request: &str, extra: &[&str]| {
+        call(
+            xcs_tests::READER,
+            &format!(r#"{{"request": "{request}"}}"#),
+            extra,
+        )
+    };
+    let run = ask("read:/data/note.txt", &["--dir", &dir]);
+    run.assert_success();
+    assert_eq!(run.stdout, "\"granted text\"\n", "{run:#?}");
+    ask("write:/data/note.txt", &["--dir", &dir]).assert_error(5, "operator", &["[io]"]);
+    ask("read:/data/note.txt", &[]).assert_error(5, "operator", &["[io]"]);
+    let run = ask("env:PATH", &["--env", "PATH"]);
+    run.assert_success();
+    assert_eq!(
+        run.stdout,
+        format!(
+            "{}\n",
+            serde_json::to_string(&std::env::var("PATH").expect("a PATH")).expect("JSON")
+        ),
+        "{run:#?}"
+    );
+    ask("env:HOME", &["--env", "PATH"]).assert_error(5, "operator", &["[unset]"]);
+    ask("env:X", &["--dir", "no-separator"]).assert_error(2, "usage", &["expected HOST::GUEST"]);
+    ask("env:X", &["--dir", "/surely/missing/dir::/data"]).assert_error(
+        2,
+        "config",
+        &["/surely/missing/dir is not a directory"],
+    );
+    ask("env:X", &["--env", "XCS_SURELY_UNSET_VARIABLE"]).assert_error(
+        2,
+        "config",
+        &["`XCS_SURELY_UNSET_VARIABLE`"],
+    );
+}

@@ -78,6 +78,7 @@ pub(crate) async fn load(
     let metadata = read_metadata(runtime, bindings_pre, source_name).await?;
     tracing::debug!(operator = %metadata.name, %signature, "loaded");
     let metrics = runtime.metrics.handles(&metadata.name);
+    let grants = runtime.grants_of(&metadata.name);
     Ok(Operator {
         inner: Arc::new(OperatorInner {
             name: Arc::from(metadata.name.as_str()),
@@ -90,6 +91,7 @@ pub(crate) async fn load(
             invoke,
             policy_state: PolicyState::default(),
             metrics,
+            grants,
         }),
     })
 }

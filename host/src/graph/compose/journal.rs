@@ -415,8 +415,8 @@ impl Journal {
     /// earlier call of a deterministic operator.
     pub(crate) fn commit(&mut self, scope: &Scope, call: Prepared) -> Result<Recorded, Error> {
         let Prepared { node, operator } = call;
-        let merge_key = (operator.metadata().deterministic && !operator.is_composite())
-            .then(|| canonical_call(&node));
+        let merge_key =
+            (operator.is_repeatable() && !operator.is_composite()).then(|| canonical_call(&node));
         if let Some(&index) = merge_key.as_ref().and_then(|key| self.seen.get(key)) {
             self.merged += 1;
             let expr = self.node_expr(scope, index)?;

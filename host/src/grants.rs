@@ -1,0 +1,138 @@
+//! What an operator may reach beyond its sandbox: read-only directories
+//! and named environment variables. Nothing is granted unless a grant
+//! names it.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// Grants for an operator's calls: host directories it may read (each at a
+/// guest path, read-only) and environment variables it sees (by name, with
+/// their values read once, when the grant is made). Without grants an
+/// operator sees no file and no environment.
+///
+/// Give them to every operator with
+/// [`HostBuilder::grants`](crate::HostBuilder::grants), or to one by name
+/// with [`HostBuilder::grants_for`](crate::HostBuilder::grants_for).
+/// Calls of an operator with grants are never answered by the result
+/// cache nor merged with identical calls: what a file or a variable holds
+/// is not part of the input.
+///
+/// ```no_run
+/// let grants = xcs::Grants::new()
+///     .read_dir("/srv/prompts", "/prompts")
+///     .env("API_KEY")?;
+/// let host = xcs::Host::builder().grants_for("summarize", grants).build()?;
+/// # drop(host);
+/// # Ok::<(), xcs::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Grants {
+    pub(crate) dirs: Vec<DirGrant>,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// A host directory the guest may read at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct DirGrant {
+    pub(crate) host: PathBuf,
+    pub(crate) guest: String,
+}
+
+impl Grants {
+    /// No grants: what every operator has by default.
+    pub fn new() -> Grants {
+        Grants::default()
+    }
+
+    /// The host directory `host`, readable by the guest at the absolute
+    /// path `guest` (e.g. `/data`): its files and subdirectories, read-only;
+    /// nothing outside it (`..` and symbolic links that lead out fail).
+    /// Checked when the host is built: `host` must be a directory, `guest`
+    /// absolute and granted once.
+    pub fn read_dir(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Grants {
+        self.dirs.push(DirGrant {
+            host: host.into(),
+            guest: guest.into(),
+        });
+        self
+    }
+
+    /// The environment variable `name`, with the value it has in this
+    /// process now; a `config` error when it is not set (or not UTF-8).
+    pub fn env(self, name: &str) -> Result<Grants, Error> {
+        match std::env::var(name) {
+            Ok(value) => Ok(self.env_value(name, value)),
+            Err(error) => Err(Error::Config {
+                message: format!("the granted environment variable `{name}` {error}"),
+            }),
+        }
+    }
+
+    /// The environment variable `name` with `value`.
+    pub fn env_value(mut self, name: impl Into<String>, value: impl Into<String>) -> Grants {
+        let name = name.into();
+        self.env.retain(|(existing, _)| *existing != name);
+        self.env.push((name, value.into()));
+        self
+    }
+
+    /// Whether nothing is granted.
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty() && self.env.is_empty()
+    }
+
+    /// The guest paths of the granted directories.
+    pub fn dirs(&self) -> impl Iterator<Item = (&Path, &str)> {
+        self.dirs
+            .iter()
+            .map(|dir| (dir.host.as_path(), dir.guest.as_str()))
+    }
+
+    /// The names of the granted environment variables.
+    pub fn env_names(&self) -> impl Iterator<Item = &str> {
+        self.env.iter().map(|(name, _)| name.as_str())
+    }
+
+    /// A `config` error unless every directory exists and every guest path
+    /// is absolute, free of `..` and granted once; every variable name is
+    /// non-empty and free of `=` and NUL.
+    pub(crate) fn check(&self, whose: &str) -> Result<(), Error> {
+        let config = |message: String| Error::Config {
+            message: format!("grants of {whose}: {message}"),
+        };
+        for (index, dir) in self.dirs.iter().enumerate() {
+            if !dir.host.is_dir() {
+                return Err(config(format!("{} is not a directory", dir.host.display())));
+            }
+            if !dir.guest.starts_with('/')
+                || dir.guest.split('/').any(|part| part == "..")
+                || dir.guest.contains('\0')
+            {
+                return Err(config(format!(
+                    "the guest path `{}` of {} is not an absolute path without `..`",
+                    dir.guest.escape_debug(),
+                    dir.host.display()
+                )));
+            }
+            if self.dirs[..index]
+                .iter()
+                .any(|earlier| earlier.guest == dir.guest)
+            {
+                return Err(config(format!(
+                    "the guest path `{}` is granted twice",
+                    dir.guest
+                )));
+            }
+        }
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+                return Err(config(format!(
+                    "`{}` is not an environment variable name (or its value holds NUL)",
+                    name.escape_debug()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
