@@ -12,8 +12,10 @@ use crate::error::Error;
 /// operator sees no file and no environment.
 ///
 /// Give them to every operator with
-/// [`HostBuilder::grants`](crate::HostBuilder::grants), or to one by name
-/// with [`HostBuilder::grants_for`](crate::HostBuilder::grants_for).
+/// [`HostBuilder::grants`](crate::HostBuilder::grants), to one more by
+/// name or digest with
+/// [`HostBuilder::grants_for`](crate::HostBuilder::grants_for), or from a
+/// grants file with [`GrantsTable`].
 /// Calls of an operator with grants are never answered by the result
 /// cache nor merged with identical calls: what a file or a variable holds
 /// is not part of the input.
@@ -77,6 +79,15 @@ impl Grants {
         self
     }
 
+    /// These grants and `more`'s (a variable in both takes `more`'s value).
+    pub fn and(mut self, more: &Grants) -> Grants {
+        self.dirs.extend(more.dirs.iter().cloned());
+        for (name, value) in &more.env {
+            self = self.env_value(name.clone(), value.clone());
+        }
+        self
+    }
+
     /// Whether nothing is granted.
     pub fn is_empty(&self) -> bool {
         self.dirs.is_empty() && self.env.is_empty()
@@ -134,5 +145,113 @@ impl Grants {
             }
         }
         Ok(())
+    }
+}
+
+/// Grants read from TOML, as in a grants file (`xcs.toml`): a `default`
+/// table for every operator, and one per operator name or digest
+/// (`sha256:…`), added to the default ones for it.
+///
+/// ```toml
+/// [grants.default]
+/// env = ["API_KEY"]                  # the values this process has
+///
+/// [grants.summarize]
+/// dirs = ["./prompts::/prompts"]     # HOST::GUEST, read-only; HOST
+///                                    # relative to the file's directory
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantsTable {
+    pub(crate) default: Grants,
+    pub(crate) by_operator: std::collections::BTreeMap<String, Grants>,
+}
+
+/// One table of a grants file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GrantSpec {
+    #[serde(default)]
+    dirs: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+}
+
+/// The `[grants]` of a TOML document, and nothing else.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantsFile {
+    #[serde(default)]
+    grants: std::collections::BTreeMap<String, GrantSpec>,
+}
+
+impl GrantsTable {
+    /// Reads a grants file: only `[grants.<default | operator | digest>]`
+    /// tables with `dirs` and `env`; host paths relative to `base`. A
+    /// `config` error names the line of anything else, and any variable
+    /// that is not set.
+    pub fn from_toml(text: &str, base: &Path) -> Result<GrantsTable, Error> {
+        let file: GrantsFile = toml::from_str(text).map_err(|error| Error::Config {
+            message: format!("grants file: {}", error.to_string().trim_end()),
+        })?;
+        GrantsTable::from_specs(file.grants, base)
+    }
+
+    /// The table of parsed `[grants.*]` specs (a graph file's too).
+    pub(crate) fn from_specs(
+        specs: std::collections::BTreeMap<String, GrantSpec>,
+        base: &Path,
+    ) -> Result<GrantsTable, Error> {
+        let mut table = GrantsTable::default();
+        for (key, spec) in specs {
+            let mut grants = Grants::new();
+            for dir in &spec.dirs {
+                let Some((host, guest)) = dir.rsplit_once("::") else {
+                    return Err(Error::Config {
+                        message: format!(
+                            "grants of `{key}`: `{}` is not HOST::GUEST (e.g. \"./data::/data\")",
+                            dir.escape_debug()
+                        ),
+                    });
+                };
+                grants = grants.read_dir(base.join(host), guest);
+            }
+            for name in &spec.env {
+                grants = grants.env(name)?;
+            }
+            if key == "default" {
+                table.default = grants;
+            } else {
+                table.by_operator.insert(key, grants);
+            }
+        }
+        Ok(table)
+    }
+
+    /// This table and `more`'s, each operator's grants added up.
+    pub fn and(mut self, more: &GrantsTable) -> GrantsTable {
+        self.default = self.default.and(&more.default);
+        for (key, grants) in &more.by_operator {
+            let mine = self.by_operator.remove(key).unwrap_or_default();
+            self.by_operator.insert(key.clone(), mine.and(grants));
+        }
+        self
+    }
+
+    /// This table with `grants` added to every operator's.
+    pub fn and_default(mut self, grants: &Grants) -> GrantsTable {
+        self.default = self.default.and(grants);
+        self
+    }
+
+    /// The grants of every operator.
+    pub fn default_grants(&self) -> &Grants {
+        &self.default
+    }
+
+    /// The grants by operator name or digest, added to the default ones.
+    pub fn operators(&self) -> impl Iterator<Item = (&str, &Grants)> {
+        self.by_operator
+            .iter()
+            .map(|(key, grants)| (key.as_str(), grants))
     }
 }

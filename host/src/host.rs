@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::capability::Capability;
 use crate::disk_cache::CACHE_KEY_FILE_ENV;
 use crate::error::Error;
-use crate::grants::Grants;
+use crate::grants::{Grants, GrantsTable};
 use crate::limits::{Limits, LoadLimits};
 use crate::metrics::MetricsSnapshot;
 use crate::operator::{Operator, load};
@@ -395,20 +395,37 @@ impl HostBuilder {
         self
     }
 
-    /// Grants every operator without grants of its own (see
-    /// [`grants_for`](Self::grants_for)) the directories and environment
-    /// variables in `grants`; checked by [`build`](Self::build). Default:
-    /// nothing.
+    /// Grants every operator the directories and environment variables
+    /// in `grants`, with those already given; checked by
+    /// [`build`](Self::build). Default: nothing.
     pub fn grants(mut self, grants: Grants) -> Self {
-        self.settings.default_grants = grants;
+        self.settings.grants.default =
+            std::mem::take(&mut self.settings.grants.default).and(&grants);
         self
     }
 
-    /// Grants the operator named `operator` (its metadata's name) these
-    /// instead of the default ones; `Grants::new()` takes the default
-    /// ones away from it.
+    /// Grants the operator named `operator` (its metadata's name), or the
+    /// one with the digest `operator` (`sha256:…`, as
+    /// [`Operator::digest`] says it), these on top of the default ones.
     pub fn grants_for(mut self, operator: impl Into<String>, grants: Grants) -> Self {
-        self.settings.grants.insert(operator.into(), grants);
+        let key = operator.into();
+        let mine = self
+            .settings
+            .grants
+            .by_operator
+            .remove(&key)
+            .unwrap_or_default();
+        self.settings
+            .grants
+            .by_operator
+            .insert(key, mine.and(&grants));
+        self
+    }
+
+    /// Grants what a grants file (or a graph file's `[grants]`) says, with
+    /// those already given.
+    pub fn grants_table(mut self, table: &GrantsTable) -> Self {
+        self.settings.grants = std::mem::take(&mut self.settings.grants).and(table);
         self
     }
 

@@ -21,7 +21,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use crate::capability::Capability;
 use crate::disk_cache::DiskCache;
 use crate::error::Error;
-use crate::grants::Grants;
+use crate::grants::{Grants, GrantsTable};
 use crate::limits::{Limits, LoadLimits};
 use crate::metrics::Metrics;
 use crate::policy::{CachedResult, Installed, Policy, ResultKey};
@@ -102,10 +102,8 @@ pub(crate) struct Settings {
     pub(crate) cache_key_file: Option<PathBuf>,
     pub(crate) disk_cache_bytes: u64,
     pub(crate) capabilities: Vec<Capability>,
-    /// Grants of every operator without grants of its own.
-    pub(crate) default_grants: Grants,
-    /// Grants by operator name.
-    pub(crate) grants: HashMap<String, Grants>,
+    /// Grants of every operator, and more by operator name or digest.
+    pub(crate) grants: GrantsTable,
     pub(crate) log_sink: Option<LogSink>,
     pub(crate) policies: HashMap<String, Policy>,
     pub(crate) default_policy: Policy,
@@ -134,8 +132,7 @@ impl Default for Settings {
             cache_key_file: None,
             disk_cache_bytes: 1 << 30,
             capabilities: Vec::new(),
-            default_grants: Grants::default(),
-            grants: HashMap::new(),
+            grants: GrantsTable::default(),
             log_sink: None,
             policies: HashMap::new(),
             default_policy: Policy::default(),
@@ -245,10 +242,10 @@ pub(crate) struct Runtime {
     pub(crate) max_memory_bytes_per_instance: u64,
     /// The interfaces the embedder granted.
     pub(crate) granted: Vec<String>,
-    /// Grants of operators without their own; `None` when there are none.
+    /// Grants of every operator; `None` when there are none.
     default_grants: Option<Arc<Grants>>,
-    /// Grants by operator name (an empty one overrides the default).
-    grants: HashMap<String, Option<Arc<Grants>>>,
+    /// Grants by operator name or digest, the default ones included.
+    grants: HashMap<String, Arc<Grants>>,
     pub(crate) log_sink: Option<LogSink>,
     /// One per sandbox the pool can hold; a call waits for one.
     pub(crate) instance_slots: Slots,
@@ -277,12 +274,26 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    /// The grants of the operator named `name`: its own, else the
-    /// default; `None` when nothing is granted.
-    pub(crate) fn grants_of(&self, name: &str) -> Option<Arc<Grants>> {
-        match self.grants.get(name) {
-            Some(own) => own.clone(),
-            None => self.default_grants.clone(),
+    /// The grants of the operator named `name` with `digest`
+    /// (`sha256:…`): the default ones and those for its name and its
+    /// digest; `None` when nothing is granted.
+    pub(crate) fn grants_of(&self, name: &str, digest: &str) -> Option<Arc<Grants>> {
+        match (self.grants.get(name), self.grants.get(digest)) {
+            (Some(by_name), Some(by_digest)) => {
+                // Both: the default ones are in each once already.
+                let extra = Grants {
+                    dirs: by_digest
+                        .dirs
+                        .iter()
+                        .filter(|dir| !by_name.dirs.contains(dir))
+                        .cloned()
+                        .collect(),
+                    env: by_digest.env.clone(),
+                };
+                Some(Arc::new(by_name.as_ref().clone().and(&extra)))
+            }
+            (Some(one), None) | (None, Some(one)) => Some(one.clone()),
+            (None, None) => self.default_grants.clone(),
         }
     }
 
@@ -347,16 +358,15 @@ impl Runtime {
                 }
             })
             .build();
-        settings.default_grants.check("every operator")?;
-        for (name, grants) in &settings.grants {
-            grants.check(&format!("`{name}`"))?;
+        let table = std::mem::take(&mut settings.grants);
+        table.default.check("every operator")?;
+        let mut grants = HashMap::new();
+        for (key, own) in table.by_operator {
+            let all = table.default.clone().and(&own);
+            all.check(&format!("`{key}`"))?;
+            grants.insert(key, Arc::new(all));
         }
-        let shared = |grants: Grants| (!grants.is_empty()).then(|| Arc::new(grants));
-        let default_grants = shared(std::mem::take(&mut settings.default_grants));
-        let grants = std::mem::take(&mut settings.grants)
-            .into_iter()
-            .map(|(name, grants)| (name, shared(grants)))
-            .collect();
+        let default_grants = (!table.default.is_empty()).then(|| Arc::new(table.default));
         let slots = settings.slots();
         let memory_reset = settings.memory_reset();
         Ok(Runtime {

@@ -90,26 +90,31 @@ async fn a_granted_directory_is_readable_and_nothing_else() {
 }
 
 /// Only the granted variables are in the guest's environment, with the
-/// values they had when granted; grants by name replace the default ones.
+/// values they had when granted; grants by name or digest add to the
+/// default ones, for that operator only.
 #[tokio::test]
 async fn only_granted_environment_variables_are_seen() {
     let host = Host::builder()
         .grants(Grants::new().env_value("GREETING", "hi"))
-        .grants_for("noop", Grants::new())
+        .grants_for("noop", Grants::new().env_value("NOOP_ONLY", "x"))
         .build()
         .unwrap();
     let reader = load(&host, xcs_tests::READER).await;
     assert_eq!(ask(&reader, "env:GREETING").await.unwrap(), json!("hi"));
     assert_eq!(code(ask(&reader, "env:HOME").await), "unset");
     assert_eq!(code(ask(&reader, "env:PATH").await), "unset");
+    assert_eq!(code(ask(&reader, "env:NOOP_ONLY").await), "unset");
+    let digest = reader.digest().to_owned();
     let own = Host::builder()
         .grants(Grants::new().env_value("GREETING", "hi"))
         .grants_for("reader", Grants::new().env_value("OTHER", "x"))
+        .grants_for(digest, Grants::new().env_value("BY_DIGEST", "d"))
         .build()
         .unwrap();
     let reader = load(&own, xcs_tests::READER).await;
-    assert_eq!(code(ask(&reader, "env:GREETING").await), "unset");
+    assert_eq!(ask(&reader, "env:GREETING").await.unwrap(), json!("hi"));
     assert_eq!(ask(&reader, "env:OTHER").await.unwrap(), json!("x"));
+    assert_eq!(ask(&reader, "env:BY_DIGEST").await.unwrap(), json!("d"));
     // `env` reads this process's value when granted.
     let path = std::env::var("PATH").expect("tests run with a PATH");
     let from_process = Host::builder()
@@ -165,6 +170,53 @@ fn bad_grants_are_config_errors() {
             .contains("`XCS_TEST_SURELY_UNSET_VARIABLE`"),
         "{error}"
     );
+}
+
+/// A grants file: `[grants.default]` and per-operator tables of `dirs`
+/// (HOST::GUEST, HOST relative to the file) and `env`; anything else is a
+/// `config` error naming its line.
+#[tokio::test]
+async fn a_grants_file_grants_what_it_says() {
+    let scratch = Scratch::new("file");
+    std::fs::create_dir_all(scratch.0.join("data")).unwrap();
+    std::fs::write(scratch.0.join("data/f.txt"), "from the file").unwrap();
+    let table = xcs::GrantsTable::from_toml(
+        r#"
+[grants.default]
+env = ["PATH"]
+
+[grants.reader]
+dirs = ["data::/data"]
+"#,
+        &scratch.0,
+    )
+    .unwrap();
+    let host = Host::builder().grants_table(&table).build().unwrap();
+    let reader = load(&host, xcs_tests::READER).await;
+    assert_eq!(
+        ask(&reader, "read:/data/f.txt").await.unwrap(),
+        json!("from the file")
+    );
+    assert_eq!(
+        ask(&reader, "env:PATH").await.unwrap(),
+        json!(std::env::var("PATH").unwrap())
+    );
+    for (text, needle) in [
+        ("[grants.default]\nnetwork = true\n", "line 2"),
+        (
+            "[grants.default]\ndirs = [\"nope\"]\n",
+            "is not HOST::GUEST",
+        ),
+        ("[other]\n", "line 1"),
+        (
+            "[grants.default]\nenv = [\"XCS_SURELY_UNSET_VARIABLE\"]\n",
+            "XCS_SURELY_UNSET_VARIABLE",
+        ),
+    ] {
+        let error = xcs::GrantsTable::from_toml(text, &scratch.0).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Config, "{error}");
+        assert!(error.to_string().contains(needle), "{text}: {error}");
+    }
 }
 
 /// An operator with grants is never answered from the result cache: the

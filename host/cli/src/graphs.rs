@@ -23,7 +23,7 @@ const MAX_GRAPH_INPUT_TEXT: u64 = 4 * (64 << 20);
 /// How `xcs run` runs, and what it writes.
 #[derive(Debug)]
 pub(crate) struct RunFlags {
-    pub(crate) grants: xcs::Grants,
+    pub(crate) grants: xcs::GrantsTable,
     pub(crate) max_concurrency: Option<usize>,
     pub(crate) timeout: Duration,
     pub(crate) keep_going: bool,
@@ -38,11 +38,11 @@ pub(crate) struct RunFlags {
 pub(crate) async fn plan(
     path: &Path,
     args: &GraphArgs,
-    grants: xcs::Grants,
+    grants: &xcs::GrantsTable,
 ) -> anyhow::Result<(Plan, Host)> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
     let graph = Graph::from_toml(&text)?;
-    let host = Host::builder().grants(grants).build()?;
+    let host = Host::builder().grants_table(grants).build()?;
     let base = path.parent().unwrap_or(Path::new("."));
     let (operators, failed) = load_operators(&host, &graph, &args.operators, base).await?;
     let checked = graph.check(&operators);
@@ -177,7 +177,7 @@ pub(crate) async fn check(
     args: &GraphArgs,
     dot: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let (plan, _host) = plan(graph, args, xcs::Grants::new()).await?;
+    let (plan, _host) = plan(graph, args, &xcs::GrantsTable::default()).await?;
     if let Some(dot_path) = dot {
         write_file(dot_path, plan.to_dot(None).as_bytes())?;
     }
@@ -231,7 +231,7 @@ pub(crate) async fn run_graph(
     args: &GraphArgs,
     flags: &RunFlags,
 ) -> anyhow::Result<()> {
-    let (plan, host) = plan(path, args, flags.grants.clone()).await?;
+    let (plan, host) = plan(path, args, &flags.grants).await?;
     let inputs = read_input(input, "graph", MAX_GRAPH_INPUT_TEXT)?;
     let (options, progress) = options(flags, plan.graph().nodes().len());
     let report = plan.run(&inputs, &options).await;
@@ -248,7 +248,7 @@ pub(crate) async fn run_composite(
     args: &GraphArgs,
     flags: &RunFlags,
 ) -> anyhow::Result<()> {
-    let host = Host::builder().grants(flags.grants.clone()).build()?;
+    let host = Host::builder().grants_table(&flags.grants).build()?;
     let (composite, operators) = composite(&host, path, args, flags.strict).await?;
     let inputs = read_input(input, composite.operator().name(), MAX_GRAPH_INPUT_TEXT)?;
     let (options, progress) = options(flags, 1);

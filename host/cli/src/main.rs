@@ -154,6 +154,11 @@ enum Command {
 /// granted here).
 #[derive(Debug, Args)]
 struct GrantArgs {
+    /// The grants file (`[grants.default]`, `[grants.<operator>]`: `dirs`,
+    /// `env`); default: `xcs.toml` in the working directory, if there is
+    /// one.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Let the operators read the host directory HOST at the absolute
     /// guest path GUEST, read-only (e.g. `--dir ./prompts::/prompts`);
     /// repeatable.
@@ -166,7 +171,20 @@ struct GrantArgs {
 }
 
 impl GrantArgs {
-    fn grants(&self) -> anyhow::Result<xcs::Grants> {
+    /// The grants file's (given, or `xcs.toml` here) with the flags' added
+    /// to its default ones.
+    fn grants(&self) -> anyhow::Result<xcs::GrantsTable> {
+        let file = match &self.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from("xcs.toml")).filter(|path| path.is_file()),
+        };
+        let mut table = xcs::GrantsTable::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::io(&path, source))?;
+            let base = path.parent().unwrap_or(Path::new(""));
+            table = xcs::GrantsTable::from_toml(&text, base)
+                .with_context(|| format!("in {}", path.display()))?;
+        }
         let mut grants = xcs::Grants::new();
         for dir in &self.dirs {
             let Some((host, guest)) = dir.rsplit_once("::") else {
@@ -181,7 +199,7 @@ impl GrantArgs {
         for name in &self.env {
             grants = grants.env(name)?;
         }
-        Ok(grants)
+        Ok(table.and_default(&grants))
     }
 }
 
@@ -382,7 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => {
                 let host = Host::builder()
                     .default_policy(policy.policy())
-                    .grants(grants.grants()?)
+                    .grants_table(&grants.grants()?)
                     .build()?;
                 call(
                     &host,

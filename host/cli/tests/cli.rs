@@ -1490,3 +1490,30 @@ fn dir_and_env_flags_grant_what_they_name() {
         &["`XCS_SURELY_UNSET_VARIABLE`"],
     );
 }
+
+/// `--config FILE` grants what the file says (host paths relative to it);
+/// a malformed file is a `config` error naming its line.
+#[test]
+fn a_grants_file_is_read_with_config() {
+    let scratch = Scratch::new();
+    std::fs::create_dir_all(scratch.path().join("data")).expect("a dir");
+    scratch.file("data/note.txt", b"from the grants file");
+    let config = scratch.file(
+        "grants.toml",
+        b"[grants.reader]\ndirs = [\"data::/data\"]\n",
+    );
+    let run = call(
+        xcs_tests::READER,
+        r#"{"request": "read:/data/note.txt"}"#,
+        &["--config", &config],
+    );
+    run.assert_success();
+    assert_eq!(run.stdout, "\"from the grants file\"\n", "{run:#?}");
+    let bad = scratch.file("bad.toml", b"[grants.reader]\nnetwork = true\n");
+    call(
+        xcs_tests::READER,
+        r#"{"request": "env:X"}"#,
+        &["--config", &bad],
+    )
+    .assert_error(2, "config", &["line 2", "unknown field `network`"]);
+}

@@ -78,7 +78,8 @@ pub(crate) async fn load(
     let metadata = read_metadata(runtime, bindings_pre, source_name).await?;
     tracing::debug!(operator = %metadata.name, %signature, "loaded");
     let metrics = runtime.metrics.handles(&metadata.name);
-    let grants = runtime.grants_of(&metadata.name);
+    let digest = format!("sha256:{}", hex(&digest));
+    let grants = runtime.grants_of(&metadata.name, &digest);
     Ok(Operator {
         inner: Arc::new(OperatorInner {
             name: Arc::from(metadata.name.as_str()),
@@ -86,7 +87,7 @@ pub(crate) async fn load(
             metadata,
             signature,
             imports,
-            digest: format!("sha256:{}", hex(&digest)),
+            digest,
             pre,
             invoke,
             policy_state: PolicyState::default(),
