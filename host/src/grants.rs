@@ -237,6 +237,62 @@ impl GrantsTable {
         self
     }
 
+    /// This table with every relative host path made relative to `base`
+    /// (the directory of the file it was read from).
+    pub fn relative_to(mut self, base: &Path) -> GrantsTable {
+        let rebase = |grants: &mut Grants| {
+            for dir in &mut grants.dirs {
+                if dir.host.is_relative() {
+                    dir.host = base.join(&dir.host);
+                }
+            }
+        };
+        rebase(&mut self.default);
+        self.by_operator.values_mut().for_each(rebase);
+        self
+    }
+
+    /// The table as a grants file's `[grants]` tables: `dirs` as
+    /// `HOST::GUEST`, `env` by name (the values are read again where the
+    /// file is read).
+    pub(crate) fn to_toml(&self) -> toml::Table {
+        let write = |grants: &Grants| {
+            let mut table = toml::Table::new();
+            if !grants.dirs.is_empty() {
+                let dirs = grants
+                    .dirs
+                    .iter()
+                    .map(|dir| {
+                        toml::Value::String(format!("{}::{}", dir.host.display(), dir.guest))
+                    })
+                    .collect();
+                table.insert("dirs".into(), toml::Value::Array(dirs));
+            }
+            if !grants.env.is_empty() {
+                let names = grants
+                    .env
+                    .iter()
+                    .map(|(name, _)| toml::Value::String(name.clone()))
+                    .collect();
+                table.insert("env".into(), toml::Value::Array(names));
+            }
+            toml::Value::Table(table)
+        };
+        let mut tables = toml::Table::new();
+        if !self.default.is_empty() {
+            tables.insert("default".into(), write(&self.default));
+        }
+        for (key, grants) in &self.by_operator {
+            tables.insert(key.clone(), write(grants));
+        }
+        tables
+    }
+
+    /// Whether nothing is granted to any operator.
+    pub fn is_empty(&self) -> bool {
+        self.default.is_empty() && self.by_operator.values().all(Grants::is_empty)
+    }
+
     /// This table with `grants` added to every operator's.
     pub fn and_default(mut self, grants: &Grants) -> GrantsTable {
         self.default = self.default.and(grants);

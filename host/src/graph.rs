@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::error::Error;
 pub use crate::error::GraphProblem;
+use crate::grants::GrantsTable;
 use crate::limits::Limits;
 use crate::operator::Operator;
 use crate::policy::Policy;
@@ -204,6 +205,7 @@ pub struct Graph {
     pub(crate) nodes: Vec<Node>,
     pub(crate) outputs: Vec<(String, Source)>,
     pub(crate) policies: Vec<(String, Policy)>,
+    pub(crate) grants: GrantsTable,
 }
 
 impl Graph {
@@ -230,6 +232,22 @@ impl Graph {
     /// itself; the host's policies are not changed.
     pub fn policy(mut self, operator: impl Into<String>, policy: Policy) -> Self {
         self.policies.push((operator.into(), policy));
+        self
+    }
+
+    /// Grants the graph asks for (a graph file's `[grants]`, as in a
+    /// grants file; host paths as written, so relative ones are relative
+    /// to the graph file: see [`GrantsTable::relative_to`]). Grants are a
+    /// host's: the `xcs` command gives these to the host it builds for the
+    /// run; an embedder decides with
+    /// [`HostBuilder::grants_table`](crate::HostBuilder::grants_table).
+    pub fn grants(&self) -> &GrantsTable {
+        &self.grants
+    }
+
+    /// The same graph, asking for `grants` (see [`grants`](Self::grants)).
+    pub fn with_grants(mut self, grants: GrantsTable) -> Self {
+        self.grants = grants;
         self
     }
 

@@ -245,3 +245,56 @@ async fn granted_calls_are_not_cached() {
         "the result cache is not consulted: {metrics:?}"
     );
 }
+
+/// A graph file's `[grants]` are read with the graph (host paths as
+/// written, for the caller to place) and written back by `to_toml`.
+#[test]
+fn a_graph_file_carries_its_grants() {
+    let text = r#"
+[[node]]
+id = "read"
+operator = "reader"
+args = { request = "read:/data/f.txt" }
+
+[outputs]
+text = "@read"
+
+[grants.default]
+env = ["PATH"]
+
+[grants.reader]
+dirs = ["data::/data"]
+"#;
+    let graph = xcs::graph::Graph::from_toml(text).unwrap();
+    let reader = graph
+        .grants()
+        .operators()
+        .find(|(key, _)| *key == "reader")
+        .map(|(_, grants)| grants.clone())
+        .expect("reader's grants");
+    assert_eq!(
+        reader.dirs().collect::<Vec<_>>(),
+        [(std::path::Path::new("data"), "/data")]
+    );
+    let placed = graph
+        .grants()
+        .clone()
+        .relative_to(std::path::Path::new("/srv"));
+    let (_, placed_reader) = placed.operators().next().unwrap();
+    assert_eq!(
+        placed_reader.dirs().next().unwrap().0,
+        std::path::Path::new("/srv/data")
+    );
+    assert_eq!(
+        graph
+            .grants()
+            .default_grants()
+            .env_names()
+            .collect::<Vec<_>>(),
+        ["PATH"]
+    );
+    let again = xcs::graph::Graph::from_toml(&graph.to_toml().unwrap()).unwrap();
+    assert_eq!(again, graph);
+    let error = xcs::graph::Graph::from_toml("[grants.reader]\ndirs = [\"nope\"]\n").unwrap_err();
+    assert!(error.to_string().contains("is not HOST::GUEST"), "{error}");
+}

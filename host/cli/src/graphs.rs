@@ -42,8 +42,13 @@ pub(crate) async fn plan(
 ) -> anyhow::Result<(Plan, Host)> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
     let graph = Graph::from_toml(&text)?;
-    let host = Host::builder().grants_table(grants).build()?;
     let base = path.parent().unwrap_or(Path::new("."));
+    // The graph's own grants (host paths relative to it), and the
+    // command's.
+    let host = Host::builder()
+        .grants_table(&graph.grants().clone().relative_to(base))
+        .grants_table(grants)
+        .build()?;
     let (operators, failed) = load_operators(&host, &graph, &args.operators, base).await?;
     let checked = graph.check(&operators);
     if failed.is_empty() {

@@ -1517,3 +1517,38 @@ fn a_grants_file_is_read_with_config() {
     )
     .assert_error(2, "config", &["line 2", "unknown field `network`"]);
 }
+
+/// A graph file's `[grants]` grant its operators what they say, host
+/// paths relative to the graph file.
+#[test]
+fn a_graph_files_grants_apply_to_its_run() {
+    let scratch = Scratch::new();
+    std::fs::create_dir_all(scratch.path().join("data")).expect("a dir");
+    scratch.file("data/f.txt", b"granted by the graph");
+    let operators = scratch.path().join("operators");
+    std::fs::create_dir_all(&operators).expect("a dir");
+    std::fs::copy(xcs_tests::READER, operators.join("reader.wasm")).expect("a copy");
+    let graph = scratch.file(
+        "graph.toml",
+        br#"
+[[node]]
+id = "read"
+operator = "reader"
+args = { request = "read:/data/f.txt" }
+
+[outputs]
+text = "@read"
+
+[grants.reader]
+dirs = ["data::/data"]
+"#,
+    );
+    let operators = operators.to_str().expect("UTF-8").to_owned();
+    let run = xcs(&["run", &graph, "--operators", &operators]);
+    run.assert_success();
+    assert_eq!(
+        run.stdout.trim(),
+        r#"{"text":"granted by the graph"}"#,
+        "{run:#?}"
+    );
+}

@@ -15,6 +15,8 @@
 //!
 //! A literal string that starts with `@` is written with `@@`.
 
+use std::path::Path;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -23,6 +25,7 @@ use super::{Graph, GraphProblem, Node, Source};
 mod write;
 
 use crate::error::Error;
+use crate::grants::{GrantSpec, GrantsTable};
 use crate::limits::{Limits, parse_size};
 use crate::policy::{Breaker, Bulkhead, Policy, Retry};
 pub(crate) use write::write;
@@ -36,6 +39,8 @@ struct GraphSpec {
     outputs: toml::Table,
     #[serde(default)]
     policy: std::collections::BTreeMap<String, PolicySpec>,
+    #[serde(default)]
+    grants: std::collections::BTreeMap<String, GrantSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -357,6 +362,12 @@ pub(crate) fn parse(text: &str) -> Result<Graph, Error> {
     for (operator, policy_spec) in spec.policy {
         let policy = policy(&operator, policy_spec, &mut problems);
         graph = graph.policy(operator, policy);
+    }
+    // Host paths stay as written: relative to the file, which the caller
+    // knows (`GrantsTable::relative_to`).
+    match GrantsTable::from_specs(spec.grants, Path::new("")) {
+        Ok(grants) => graph = graph.with_grants(grants),
+        Err(error) => problems.push(GraphProblem::graph(format!("[grants]: {error}"))),
     }
     if problems.is_empty() {
         Ok(graph)

@@ -131,6 +131,9 @@ pub(crate) fn write(graph: &Graph) -> Result<String, Error> {
     if !policies.is_empty() {
         document.insert("policy".into(), toml::Value::Table(policies));
     }
+    if !graph.grants.is_empty() {
+        document.insert("grants".into(), toml::Value::Table(graph.grants.to_toml()));
+    }
     toml::to_string(&document).map_err(|error| {
         graph_error(vec![GraphProblem::graph(format!(
             "the graph cannot be written as TOML: {error}"
