@@ -28,10 +28,21 @@ use crate::error::Error;
 /// # drop(host);
 /// # Ok::<(), xcs::Error>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Grants {
     pub(crate) dirs: Vec<DirGrant>,
     pub(crate) env: Vec<(String, String)>,
+}
+
+/// Variables by name only: their values (API keys) stay out of logs and
+/// assertion messages.
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grants")
+            .field("dirs", &self.dirs)
+            .field("env", &self.env_names().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// A host directory the guest may read at `guest`.
@@ -65,8 +76,12 @@ impl Grants {
     pub fn env(self, name: &str) -> Result<Grants, Error> {
         match std::env::var(name) {
             Ok(value) => Ok(self.env_value(name, value)),
-            Err(error) => Err(Error::Config {
-                message: format!("the granted environment variable `{name}` {error}"),
+            // Not the error's own words: `NotUnicode` quotes the value.
+            Err(std::env::VarError::NotPresent) => Err(Error::Config {
+                message: format!("the granted environment variable `{name}` is not set"),
+            }),
+            Err(std::env::VarError::NotUnicode(_)) => Err(Error::Config {
+                message: format!("the granted environment variable `{name}` is not UTF-8"),
             }),
         }
     }
@@ -93,7 +108,7 @@ impl Grants {
         self.dirs.is_empty() && self.env.is_empty()
     }
 
-    /// The guest paths of the granted directories.
+    /// The granted directories: (host path, guest path).
     pub fn dirs(&self) -> impl Iterator<Item = (&Path, &str)> {
         self.dirs
             .iter()
@@ -126,9 +141,17 @@ impl Grants {
                     dir.host.display()
                 )));
             }
+            // `/data`, `/data/` and `/./data` are one path.
+            let normal = |guest: &str| {
+                let parts: Vec<&str> = guest
+                    .split('/')
+                    .filter(|part| !part.is_empty() && *part != ".")
+                    .collect();
+                parts.join("/")
+            };
             if self.dirs[..index]
                 .iter()
-                .any(|earlier| earlier.guest == dir.guest)
+                .any(|earlier| normal(&earlier.guest) == normal(&dir.guest))
             {
                 return Err(config(format!(
                     "the guest path `{}` is granted twice",

@@ -242,10 +242,8 @@ pub(crate) struct Runtime {
     pub(crate) max_memory_bytes_per_instance: u64,
     /// The interfaces the embedder granted.
     pub(crate) granted: Vec<String>,
-    /// Grants of every operator; `None` when there are none.
-    default_grants: Option<Arc<Grants>>,
-    /// Grants by operator name or digest, the default ones included.
-    grants: HashMap<String, Arc<Grants>>,
+    /// Grants of every operator, and more by operator name or digest.
+    grants: GrantsTable,
     pub(crate) log_sink: Option<LogSink>,
     /// One per sandbox the pool can hold; a call waits for one.
     pub(crate) instance_slots: Slots,
@@ -275,26 +273,23 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     /// The grants of the operator named `name` with `digest`
-    /// (`sha256:…`): the default ones and those for its name and its
-    /// digest; `None` when nothing is granted.
-    pub(crate) fn grants_of(&self, name: &str, digest: &str) -> Option<Arc<Grants>> {
-        match (self.grants.get(name), self.grants.get(digest)) {
-            (Some(by_name), Some(by_digest)) => {
-                // Both: the default ones are in each once already.
-                let extra = Grants {
-                    dirs: by_digest
-                        .dirs
-                        .iter()
-                        .filter(|dir| !by_name.dirs.contains(dir))
-                        .cloned()
-                        .collect(),
-                    env: by_digest.env.clone(),
-                };
-                Some(Arc::new(by_name.as_ref().clone().and(&extra)))
+    /// (`sha256:…`): the default ones, then those for its name, then those
+    /// for its digest (a variable in more than one takes the last value);
+    /// `None` when nothing is granted; a `config` error when together they
+    /// grant one guest path twice.
+    pub(crate) fn grants_of(&self, name: &str, digest: &str) -> Result<Option<Arc<Grants>>, Error> {
+        let table = &self.grants;
+        let mut grants = table.default.clone();
+        for key in [name, digest] {
+            if let Some(own) = table.by_operator.get(key) {
+                grants = grants.and(own);
             }
-            (Some(one), None) | (None, Some(one)) => Some(one.clone()),
-            (None, None) => self.default_grants.clone(),
         }
+        if grants.is_empty() {
+            return Ok(None);
+        }
+        grants.check(&format!("`{name}` ({digest})"))?;
+        Ok(Some(Arc::new(grants)))
     }
 
     /// Builds the engine and the linker and starts the epoch ticker.
@@ -358,19 +353,14 @@ impl Runtime {
                 }
             })
             .build();
-        let table = std::mem::take(&mut settings.grants);
-        table.default.check("every operator")?;
-        let mut grants = HashMap::new();
-        for (key, own) in table.by_operator {
-            let all = table.default.clone().and(&own);
-            all.check(&format!("`{key}`"))?;
-            grants.insert(key, Arc::new(all));
+        let grants = std::mem::take(&mut settings.grants);
+        grants.default.check("every operator")?;
+        for (key, own) in &grants.by_operator {
+            grants.default.clone().and(own).check(&format!("`{key}`"))?;
         }
-        let default_grants = (!table.default.is_empty()).then(|| Arc::new(table.default));
         let slots = settings.slots();
         let memory_reset = settings.memory_reset();
         Ok(Runtime {
-            default_grants,
             grants,
             engine,
             linker,

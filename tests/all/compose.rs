@@ -445,6 +445,29 @@ async fn traces_are_cached_by_input() {
     assert_eq!(ensemble.cached_traces(), 2);
 }
 
+/// A composite with grants (its code may read a granted file to decide
+/// what to call) is traced afresh on every run: no trace is kept.
+#[tokio::test]
+async fn composites_with_grants_are_traced_every_run() {
+    let (latency, _) = latency::capability();
+    let host = Host::builder()
+        .grant(latency)
+        .grants_for("pipeline", xcs::Grants::new().env_value("MODE", "x"))
+        .build()
+        .expect("host builds");
+    let operators = operators_on(&host).await;
+    let pipeline = composite(&operators, "pipeline");
+    let input = json!({"documents": ["b c d", "a"]});
+    for _ in 0..2 {
+        let report = pipeline.run(&input, &RunOptions::default()).await;
+        assert!(!report.trace.as_ref().expect("traced").cached);
+        report.into_result().expect("runs");
+    }
+    let metrics = host.metrics().operators["pipeline"].clone();
+    assert_eq!((metrics.traces, metrics.trace_hits), (2, 0));
+    assert_eq!(pipeline.cached_traces(), 0);
+}
+
 /// A composite can be a node of a graph file: it runs there (staged), its
 /// calls joining the graph; with `keep_going` a failure elsewhere does not
 /// stop it.

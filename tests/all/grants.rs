@@ -107,14 +107,35 @@ async fn only_granted_environment_variables_are_seen() {
     let digest = reader.digest().to_owned();
     let own = Host::builder()
         .grants(Grants::new().env_value("GREETING", "hi"))
-        .grants_for("reader", Grants::new().env_value("OTHER", "x"))
-        .grants_for(digest, Grants::new().env_value("BY_DIGEST", "d"))
+        .grants_for(
+            "reader",
+            Grants::new()
+                .env_value("OTHER", "x")
+                .env_value("BOTH", "name"),
+        )
+        .grants_for(
+            digest,
+            Grants::new()
+                .env_value("BY_DIGEST", "d")
+                .env_value("BOTH", "digest"),
+        )
         .build()
         .unwrap();
     let reader = load(&own, xcs_tests::READER).await;
     assert_eq!(ask(&reader, "env:GREETING").await.unwrap(), json!("hi"));
     assert_eq!(ask(&reader, "env:OTHER").await.unwrap(), json!("x"));
     assert_eq!(ask(&reader, "env:BY_DIGEST").await.unwrap(), json!("d"));
+    assert_eq!(
+        ask(&reader, "env:BOTH").await.unwrap(),
+        json!("digest"),
+        "the digest's grants come last"
+    );
+    // Values stay out of debug output.
+    let grants = format!("{:?}", reader.grants());
+    assert!(
+        grants.contains("BY_DIGEST") && !grants.contains("\"d\""),
+        "{grants}"
+    );
     // `env` reads this process's value when granted.
     let path = std::env::var("PATH").expect("tests run with a PATH");
     let from_process = Host::builder()
@@ -149,6 +170,12 @@ fn bad_grants_are_config_errors() {
             Grants::new()
                 .read_dir(&scratch.0, "/data")
                 .read_dir(&scratch.0, "/data"),
+            "granted twice",
+        ),
+        (
+            Grants::new()
+                .read_dir(&scratch.0, "/data")
+                .read_dir(&scratch.0, "/./data/"),
             "granted twice",
         ),
         (
@@ -244,6 +271,19 @@ async fn granted_calls_are_not_cached() {
         (0, 0),
         "the result cache is not consulted: {metrics:?}"
     );
+    // An empty grant is no grant: the cache answers again.
+    let empty = Host::builder()
+        .grants_for("upper", Grants::new())
+        .build()
+        .unwrap();
+    let upper = load(&empty, xcs_tests::UPPER).await;
+    for _ in 0..2 {
+        upper
+            .call(&json!({ "text": "a" }), &Limits::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(empty.metrics().operators["upper"].cache_hits, 1);
 }
 
 /// A graph file's `[grants]` are read with the graph (host paths as

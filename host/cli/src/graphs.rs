@@ -368,6 +368,7 @@ fn finish_run(
 /// What `xcs trace` prints.
 #[derive(Debug)]
 pub(crate) struct TraceFlags {
+    pub(crate) grants: xcs::GrantsTable,
     pub(crate) dot: Option<PathBuf>,
     pub(crate) json: bool,
     pub(crate) toml: bool,
@@ -380,7 +381,7 @@ pub(crate) async fn trace(
     args: &GraphArgs,
     flags: &TraceFlags,
 ) -> anyhow::Result<()> {
-    let host = Host::builder().build()?;
+    let host = Host::builder().grants_table(&flags.grants).build()?;
     let (composite, operators) = composite(&host, path, args, false).await?;
     let inputs = read_input(input, composite.operator().name(), MAX_GRAPH_INPUT_TEXT)?;
     let trace = composite.trace(&inputs).await?;

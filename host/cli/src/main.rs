@@ -102,6 +102,10 @@ enum Command {
         input: InputArgs,
         #[command(flatten)]
         graph_args: GraphArgs,
+        /// What the composite's own code may read while it is traced (as
+        /// for `xcs run`, so that the trace is the run's).
+        #[command(flatten)]
+        grants: GrantArgs,
         /// Write the traced graph as Graphviz DOT.
         #[arg(long, value_name = "FILE")]
         dot: Option<PathBuf>,
@@ -421,11 +425,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 composite,
                 input,
                 graph_args,
+                grants,
                 dot,
                 json,
                 toml,
             } => {
-                let flags = graphs::TraceFlags { dot, json, toml };
+                let flags = graphs::TraceFlags {
+                    grants: grants.grants()?,
+                    dot,
+                    json,
+                    toml,
+                };
                 graphs::trace(&composite, &input, &graph_args, &flags).await
             }
             Command::Run {

@@ -204,7 +204,7 @@ impl Composite {
 
     /// Traces the composite with `input` (its `invoke` arguments, as for
     /// [`Operator::call`]): records its calls without running any, and
-    /// reaches no capability. Errors are the composite's own failures (a
+    /// reaches no capability (but the files and variables granted to it). Errors are the composite's own failures (a
     /// trap, a refused call, too many calls, too deep a recursion).
     pub async fn trace(&self, input: &Value) -> Result<Trace, Error> {
         let metrics = self.operator.metrics();
@@ -241,11 +241,22 @@ impl Composite {
         let started = std::time::Instant::now();
         let key = self.trace_key(input);
         let metrics = self.operator.metrics();
-        if let Some(cached) = self.traces.get(&key) {
-            metrics.trace_lookup(true);
-            return cached.run(options, true).await;
+        // A composite that can read granted files or variables (or calls
+        // one that can, traced into it) may build another graph from the
+        // same input: its trace is not kept.
+        let keep_trace = self.operator.grants().is_empty()
+            && self
+                .operators
+                .by_key
+                .values()
+                .all(|callee| !callee.is_composite() || callee.grants().is_empty());
+        if keep_trace {
+            if let Some(cached) = self.traces.get(&key) {
+                metrics.trace_lookup(true);
+                return cached.run(options, true).await;
+            }
+            metrics.trace_lookup(false);
         }
-        metrics.trace_lookup(false);
         // The trace is part of the run: within the run's deadline.
         let limits = self.limits();
         let limits = limits.clone().timeout(limits.timeout.min(options.timeout));
@@ -271,7 +282,9 @@ impl Composite {
                 Err(error) => return RunReport::failed(error),
             };
             let cached = Arc::new(CachedTrace::new(plan, trace.calls, trace.merged));
-            self.traces.insert(key, cached.clone());
+            if keep_trace {
+                self.traces.insert(key, cached.clone());
+            }
             return cached.run(&options, false).await;
         };
         if self.options.strict {

@@ -79,7 +79,7 @@ pub(crate) async fn load(
     tracing::debug!(operator = %metadata.name, %signature, "loaded");
     let metrics = runtime.metrics.handles(&metadata.name);
     let digest = format!("sha256:{}", hex(&digest));
-    let grants = runtime.grants_of(&metadata.name, &digest);
+    let grants = runtime.grants_of(&metadata.name, &digest)?;
     Ok(Operator {
         inner: Arc::new(OperatorInner {
             name: Arc::from(metadata.name.as_str()),
