@@ -8,7 +8,7 @@ use crate::error::Error;
 
 /// Grants for an operator's calls: host directories it may read (each at a
 /// guest path, read-only) and environment variables it sees (by name, with
-/// their values read once, when the grant is made). Without grants an
+/// their values read once, when the host is built). Without grants an
 /// operator sees no file and no environment.
 ///
 /// Give them to every operator with
@@ -23,7 +23,7 @@ use crate::error::Error;
 /// ```no_run
 /// let grants = xcs::Grants::new()
 ///     .read_dir("/srv/prompts", "/prompts")
-///     .env("API_KEY")?;
+///     .env("API_KEY");
 /// let host = xcs::Host::builder().grants_for("summarize", grants).build()?;
 /// # drop(host);
 /// # Ok::<(), xcs::Error>(())
@@ -32,6 +32,9 @@ use crate::error::Error;
 pub struct Grants {
     pub(crate) dirs: Vec<DirGrant>,
     pub(crate) env: Vec<(String, String)>,
+    /// Variables whose values are read from this process's environment
+    /// when the host is built.
+    pub(crate) from_host: Vec<String>,
 }
 
 /// Variables by name only: their values (API keys) stay out of logs and
@@ -72,24 +75,45 @@ impl Grants {
     }
 
     /// The environment variable `name`, with the value it has in this
-    /// process now; a `config` error when it is not set (or not UTF-8).
-    pub fn env(self, name: &str) -> Result<Grants, Error> {
-        match std::env::var(name) {
-            Ok(value) => Ok(self.env_value(name, value)),
-            // Not the error's own words: `NotUnicode` quotes the value.
-            Err(std::env::VarError::NotPresent) => Err(Error::Config {
-                message: format!("the granted environment variable `{name}` is not set"),
-            }),
-            Err(std::env::VarError::NotUnicode(_)) => Err(Error::Config {
-                message: format!("the granted environment variable `{name}` is not UTF-8"),
-            }),
+    /// process when the host is built (a `config` error then if it is not
+    /// set, or not UTF-8).
+    pub fn env(mut self, name: impl Into<String>) -> Grants {
+        let name = name.into();
+        self.env.retain(|(existing, _)| *existing != name);
+        if !self.from_host.contains(&name) {
+            self.from_host.push(name);
         }
+        self
+    }
+
+    /// These grants with the variables of [`env`](Self::env) given the
+    /// values they have in this process now.
+    pub(crate) fn resolved(mut self) -> Result<Grants, Error> {
+        for name in std::mem::take(&mut self.from_host) {
+            let value = match std::env::var(&name) {
+                Ok(value) => value,
+                // Not the error's own words: `NotUnicode` quotes the value.
+                Err(std::env::VarError::NotPresent) => {
+                    return Err(Error::Config {
+                        message: format!("the granted environment variable `{name}` is not set"),
+                    });
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(Error::Config {
+                        message: format!("the granted environment variable `{name}` is not UTF-8"),
+                    });
+                }
+            };
+            self = self.env_value(name, value);
+        }
+        Ok(self)
     }
 
     /// The environment variable `name` with `value`.
     pub fn env_value(mut self, name: impl Into<String>, value: impl Into<String>) -> Grants {
         let name = name.into();
         self.env.retain(|(existing, _)| *existing != name);
+        self.from_host.retain(|existing| *existing != name);
         self.env.push((name, value.into()));
         self
     }
@@ -100,12 +124,15 @@ impl Grants {
         for (name, value) in &more.env {
             self = self.env_value(name.clone(), value.clone());
         }
+        for name in &more.from_host {
+            self = self.env(name.clone());
+        }
         self
     }
 
     /// Whether nothing is granted.
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.env.is_empty()
+        self.dirs.is_empty() && self.env.is_empty() && self.from_host.is_empty()
     }
 
     /// The granted directories: (host path, guest path).
@@ -117,7 +144,10 @@ impl Grants {
 
     /// The names of the granted environment variables.
     pub fn env_names(&self) -> impl Iterator<Item = &str> {
-        self.env.iter().map(|(name, _)| name.as_str())
+        self.env
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .chain(self.from_host.iter().map(String::as_str))
     }
 
     /// A `config` error unless every directory exists and every guest path
@@ -178,6 +208,7 @@ impl Grants {
 /// ```toml
 /// [grants.default]
 /// env = ["API_KEY"]                  # the values this process has
+///                                    # when the host is built
 ///
 /// [grants.summarize]
 /// dirs = ["./prompts::/prompts"]     # HOST::GUEST, read-only; HOST
@@ -209,9 +240,9 @@ struct GrantsFile {
 
 impl GrantsTable {
     /// Reads a grants file: only `[grants.<default | operator | digest>]`
-    /// tables with `dirs` and `env`; host paths relative to `base`. A
-    /// `config` error names the line of anything else, and any variable
-    /// that is not set.
+    /// tables with `dirs` and `env`; host paths relative to `base`, the
+    /// variables' values read when the host is built. A `config` error
+    /// names the line of anything else.
     pub fn from_toml(text: &str, base: &Path) -> Result<GrantsTable, Error> {
         let file: GrantsFile = toml::from_str(text).map_err(|error| Error::Config {
             message: format!("grants file: {}", error.to_string().trim_end()),
@@ -239,7 +270,7 @@ impl GrantsTable {
                 grants = grants.read_dir(base.join(host), guest);
             }
             for name in &spec.env {
-                grants = grants.env(name)?;
+                grants = grants.env(name.clone());
             }
             if key == "default" {
                 table.default = grants;
@@ -291,12 +322,11 @@ impl GrantsTable {
                     .collect();
                 table.insert("dirs".into(), toml::Value::Array(dirs));
             }
-            if !grants.env.is_empty() {
-                let names = grants
-                    .env
-                    .iter()
-                    .map(|(name, _)| toml::Value::String(name.clone()))
-                    .collect();
+            let names: Vec<toml::Value> = grants
+                .env_names()
+                .map(|name| toml::Value::String(name.to_owned()))
+                .collect();
+            if !names.is_empty() {
                 table.insert("env".into(), toml::Value::Array(names));
             }
             toml::Value::Table(table)

@@ -65,6 +65,7 @@ struct OperatorInner {
 static NO_GRANTS: Grants = Grants {
     dirs: Vec::new(),
     env: Vec::new(),
+    from_host: Vec::new(),
 };
 
 impl fmt::Debug for Operator {

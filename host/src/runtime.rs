@@ -353,7 +353,12 @@ impl Runtime {
                 }
             })
             .build();
-        let grants = std::mem::take(&mut settings.grants);
+        let mut grants = std::mem::take(&mut settings.grants);
+        // Variables granted by name take their values now.
+        grants.default = grants.default.resolved()?;
+        for own in grants.by_operator.values_mut() {
+            *own = std::mem::take(own).resolved()?;
+        }
         grants.default.check("every operator")?;
         for (key, own) in &grants.by_operator {
             grants.default.clone().and(own).check(&format!("`{key}`"))?;

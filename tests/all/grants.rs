@@ -136,10 +136,10 @@ async fn only_granted_environment_variables_are_seen() {
         grants.contains("BY_DIGEST") && !grants.contains("\"d\""),
         "{grants}"
     );
-    // `env` reads this process's value when granted.
+    // `env` reads this process's value when the host is built.
     let path = std::env::var("PATH").expect("tests run with a PATH");
     let from_process = Host::builder()
-        .grants(Grants::new().env("PATH").unwrap())
+        .grants(Grants::new().env("PATH"))
         .build()
         .unwrap();
     let reader = load(&from_process, xcs_tests::READER).await;
@@ -187,8 +187,9 @@ fn bad_grants_are_config_errors() {
         assert_eq!(error.kind(), ErrorKind::Config, "{error}");
         assert!(error.to_string().contains(needle), "{error}");
     }
-    let error = Grants::new()
-        .env("XCS_TEST_SURELY_UNSET_VARIABLE")
+    let error = Host::builder()
+        .grants(Grants::new().env("XCS_TEST_SURELY_UNSET_VARIABLE"))
+        .build()
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Config, "{error}");
     assert!(
@@ -235,15 +236,25 @@ dirs = ["data::/data"]
             "is not HOST::GUEST",
         ),
         ("[other]\n", "line 1"),
-        (
-            "[grants.default]\nenv = [\"XCS_SURELY_UNSET_VARIABLE\"]\n",
-            "XCS_SURELY_UNSET_VARIABLE",
-        ),
     ] {
         let error = xcs::GrantsTable::from_toml(text, &scratch.0).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Config, "{error}");
         assert!(error.to_string().contains(needle), "{text}: {error}");
     }
+    // A variable is read when the host is built, not when the file is.
+    let unset = xcs::GrantsTable::from_toml(
+        "[grants.default]\nenv = [\"XCS_SURELY_UNSET_VARIABLE\"]\n",
+        &scratch.0,
+    )
+    .expect("the file is fine");
+    let error = Host::builder().grants_table(&unset).build().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Config, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("`XCS_SURELY_UNSET_VARIABLE` is not set"),
+        "{error}"
+    );
 }
 
 /// An operator with grants is never answered from the result cache: the

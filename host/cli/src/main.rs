@@ -201,7 +201,7 @@ impl GrantArgs {
             grants = grants.read_dir(host, guest);
         }
         for name in &self.env {
-            grants = grants.env(name)?;
+            grants = grants.env(name.clone());
         }
         Ok(table.and_default(&grants))
     }
