@@ -40,14 +40,25 @@ demo: build-operators
 # and the tests' builds with them are cached.
 foreign := "target/foreign"
 
-# Install the toolchains the tests build Python and JavaScript operators
-# with, pinned, into target/foreign (idempotent; needs python3 and npm).
+# Install the toolchains the tests build Python, JavaScript and C
+# operators with, pinned, into target/foreign (idempotent; needs python3,
+# npm, and Debian's apt for clang with wasi-libc).
 setup-foreign:
     @{{foreign}}/venv/bin/componentize-py --version 2>/dev/null | grep -x 'componentize-py 0.25.1' >/dev/null || { \
         python3 -m venv {{foreign}}/venv && \
         {{foreign}}/venv/bin/pip install --quiet --disable-pip-version-check componentize-py==0.25.1; }
     @{{foreign}}/node/node_modules/.bin/componentize-js --version 2>/dev/null | grep -x '0.23.0' >/dev/null || \
         npm install --silent --no-audit --no-fund --prefix {{foreign}}/node @bytecodealliance/componentize-js@0.23.0
+    @# C: Debian's clang with wasi-libc (as root, or through sudo), and
+    @# wit-bindgen and wasm-tools from crates.io into target/foreign/cargo.
+    @[ -e /usr/lib/wasm32-wasi/libc.a ] && [ -e /usr/lib/llvm-14/lib/clang/14.0.6/lib/wasi/libclang_rt.builtins-wasm32.a ] && command -v clang >/dev/null || { \
+        if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clang lld wasi-libc libclang-rt-14-dev-wasm32 >/dev/null || \
+        { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clang lld wasi-libc libclang-rt-14-dev-wasm32 >/dev/null; }; }
+    @{{foreign}}/cargo/bin/wit-bindgen --version 2>/dev/null | grep -x 'wit-bindgen-cli 0.63.0' >/dev/null || \
+        cargo install --quiet --locked --root {{foreign}}/cargo wit-bindgen-cli@0.63.0
+    @{{foreign}}/cargo/bin/wasm-tools --version 2>/dev/null | grep -x 'wasm-tools 1.263.0' >/dev/null || \
+        cargo install --quiet --locked --root {{foreign}}/cargo wasm-tools@1.263.0
 
 # Run every test (the operators are built by the test crate's build script;
 # the Python and JavaScript ones with the toolchains of setup-foreign).

@@ -29,6 +29,8 @@ enum Tool {
     Js,
     /// `./build.sh` (cargo, for wasm32-wasip2).
     Rust,
+    /// `./build.sh` (wit-bindgen c, clang with wasi-libc, wasm-tools).
+    C,
 }
 
 impl Tool {
@@ -37,12 +39,13 @@ impl Tool {
             Tool::Python => "componentize-py",
             Tool::Js => "componentize-js",
             Tool::Rust => "cargo",
+            Tool::C => "wit-bindgen",
         }
     }
 
     fn install(self) -> &'static str {
         match self {
-            Tool::Python | Tool::Js => "just setup-foreign",
+            Tool::Python | Tool::Js | Tool::C => "just setup-foreign",
             Tool::Rust => "just setup",
         }
     }
@@ -54,6 +57,7 @@ impl Tool {
         let mut path = vec![
             foreign.join("venv/bin"),
             foreign.join("node/node_modules/.bin"),
+            foreign.join("cargo/bin"),
         ];
         path.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
@@ -91,7 +95,7 @@ impl Tool {
 
     fn command(self, project: &Path) -> Command {
         let mut command = match self {
-            Tool::Python | Tool::Rust => Self::run(project.join("build.sh")),
+            Tool::Python | Tool::Rust | Tool::C => Self::run(project.join("build.sh")),
             Tool::Js => {
                 let mut npm = Self::run("npm");
                 npm.args(["run", "--silent", "build"]);
@@ -122,7 +126,9 @@ fn hash_tree(dir: &Path, root: &Path, hasher: &mut DefaultHasher) {
     entries.sort();
     for path in entries {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if ["node_modules", "__pycache__", "target"].contains(&name) || name.ends_with(".wasm") {
+        if ["node_modules", "__pycache__", "target", "gen"].contains(&name)
+            || name.ends_with(".wasm")
+        {
             continue;
         }
         if path.is_dir() {
@@ -228,6 +234,7 @@ built! {
     new_rust => new_and_build("upper-rs", "rust", Tool::Rust);
     word_stats => build(Tool::Python, &workspace().join("examples/python/word-stats"), "word-stats", None);
     recase => build(Tool::Js, &workspace().join("examples/js/recase"), "recase", None);
+    upper_c => build(Tool::C, &workspace().join("examples/c/upper-c"), "upper-c", None);
     spin_py => build(Tool::Python, &workspace().join("tests/foreign/spin-py"), "spin-py", None);
     spin_js => build(Tool::Js, &workspace().join("tests/foreign/spin-js"), "spin-js", None);
 }
@@ -349,6 +356,32 @@ fn the_python_and_javascript_examples_name_their_types_and_run() {
         4,
         "validation",
         &["$.style: expected one of: upper, lower, title, kebab"],
+    );
+}
+
+/// The C example, built with wit-bindgen, clang and wasm-tools: its
+/// signature, a call, its operator error, and no WASI import.
+#[test]
+fn the_c_example_builds_and_runs() {
+    let description = inspect_with(upper_c());
+    assert_eq!(
+        description["signature"],
+        "func(text: string) -> result<string, error>"
+    );
+    let imports = description["imports"].as_array().expect("imports");
+    assert!(
+        imports
+            .iter()
+            .all(|import| !import.as_str().unwrap_or("").starts_with("wasi:")),
+        "{description:#}"
+    );
+    let run = call_with(upper_c(), r#"{"text": "hello, c"}"#, &[]);
+    run.assert_success();
+    assert_eq!(run.stdout, "\"HELLO, C\"\n", "{run:#?}");
+    call_with(upper_c(), r#"{"text": ""}"#, &[]).assert_error(
+        5,
+        "operator",
+        &["[empty]: the text is empty"],
     );
 }
 
