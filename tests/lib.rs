@@ -77,3 +77,5 @@ pub mod latency {
         }
     }
 }
+
+pub mod mock_http;

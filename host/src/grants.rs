@@ -1,27 +1,36 @@
-//! What an operator may reach beyond its sandbox: read-only directories
-//! and named environment variables. Nothing is granted unless a grant
-//! names it.
+//! What an operator may reach beyond its sandbox: outgoing HTTP to the
+//! origins on an allow-list, read-only directories and named environment
+//! variables. Nothing is granted unless a grant names it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::error::Error;
 
-/// Grants for an operator's calls: host directories it may read (each at a
-/// guest path, read-only) and environment variables it sees (by name, with
-/// their values read once, when the host is built). Without grants an
-/// operator sees no file and no environment.
+pub(crate) mod http;
+
+pub use http::{DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_RESPONSE_BYTES, HttpGrant};
+
+/// Grants for an operator's calls: origins it may send HTTP requests to
+/// (see [`HttpGrant`]), host directories it may read (each at a guest path,
+/// read-only) and environment variables it sees (by name, with their values
+/// read once, when the host is built). Without grants an operator reaches
+/// no network, sees no file and no environment.
 ///
 /// Give them to every operator with
 /// [`HostBuilder::grants`](crate::HostBuilder::grants), to one more by
 /// name or digest with
 /// [`HostBuilder::grants_for`](crate::HostBuilder::grants_for), or from a
 /// grants file with [`GrantsTable`].
-/// Calls of an operator with grants are never answered by the result
-/// cache nor merged with identical calls: what a file or a variable holds
-/// is not part of the input.
+/// Calls of an operator granted a directory, or HTTP (unless the HTTP
+/// grant is declared [deterministic](HttpGrant::deterministic)), are never
+/// answered by the result cache nor merged with identical calls: what a
+/// file or a server holds is not part of the input. Variables keep their
+/// values for the host's life, so they do not stop caching.
 ///
 /// ```no_run
 /// let grants = xcs::Grants::new()
+///     .allow_http("https://api.example.com")
 ///     .read_dir("/srv/prompts", "/prompts")
 ///     .env("API_KEY");
 /// let host = xcs::Host::builder().grants_for("summarize", grants).build()?;
@@ -35,6 +44,7 @@ pub struct Grants {
     /// Variables whose values are read from this process's environment
     /// when the host is built.
     pub(crate) from_host: Vec<String>,
+    pub(crate) http: HttpGrant,
 }
 
 /// Variables by name only: their values (API keys) stay out of logs and
@@ -44,6 +54,7 @@ impl std::fmt::Debug for Grants {
         f.debug_struct("Grants")
             .field("dirs", &self.dirs)
             .field("env", &self.env_names().collect::<Vec<_>>())
+            .field("http", &self.http.patterns().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -118,9 +129,37 @@ impl Grants {
         self
     }
 
+    /// Outgoing HTTP as `http` allows it, added to what is already
+    /// allowed (its settings, where it has them, replace the earlier
+    /// ones).
+    pub fn http(mut self, http: HttpGrant) -> Grants {
+        self.http = std::mem::take(&mut self.http).and(&http);
+        self
+    }
+
+    /// Outgoing HTTP to the origins `pattern` matches, with the default
+    /// limits: `Grants::new().http(HttpGrant::new().allow(pattern))`.
+    pub fn allow_http(self, pattern: impl AsRef<str>) -> Grants {
+        self.http(HttpGrant::new().allow(pattern))
+    }
+
+    /// The outgoing HTTP granted (nothing allowed unless
+    /// [`HttpGrant::is_granted`]).
+    pub fn http_grant(&self) -> &HttpGrant {
+        &self.http
+    }
+
+    /// Whether calls with these grants may be answered by the result cache
+    /// and merged with identical calls: no directory, and no HTTP unless
+    /// its grant is declared deterministic.
+    pub(crate) fn keep_repeatable(&self) -> bool {
+        self.dirs.is_empty() && (!self.http.is_granted() || self.http.is_deterministic())
+    }
+
     /// These grants and `more`'s (a variable in both takes `more`'s value).
     pub fn and(mut self, more: &Grants) -> Grants {
         self.dirs.extend(more.dirs.iter().cloned());
+        self.http = std::mem::take(&mut self.http).and(&more.http);
         for (name, value) in &more.env {
             self = self.env_value(name.clone(), value.clone());
         }
@@ -132,7 +171,10 @@ impl Grants {
 
     /// Whether nothing is granted.
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.env.is_empty() && self.from_host.is_empty()
+        self.dirs.is_empty()
+            && self.env.is_empty()
+            && self.from_host.is_empty()
+            && self.http.is_empty()
     }
 
     /// The granted directories: (host path, guest path).
@@ -152,11 +194,14 @@ impl Grants {
 
     /// A `config` error unless every directory exists and every guest path
     /// is absolute, free of `..` and granted once; every variable name is
-    /// non-empty and free of `=` and NUL.
+    /// non-empty and free of `=` and NUL; every HTTP pattern parses.
     pub(crate) fn check(&self, whose: &str) -> Result<(), Error> {
         let config = |message: String| Error::Config {
             message: format!("grants of {whose}: {message}"),
         };
+        if let Some(problem) = self.http.problem() {
+            return Err(config(problem));
+        }
         for (index, dir) in self.dirs.iter().enumerate() {
             if !dir.host.is_dir() {
                 return Err(config(format!("{} is not a directory", dir.host.display())));
@@ -213,6 +258,12 @@ impl Grants {
 /// [grants.summarize]
 /// dirs = ["./prompts::/prompts"]     # HOST::GUEST, read-only; HOST
 ///                                    # relative to the file's directory
+/// http = ["https://api.example.com"] # origins (see `HttpGrant`)
+/// http-timeout = "10s"               # per request (default 30s)
+/// http-max-response-bytes = "1MiB"   # per response (default 16MiB)
+/// http-max-requests = 10             # per call (default 100)
+/// http-private-addresses = false     # names at private addresses
+/// http-deterministic = false         # results may be cached
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GrantsTable {
@@ -228,6 +279,67 @@ pub(crate) struct GrantSpec {
     dirs: Vec<String>,
     #[serde(default)]
     env: Vec<String>,
+    #[serde(default)]
+    http: Vec<toml::Spanned<String>>,
+    #[serde(default, rename = "http-timeout")]
+    http_timeout: Option<String>,
+    #[serde(default, rename = "http-max-response-bytes")]
+    http_max_response_bytes: Option<toml::Value>,
+    #[serde(default, rename = "http-max-requests")]
+    http_max_requests: Option<u32>,
+    #[serde(default, rename = "http-private-addresses")]
+    http_private_addresses: Option<bool>,
+    #[serde(default, rename = "http-deterministic")]
+    http_deterministic: Option<bool>,
+}
+
+impl GrantSpec {
+    /// The HTTP grant of the table `key` of `text` (whose lines a bad
+    /// pattern's error names).
+    fn http(&self, key: &str, text: &str) -> Result<HttpGrant, Error> {
+        let config = |message: String| Error::Config {
+            message: format!("grants of `{key}`: {message}"),
+        };
+        let mut http = HttpGrant::new();
+        for pattern in &self.http {
+            http = http.allow(pattern.get_ref());
+            if let Some(problem) = http.problem() {
+                let line = text
+                    .get(..pattern.span().start)
+                    .map_or(0, |before| before.lines().count().max(1));
+                return Err(config(format!("line {line}: {problem}")));
+            }
+        }
+        if let Some(text) = &self.http_timeout {
+            let timeout = humantime::parse_duration(text).map_err(|error| {
+                config(format!("http-timeout `{}`: {error}", text.escape_debug()))
+            })?;
+            http = http.timeout(timeout);
+        }
+        if let Some(value) = &self.http_max_response_bytes {
+            let bytes = match value {
+                toml::Value::Integer(bytes) => u64::try_from(*bytes).ok(),
+                toml::Value::String(text) => crate::limits::parse_size(text).ok(),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                config(format!(
+                    "http-max-response-bytes `{value}` is not a size (e.g. 1048576 or \"1MiB\")"
+                ))
+            })?;
+            http = http.max_response_bytes(bytes);
+        }
+        if let Some(requests) = self.http_max_requests {
+            http = http.max_requests(requests);
+        }
+        if let Some(allowed) = self.http_private_addresses {
+            http = http.private_addresses(allowed);
+        }
+        if let Some(deterministic) = self.http_deterministic {
+            http = http.deterministic(deterministic);
+        }
+        Ok(http)
+    }
 }
 
 /// The `[grants]` of a TOML document, and nothing else.
@@ -247,13 +359,15 @@ impl GrantsTable {
         let file: GrantsFile = toml::from_str(text).map_err(|error| Error::Config {
             message: format!("grants file: {}", error.to_string().trim_end()),
         })?;
-        GrantsTable::from_specs(file.grants, base)
+        GrantsTable::from_specs(file.grants, base, text)
     }
 
-    /// The table of parsed `[grants.*]` specs (a graph file's too).
+    /// The table of `[grants.*]` specs parsed from `text` (a graph file's
+    /// too).
     pub(crate) fn from_specs(
         specs: std::collections::BTreeMap<String, GrantSpec>,
         base: &Path,
+        text: &str,
     ) -> Result<GrantsTable, Error> {
         let mut table = GrantsTable::default();
         for (key, spec) in specs {
@@ -272,6 +386,7 @@ impl GrantsTable {
             for name in &spec.env {
                 grants = grants.env(name.clone());
             }
+            grants = grants.http(spec.http(&key, text)?);
             if key == "default" {
                 table.default = grants;
             } else {
@@ -329,6 +444,7 @@ impl GrantsTable {
             if !names.is_empty() {
                 table.insert("env".into(), toml::Value::Array(names));
             }
+            write_http(&grants.http, &mut table);
             toml::Value::Table(table)
         };
         let mut tables = toml::Table::new();
@@ -362,5 +478,44 @@ impl GrantsTable {
         self.by_operator
             .iter()
             .map(|(key, grants)| (key.as_str(), grants))
+    }
+}
+
+/// `http`'s keys of a grants file's table.
+fn write_http(http: &HttpGrant, table: &mut toml::Table) {
+    let patterns: Vec<toml::Value> = http
+        .patterns()
+        .map(|pattern| toml::Value::String(pattern.to_owned()))
+        .collect();
+    if !patterns.is_empty() {
+        table.insert("http".into(), toml::Value::Array(patterns));
+    }
+    let duration =
+        |duration: Duration| toml::Value::String(humantime::format_duration(duration).to_string());
+    let settings = [
+        ("http-timeout", http.timeout.map(duration)),
+        (
+            "http-max-response-bytes",
+            http.max_response_bytes
+                .map(|bytes| toml::Value::Integer(i64::try_from(bytes).unwrap_or(i64::MAX))),
+        ),
+        (
+            "http-max-requests",
+            http.max_requests
+                .map(|requests| toml::Value::Integer(i64::from(requests))),
+        ),
+        (
+            "http-private-addresses",
+            http.private_addresses.map(toml::Value::Boolean),
+        ),
+        (
+            "http-deterministic",
+            http.deterministic.map(toml::Value::Boolean),
+        ),
+    ];
+    for (key, value) in settings {
+        if let Some(value) = value {
+            table.insert(key.into(), value);
+        }
     }
 }

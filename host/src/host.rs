@@ -395,9 +395,19 @@ impl HostBuilder {
         self
     }
 
-    /// Grants every operator the directories and environment variables
-    /// in `grants`, with those already given; checked by
-    /// [`build`](Self::build). Default: nothing.
+    /// Whether an operator that imports `wasi:http/outgoing-handler` with
+    /// no HTTP granted to it is refused at load, with a `capability` error
+    /// naming what would grant it (default `true`). Off, it loads and every
+    /// request it makes is denied: what `xcs inspect` does, to describe any
+    /// operator.
+    pub fn refuse_ungranted_http(mut self, refuse: bool) -> Self {
+        self.settings.refuse_ungranted_http = refuse;
+        self
+    }
+
+    /// Grants every operator the outgoing HTTP, directories and
+    /// environment variables in `grants`, with those already given;
+    /// checked by [`build`](Self::build). Default: nothing.
     pub fn grants(mut self, grants: Grants) -> Self {
         self.settings.grants.default =
             std::mem::take(&mut self.settings.grants.default).and(&grants);

@@ -75,7 +75,10 @@ mod host;
 pub use capability::{Capability, CapabilityParams, CapabilityResults};
 pub use disk_cache::CACHE_KEY_FILE_ENV;
 pub use error::{BoxError, Error, ErrorKind, SharedError};
-pub use grants::{Grants, GrantsTable};
+pub use grants::{
+    DEFAULT_HTTP_TIMEOUT, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_RESPONSE_BYTES, Grants, GrantsTable,
+    HttpGrant,
+};
 pub use host::{CACHE_DIR_ENV, Host, HostBuilder};
 pub use limits::{DEFAULT_SEED, Limits, LoadLimits, MAX_DURATION, parse_size};
 pub use metrics::{MetricsSnapshot, OperatorMetrics};

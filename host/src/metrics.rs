@@ -65,6 +65,8 @@ pub(crate) struct Metrics {
     breaker_transitions: Family<TransitionLabel, Counter>,
     in_flight: Family<OperatorLabel, Gauge>,
     queued: Family<OperatorLabel, Gauge>,
+    http_requests: Family<OperatorLabel, Counter>,
+    http_denied: Family<OperatorLabel, Counter>,
     latency: HistogramFamily,
     fuel: HistogramFamily,
     peak_memory: HistogramFamily,
@@ -124,6 +126,19 @@ impl Default for Metrics {
                 Family::default(),
             ),
             traces: registered(r, "traces", "Dry traces of a composite", Family::default()),
+            http_requests: registered(
+                r,
+                "http_requests",
+                "Outgoing HTTP requests let through to a granted origin",
+                Family::default(),
+            ),
+            http_denied: registered(
+                r,
+                "http_denied",
+                "Outgoing HTTP requests refused: not on the allow-list, past the per-call cap, \
+                 or to a name at a prohibited address",
+                Family::default(),
+            ),
             trace_hits: registered(
                 r,
                 "trace_cache_hits",
@@ -193,6 +208,34 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// The counters of one operator's outgoing HTTP requests.
+#[derive(Clone, Default)]
+pub(crate) struct HttpCounters {
+    requests: Counter,
+    denied: Counter,
+}
+
+impl std::fmt::Debug for HttpCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCounters")
+            .field("requests", &self.requests.get())
+            .field("denied", &self.denied.get())
+            .finish()
+    }
+}
+
+impl HttpCounters {
+    /// A request was let through.
+    pub(crate) fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// A request was refused.
+    pub(crate) fn denied(&self) {
+        self.denied.inc();
+    }
+}
+
 /// One operator's metric handles, looked up once when it is loaded, so a
 /// call only touches atomics (no label hashing or allocation).
 #[derive(Clone)]
@@ -208,6 +251,7 @@ pub(crate) struct OperatorHandles {
     trace_misses: Counter,
     in_flight: Gauge,
     queued: Gauge,
+    http: HttpCounters,
     latency: Histogram,
     fuel: Histogram,
     peak_memory: Histogram,
@@ -262,6 +306,11 @@ impl OperatorHandles {
         .inc();
     }
 
+    /// The counters of its outgoing HTTP requests.
+    pub(crate) fn http(&self) -> &HttpCounters {
+        &self.http
+    }
+
     pub(crate) fn in_flight(&self) -> GaugeGuard {
         self.in_flight.inc();
         GaugeGuard(self.in_flight.clone())
@@ -307,6 +356,10 @@ impl Metrics {
             trace_misses: self.trace_misses.get_or_create(&label(operator)).clone(),
             in_flight: self.in_flight.get_or_create(&label(operator)).clone(),
             queued: self.queued.get_or_create(&label(operator)).clone(),
+            http: HttpCounters {
+                requests: self.http_requests.get_or_create(&label(operator)).clone(),
+                denied: self.http_denied.get_or_create(&label(operator)).clone(),
+            },
             latency: self.latency.get_or_create(&label(operator)).clone(),
             fuel: self.fuel.get_or_create(&label(operator)).clone(),
             peak_memory: self.peak_memory.get_or_create(&label(operator)).clone(),
@@ -431,6 +484,8 @@ impl Metrics {
                         .queued
                         .get(&label(&operator))
                         .map_or(0, |gauge| gauge.get()),
+                    http_requests: counter(&self.http_requests, &operator),
+                    http_denied: counter(&self.http_denied, &operator),
                 };
                 (operator, snapshot)
             })
@@ -474,4 +529,9 @@ pub struct OperatorMetrics {
     pub in_flight: i64,
     /// Calls waiting in a bulkhead queue now.
     pub queued: i64,
+    /// Outgoing HTTP requests let through to a granted origin.
+    pub http_requests: u64,
+    /// Outgoing HTTP requests refused (not on the allow-list, past the
+    /// per-call cap, or to a name at a prohibited address).
+    pub http_denied: u64,
 }

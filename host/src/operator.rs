@@ -66,6 +66,7 @@ static NO_GRANTS: Grants = Grants {
     dirs: Vec::new(),
     env: Vec::new(),
     from_host: Vec::new(),
+    http: crate::grants::HttpGrant::NONE,
 };
 
 impl fmt::Debug for Operator {
@@ -118,10 +119,16 @@ impl Operator {
     }
 
     /// Whether its results may be cached and identical calls merged: its
-    /// metadata says it is deterministic, and nothing is granted (what a
-    /// file or a variable holds is not part of the input).
+    /// metadata says it is deterministic, and it is granted no directory
+    /// (what a file holds is not part of the input) and no HTTP unless the
+    /// grant says the responses are deterministic too.
     pub(crate) fn is_repeatable(&self) -> bool {
-        self.inner.metadata.deterministic && self.inner.grants.is_none()
+        self.inner.metadata.deterministic
+            && self
+                .inner
+                .grants
+                .as_deref()
+                .is_none_or(Grants::keep_repeatable)
     }
 
     /// Whether it is a composite: it imports `xcs:operator/compose` to call
@@ -211,8 +218,9 @@ impl Operator {
         let limits = waited_limits.as_ref().unwrap_or(limits);
         let (pre, invoke) = (inner.pre.clone(), inner.invoke);
         let grants = inner.grants.clone();
+        let http_counters = inner.metrics.http().clone();
         let state = move |state: StoreState| {
-            let state = state.with_grants(grants);
+            let state = state.with_grants(grants, http_counters);
             match composer {
                 Some(composer) => state.with_composer(composer),
                 None => state,

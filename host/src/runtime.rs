@@ -104,6 +104,9 @@ pub(crate) struct Settings {
     pub(crate) capabilities: Vec<Capability>,
     /// Grants of every operator, and more by operator name or digest.
     pub(crate) grants: GrantsTable,
+    /// Whether an operator importing `wasi:http/outgoing-handler` without
+    /// an HTTP grant is refused at load.
+    pub(crate) refuse_ungranted_http: bool,
     pub(crate) log_sink: Option<LogSink>,
     pub(crate) policies: HashMap<String, Policy>,
     pub(crate) default_policy: Policy,
@@ -133,6 +136,7 @@ impl Default for Settings {
             disk_cache_bytes: 1 << 30,
             capabilities: Vec::new(),
             grants: GrantsTable::default(),
+            refuse_ungranted_http: true,
             log_sink: None,
             policies: HashMap::new(),
             default_policy: Policy::default(),
@@ -244,6 +248,7 @@ pub(crate) struct Runtime {
     pub(crate) granted: Vec<String>,
     /// Grants of every operator, and more by operator name or digest.
     grants: GrantsTable,
+    pub(crate) refuse_ungranted_http: bool,
     pub(crate) log_sink: Option<LogSink>,
     /// One per sandbox the pool can hold; a call waits for one.
     pub(crate) instance_slots: Slots,
@@ -300,6 +305,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|error| config_error("wasi", &error))?;
+        crate::store::add_http_to_linker(&mut linker)
+            .map_err(|error| config_error("wasi:http", &error))?;
         bindings::Composite::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
             &mut linker,
             |state| state,
@@ -367,6 +374,7 @@ impl Runtime {
         let memory_reset = settings.memory_reset();
         Ok(Runtime {
             grants,
+            refuse_ungranted_http: settings.refuse_ungranted_http,
             engine,
             linker,
             default_limits: settings.default_limits,

@@ -122,13 +122,16 @@ impl Sandbox {
         started: Instant,
         state: impl FnOnce(StoreState) -> StoreState,
     ) -> Result<Sandbox, Error> {
-        let state = state(StoreState::new(
-            operator.clone(),
-            limits,
-            runtime.max_memory_bytes_per_instance,
-            runtime.log_sink.clone(),
-            Seat::new(runtime.turns.clone()),
-        ));
+        let state = state(
+            StoreState::new(
+                operator.clone(),
+                limits,
+                runtime.max_memory_bytes_per_instance,
+                runtime.log_sink.clone(),
+                Seat::new(runtime.turns.clone()),
+            )
+            .with_deadline(started + limits.timeout),
+        );
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(StoreState::limiter);
         // Data the guest hands the host (its result, log messages, capability

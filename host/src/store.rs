@@ -20,6 +20,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, Was
 use crate::error::BoxError;
 use crate::grants::Grants;
 use crate::limits::Limits;
+use crate::metrics::HttpCounters;
 use crate::turns::Seat;
 
 pub(crate) mod bindings {
@@ -35,8 +36,10 @@ pub(crate) mod bindings {
 }
 
 mod compose;
+mod http;
 
 pub(crate) use compose::{ArgValue, ComposeStop, Composer, ComposerFuture};
+pub(crate) use http::add_to_linker as add_http_to_linker;
 
 use bindings::xcs::operator::types::Level;
 
@@ -103,6 +106,11 @@ pub(crate) struct StoreState {
     /// What the context is made from (see [`wasi_context`]).
     seed: u64,
     grants: Option<Arc<Grants>>,
+    /// Made at the guest's first `wasi:http` call.
+    http: Option<http::HttpState>,
+    /// When the call's deadline passes: no HTTP request waits past it.
+    deadline: std::time::Instant,
+    http_counters: HttpCounters,
     table: ResourceTable,
     limiter: Limiter,
     log: LogState,
@@ -499,6 +507,9 @@ impl StoreState {
             wasi: None,
             seed: limits.seed,
             grants: None,
+            http: None,
+            deadline: std::time::Instant::now() + limits.timeout,
+            http_counters: HttpCounters::default(),
             table: ResourceTable::new(),
             limiter: Limiter {
                 max_memory_bytes: limits.max_memory_bytes,
@@ -523,9 +534,21 @@ impl StoreState {
         }
     }
 
-    /// The same, with what `grants` grants the guest's WASI context.
-    pub(crate) fn with_grants(mut self, grants: Option<Arc<Grants>>) -> StoreState {
+    /// The same, with what `grants` grants the guest's WASI context and
+    /// HTTP requests, which count in `http_counters`.
+    pub(crate) fn with_grants(
+        mut self,
+        grants: Option<Arc<Grants>>,
+        http_counters: HttpCounters,
+    ) -> StoreState {
         self.grants = grants;
+        self.http_counters = http_counters;
+        self
+    }
+
+    /// The same, for a call whose deadline passes at `deadline`.
+    pub(crate) fn with_deadline(mut self, deadline: std::time::Instant) -> StoreState {
+        self.deadline = deadline;
         self
     }
 

@@ -314,7 +314,7 @@ async fn every_refused_import_is_named_before_compiling() {
             &fixtures::importing_all(&[
                 "wasi:cli/environment@0.2.6",
                 "acme:kv/store@1.0.0",
-                "wasi:http/outgoing-handler@0.2.6",
+                "wasi:keyvalue/store@0.2.0",
                 "wasi:random/random@9.9.9",
             ]),
         )
@@ -326,19 +326,14 @@ async fn every_refused_import_is_named_before_compiling() {
             assert_eq!(import, "acme:kv/store@1.0.0");
             assert_eq!(
                 also,
-                &[
-                    "wasi:http/outgoing-handler@0.2.6",
-                    "wasi:random/random@9.9.9"
-                ]
+                &["wasi:keyvalue/store@0.2.0", "wasi:random/random@9.9.9"]
             );
         }
         other => panic!("{other:?}"),
     }
     let message = error.to_string();
     assert!(
-        message.contains(
-            "also refused: `wasi:http/outgoing-handler@0.2.6`, `wasi:random/random@9.9.9`"
-        ),
+        message.contains("also refused: `wasi:keyvalue/store@0.2.0`, `wasi:random/random@9.9.9`"),
         "{message}"
     );
     assert_eq!(host.compilations(), 0, "refused before compiling");

@@ -12,6 +12,7 @@ mod grants;
 mod graph;
 mod hardening;
 mod hostile;
+mod http;
 mod layers;
 mod limits;
 mod load;

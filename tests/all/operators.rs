@@ -624,3 +624,33 @@ async fn reader() {
     }
     assert_healthy(&host).await;
 }
+
+/// `fetch` reaches a granted origin (the HTTP tests attack it further).
+#[tokio::test]
+async fn fetch() {
+    let server = xcs_tests::mock_http::MockServer::start("key")
+        .await
+        .expect("the mock server starts");
+    let host = Host::builder()
+        .grants_for("fetch", xcs::Grants::new().allow_http(server.origin()))
+        .build()
+        .unwrap();
+    let fetch = load(&host, xcs_tests::FETCH).await;
+    let output = fetch
+        .call(
+            &json!({ "url": format!("{}/bytes/3", server.origin()) }),
+            &Limits::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        output,
+        json!({
+            "status": 200,
+            "bytes": 3,
+            "sha256": "cd2eb0837c9b4c962c22d2ff8b5441b7b45805887f051d39bf133b583baf6860",
+            "text": "xxx",
+            "redirects": 0,
+        })
+    );
+}

@@ -94,6 +94,11 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> syn::Result<TokenS
             unsafe_code,
             reason = "the canonical-ABI glue that wit-bindgen generates is unsafe by nature"
         )]
+        #[allow(
+            clippy::too_many_arguments,
+            reason = "the export glue takes `invoke`'s parameters flattened: options and \
+                      strings are several core values each"
+        )]
         mod __xcs_operator {
             ::xcs_guest::wit_bindgen::generate!({
                 inline: #world,

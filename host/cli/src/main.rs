@@ -32,13 +32,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show an operator's metadata, `invoke` signature, imports and digest.
+    /// Show an operator's metadata, `invoke` signature, imports, the
+    /// capabilities it asks for (and what is granted) and its digest.
     Inspect {
         /// The operator component (.wasm).
         operator: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        grants: GrantArgs,
     },
     /// Call an operator once and print its result as JSON.
     Call {
@@ -158,11 +161,16 @@ enum Command {
 /// granted here).
 #[derive(Debug, Args)]
 struct GrantArgs {
-    /// The grants file (`[grants.default]`, `[grants.<operator>]`: `dirs`,
-    /// `env`); default: `xcs.toml` in the working directory, if there is
-    /// one.
+    /// The grants file (`[grants.default]`, `[grants.<operator>]`: `http`,
+    /// `dirs`, `env`, ...); default: `xcs.toml` in the working directory,
+    /// if there is one.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Let the operators send HTTP requests to the origins URLPATTERN
+    /// matches: `scheme://host[:port]`, `*.` for subdomains, `:*` for any
+    /// port (e.g. `--allow-http https://api.example.com`); repeatable.
+    #[arg(long = "allow-http", value_name = "URLPATTERN")]
+    allow_http: Vec<String>,
     /// Let the operators read the host directory HOST at the absolute
     /// guest path GUEST, read-only (e.g. `--dir ./prompts::/prompts`);
     /// repeatable.
@@ -202,6 +210,9 @@ impl GrantArgs {
         }
         for name in &self.env {
             grants = grants.env(name.clone());
+        }
+        for pattern in &self.allow_http {
+            grants = grants.allow_http(pattern);
         }
         Ok(table.and_default(&grants))
     }
@@ -386,7 +397,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Inspect { operator, json } => inspect(&operator, json).await,
+            Command::Inspect {
+                operator,
+                json,
+                grants,
+            } => inspect(&operator, json, &grants).await,
             Command::Wit { out } => wit(out.as_deref()),
             Command::New {
                 name,
@@ -486,11 +501,70 @@ fn wit(out: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
-    let host = Host::builder().build()?;
+/// What an operator's imports ask of the host, and what is granted.
+fn capabilities(operator: &xcs::Operator) -> Vec<(&'static str, String, String)> {
+    let grants = operator.grants();
+    let imports = |prefix: &str| {
+        operator
+            .imports()
+            .iter()
+            .any(|import| import.starts_with(prefix))
+    };
+    let list = |items: Vec<String>, none: &str| {
+        if items.is_empty() {
+            none.to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    let mut found = Vec::new();
+    if imports("wasi:http/outgoing-handler") {
+        let patterns = grants.http_grant().patterns().map(str::to_owned).collect();
+        found.push((
+            "http",
+            "wasi:http/outgoing-handler".to_owned(),
+            list(
+                patterns,
+                "nothing (calls refuse it: --allow-http URLPATTERN, or `http` in a grants file)",
+            ),
+        ));
+    }
+    if imports("wasi:filesystem/preopens") {
+        let dirs = grants
+            .dirs()
+            .map(|(host, guest)| format!("{}::{guest}", host.display()))
+            .collect();
+        found.push((
+            "dirs",
+            "wasi:filesystem/preopens".to_owned(),
+            list(
+                dirs,
+                "nothing (--dir HOST::GUEST, or `dirs` in a grants file)",
+            ),
+        ));
+    }
+    if imports("wasi:cli/environment") {
+        let names = grants.env_names().map(str::to_owned).collect();
+        found.push((
+            "env",
+            "wasi:cli/environment".to_owned(),
+            list(names, "nothing (--env NAME, or `env` in a grants file)"),
+        ));
+    }
+    found
+}
+
+async fn inspect(path: &Path, as_json: bool, grants: &GrantArgs) -> anyhow::Result<()> {
+    // Any operator can be described: one that needs HTTP not granted here
+    // loads (its requests would be denied) and says so.
+    let host = Host::builder()
+        .grants_table(&grants.grants()?)
+        .refuse_ungranted_http(false)
+        .build()?;
     let operator = io::load(&host, path).await?;
     let metadata = operator.metadata();
     let signature = operator.signature();
+    let capabilities = capabilities(&operator);
     if as_json {
         let description = json!({
             "name": metadata.name,
@@ -503,6 +577,21 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
             "types": signature.types,
             "signature": signature.to_string(),
             "imports": operator.imports(),
+            "capabilities": capabilities
+                .iter()
+                .map(|(name, import, _)| {
+                    let grants = operator.grants();
+                    let granted: Vec<String> = match *name {
+                        "http" => grants.http_grant().patterns().map(str::to_owned).collect(),
+                        "dirs" => grants
+                            .dirs()
+                            .map(|(host, guest)| format!("{}::{guest}", host.display()))
+                            .collect(),
+                        _ => grants.env_names().map(str::to_owned).collect(),
+                    };
+                    (name.to_string(), json!({ "import": import, "granted": granted }))
+                })
+                .collect::<serde_json::Map<_, _>>(),
             "digest": operator.digest(),
         });
         outln!("{}", serde_json::to_string_pretty(&description)?)?;
@@ -531,6 +620,12 @@ async fn inspect(path: &Path, as_json: bool) -> anyhow::Result<()> {
             outln!("imports:")?;
             for import in operator.imports() {
                 outln!("  {}", io::printable(import))?;
+            }
+        }
+        if !capabilities.is_empty() {
+            outln!("capabilities:")?;
+            for (name, import, granted) in &capabilities {
+                outln!("  {name:<5} {import}: granted {}", io::printable(granted))?;
             }
         }
         outln!("digest:        {}", operator.digest())?;

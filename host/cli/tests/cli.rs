@@ -1552,3 +1552,93 @@ dirs = ["data::/data"]
         "{run:#?}"
     );
 }
+
+/// `--allow-http` grants outgoing HTTP to the origins it names; an
+/// operator importing HTTP without it is refused at load (exit 3) with the
+/// flag named; a request elsewhere fails in the guest (exit 5); a bad
+/// pattern is a `config` error (exit 2); `inspect` shows what `fetch`
+/// asks for and what is granted; the grants file's `http` key does the
+/// same as the flag; and the API key of a model call comes from `--env`.
+#[test]
+fn allow_http_grants_the_origins_it_names() {
+    let background =
+        xcs_tests::mock_http::BackgroundServer::start("sk-cli").expect("the mock server starts");
+    let server = background.server();
+    let origin = server.origin();
+    let hello = format!(r#"{{"url": "{origin}/hello"}}"#);
+    call(xcs_tests::FETCH, &hello, &[]).assert_error(
+        3,
+        "capability",
+        &[
+            "wasi:http/outgoing-handler",
+            "--allow-http",
+            "[grants.fetch]",
+        ],
+    );
+    let run = call(xcs_tests::FETCH, &hello, &["--allow-http", &origin]);
+    run.assert_success();
+    let output: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(output["text"], "hello from the mock server", "{run:#?}");
+    let elsewhere = format!(r#"{{"url": "http://localhost:{}/hello"}}"#, server.port());
+    call(xcs_tests::FETCH, &elsewhere, &["--allow-http", &origin]).assert_error(
+        5,
+        "operator",
+        &["[denied]", "HttpRequestDenied"],
+    );
+    call(xcs_tests::FETCH, &hello, &["--allow-http", "https://*"]).assert_error(
+        2,
+        "config",
+        &["`https://*` is not an HTTP origin pattern"],
+    );
+    assert_eq!(server.requests(), 1);
+
+    let run = xcs(&["inspect", xcs_tests::FETCH]);
+    run.assert_success();
+    assert!(
+        run.stdout.contains("capabilities:")
+            && run
+                .stdout
+                .contains("http  wasi:http/outgoing-handler: granted nothing"),
+        "{run:#?}"
+    );
+    let run = xcs(&[
+        "inspect",
+        "--json",
+        "--allow-http",
+        &origin,
+        xcs_tests::FETCH,
+    ]);
+    run.assert_success();
+    let description: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(
+        description["capabilities"]["http"]["granted"],
+        serde_json::json!([origin])
+    );
+
+    let scratch = Scratch::new();
+    scratch.file(
+        "xcs.toml",
+        format!("[grants.fetch]\nhttp = [\"{origin}\"]\nenv = [\"MODEL_KEY\"]\n").as_bytes(),
+    );
+    let config = scratch.path().join("xcs.toml");
+    let chat = format!(
+        r#"{{"url": "{origin}/v1/chat/completions", "method": "POST", "bearer-env": "MODEL_KEY",
+            "body": "{{\"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}"}}"#
+    );
+    let output = xcs_command(&scratch.path().join("cache"))
+        .args(["call", xcs_tests::FETCH, "--config"])
+        .arg(&config)
+        .args(["--input", &chat])
+        .env("MODEL_KEY", "sk-cli")
+        .output()
+        .expect("xcs runs");
+    assert!(output.status.success(), "{output:?}");
+    let output: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(output["status"], 200, "{output}");
+    assert!(
+        output["text"]
+            .as_str()
+            .is_some_and(|text| text.contains("echo: hi")),
+        "{output}"
+    );
+}

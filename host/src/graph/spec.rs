@@ -365,7 +365,7 @@ pub(crate) fn parse(text: &str) -> Result<Graph, Error> {
     }
     // Host paths stay as written: relative to the file, which the caller
     // knows (`GrantsTable::relative_to`).
-    match GrantsTable::from_specs(spec.grants, Path::new("")) {
+    match GrantsTable::from_specs(spec.grants, Path::new(""), text) {
         Ok(grants) => graph = graph.with_grants(grants),
         Err(error) => problems.push(GraphProblem::graph(format!("[grants]: {error}"))),
     }

@@ -32,7 +32,8 @@ const CONTRACT_PACKAGE: &str = "xcs:operator/";
 /// WASI interfaces the sandbox provides, all inert unless granted: no
 /// preopened directories, no environment, virtual clocks and randomness.
 /// So are `wasi:sockets/*` (every socket, address and name lookup is
-/// refused); HTTP is not among them.
+/// refused). HTTP ([`HTTP_INTERFACES`]) is linked too, but an operator
+/// that imports `outgoing-handler` loads only when HTTP is granted to it.
 const PROVIDED_WASI: &[&str] = &[
     "wasi:cli/environment",
     "wasi:cli/exit",
@@ -55,6 +56,40 @@ const PROVIDED_WASI: &[&str] = &[
     "wasi:filesystem/types",
     "wasi:filesystem/preopens",
 ];
+
+/// The `wasi:http` interfaces the host links (0.2.x).
+const HTTP_INTERFACES: &[&str] = &["wasi:http/types", "wasi:http/outgoing-handler"];
+const OUTGOING_HANDLER: &str = "wasi:http/outgoing-handler";
+
+/// A `capability` error unless an operator that imports
+/// `wasi:http/outgoing-handler` is granted some HTTP origin: the error
+/// names the flag and the grants-file key that would grant it.
+fn check_http_granted(
+    imports: &[String],
+    name: &str,
+    grants: Option<&crate::grants::Grants>,
+) -> Result<(), Error> {
+    let Some(import) = imports
+        .iter()
+        .find(|import| import.split('@').next() == Some(OUTGOING_HANDLER))
+    else {
+        return Ok(());
+    };
+    if grants.is_some_and(|grants| grants.http_grant().is_granted()) {
+        return Ok(());
+    }
+    Err(Error::Capability {
+        operator: name.to_owned(),
+        import: import.clone(),
+        hint: Some(format!(
+            "no HTTP origin is granted to it: grant one with `--allow-http URLPATTERN` \
+             (e.g. --allow-http https://api.example.com), or `http = [\"https://api.example.com\"]` \
+             in `[grants.{name}]` or `[grants.default]` of the grants file (xcs.toml); \
+             componentize-js links HTTP unless built with `--disable http fetch-event`"
+        )),
+        also: Vec::new(),
+    })
+}
 
 /// The SHA-256 digest of a component's bytes: the key of loaded operators.
 pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -80,6 +115,9 @@ pub(crate) async fn load(
     let metrics = runtime.metrics.handles(&metadata.name);
     let digest = format!("sha256:{}", hex(&digest));
     let grants = runtime.grants_of(&metadata.name, &digest)?;
+    if runtime.refuse_ungranted_http {
+        check_http_granted(&imports, &metadata.name, grants.as_deref())?;
+    }
     Ok(Operator {
         inner: Arc::new(OperatorInner {
             name: Arc::from(metadata.name.as_str()),
@@ -297,7 +335,10 @@ fn refusal(runtime: &Runtime, name: &str) -> Option<Option<String>> {
         return None;
     }
     let (unversioned, version) = name.split_once('@').unwrap_or((name, ""));
-    if PROVIDED_WASI.contains(&unversioned) || unversioned.starts_with("wasi:sockets/") {
+    if PROVIDED_WASI.contains(&unversioned)
+        || HTTP_INTERFACES.contains(&unversioned)
+        || unversioned.starts_with("wasi:sockets/")
+    {
         // WASI 0.2 is what the host links (any 0.2.x: semver-compatible).
         if version.is_empty() || version.starts_with("0.2.") {
             return None;
@@ -316,9 +357,7 @@ fn refusal(runtime: &Runtime, name: &str) -> Option<Option<String>> {
     Some(Some(if name.starts_with(CONTRACT_PACKAGE) {
         format!("this host implements {HOST_INTERFACE} and {COMPOSE_INTERFACE}")
     } else if name.starts_with("wasi:http/") {
-        "the sandbox provides no HTTP; componentize-js links it unless built with \
-         `--disable http fetch-event`"
-            .into()
+        "the sandbox provides wasi:http/outgoing-handler and wasi:http/types only".into()
     } else if name.starts_with("wasi:") {
         "the sandbox provides no such ambient authority".into()
     } else {
