@@ -113,7 +113,8 @@ impl HttpGrant {
 
     /// The most requests one call may make (default
     /// [`DEFAULT_MAX_REQUESTS`]): past it, a request fails in the guest
-    /// with `connection-limit-reached`.
+    /// with `connection-limit-reached`. The count is per attempt: each
+    /// attempt of a retried call starts a fresh sandbox with its own.
     pub fn max_requests(mut self, requests: u32) -> HttpGrant {
         self.max_requests = Some(requests);
         self
@@ -405,6 +406,12 @@ impl OriginPattern {
         };
         let host = match host.strip_prefix("*.") {
             Some(parent) => match parse_host(parent)? {
+                Host::Name(name) if !name.contains('.') => {
+                    return Err(format!(
+                        "`*.{name}` would allow every name under a top-level domain; \
+                         name one below it (e.g. `*.example.{name}`)"
+                    ));
+                }
                 Host::Name(name) => HostPattern::SubdomainsOf(name),
                 Host::Ip(_) => return Err("an IP address has no subdomains".into()),
             },
@@ -415,7 +422,14 @@ impl OriginPattern {
                         .into(),
                 );
             }
-            None => HostPattern::Exactly(parse_host(host)?),
+            None => match parse_host(host)? {
+                Host::Ip(ip) if ip.is_unspecified() => {
+                    return Err(format!(
+                        "`{host}` is no one address: connecting to it reaches this machine"
+                    ));
+                }
+                exact => HostPattern::Exactly(exact),
+            },
         };
         Ok(OriginPattern {
             text: text.to_owned(),
@@ -459,6 +473,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 172 && (16..32).contains(&b))
         || (a == 192 && b == 0 && c == 0)
         || (a == 192 && b == 0 && c == 2)
+        || (a == 192 && b == 88 && c == 99)
         || (a == 192 && b == 168)
         || (a == 198 && (18..20).contains(&b))
         || (a == 198 && b == 51 && c == 100)
@@ -477,18 +492,24 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     match segments {
         // Unspecified, loopback and IPv4-compatible (deprecated) ::a.b.c.d.
         [0, 0, 0, 0, 0, 0, high, low] => high != 0 && is_public_v4(embedded_v4(high, low)),
-        // NAT64.
+        // IPv4-translated ::ffff:0:a.b.c.d.
+        [0, 0, 0, 0, 0xffff, 0, high, low] => is_public_v4(embedded_v4(high, low)),
+        // NAT64, well-known prefix.
         [0x64, 0xff9b, 0, 0, 0, 0, high, low] => is_public_v4(embedded_v4(high, low)),
+        // Local-use NAT64 (RFC 8215).
+        [0x64, 0xff9b, 1, ..] => false,
         // 6to4.
         [0x2002, high, low, ..] => is_public_v4(embedded_v4(high, low)),
-        // Discard-only.
-        [0x100, 0, 0, 0, ..] => false,
-        // Documentation.
+        // IETF protocol assignments 2001::/23 (Teredo, benchmarking,
+        // ORCHID, ...), and documentation 2001:db8::/32 and 3fff::/20.
+        [0x2001, second, ..] if second < 0x200 => false,
         [0x2001, 0xdb8, ..] => false,
-        [first, ..] => {
-            // Unique local fc00::/7, link-local fe80::/10, multicast ff00::/8.
-            first & 0xfe00 != 0xfc00 && first & 0xffc0 != 0xfe80 && first & 0xff00 != 0xff00
-        }
+        [first, ..] if first & 0xfff0 == 0x3ff0 => false,
+        // Only global unicast 2000::/3 is public: not unique local
+        // fc00::/7, link-local fe80::/10, site-local fec0::/10, multicast,
+        // discard-only 100::/64, SRv6 5f00::/16 nor anything reserved.
+        [0x5f00, ..] => false,
+        [first, ..] => first & 0xe000 == 0x2000,
     }
 }
 
@@ -551,6 +572,9 @@ mod tests {
             "https://2130706433",
             "https://exa mple.com",
             "https://",
+            "https://*.com",
+            "http://0.0.0.0:8080",
+            "http://[::]:8080",
         ] {
             let grant = HttpGrant::new().allow(bad);
             let problem = grant.problem().unwrap_or_else(|| panic!("{bad} parsed"));
@@ -578,6 +602,16 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:7f00:1::",
             "2001:db8::1",
+            "192.88.99.1",
+            "fec0::1",
+            "::ffff:0:a00:1",
+            "64:ff9b:1::1",
+            "2001::1",
+            "2001:2::1",
+            "3fff::1",
+            "5f00::1",
+            "100::1",
+            "4000::1",
         ] {
             assert!(
                 !is_public(private.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
@@ -588,6 +622,7 @@ mod tests {
             "93.184.216.34",
             "1.1.1.1",
             "2606:4700::1111",
+            "2001:4860::8888",
             "::ffff:8.8.8.8",
         ] {
             assert!(

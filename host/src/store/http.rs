@@ -166,6 +166,8 @@ struct Admitted {
     operator: Arc<str>,
     counters: HttpCounters,
     timeout: Duration,
+    /// The call's deadline: no step of the request waits past it.
+    deadline: tokio::time::Instant,
     max_response_bytes: u64,
     private_addresses: bool,
 }
@@ -206,7 +208,11 @@ impl Hooks {
         let uri = request.uri();
         let scheme = uri.scheme_str().unwrap_or_default();
         let authority = uri.authority().map_or("", |authority| authority.as_str());
-        let origin = format!("{scheme}://{authority}");
+        // User information (`user:password@`) never reaches a log.
+        let shown = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        let origin = format!("{scheme}://{shown}");
         let cap = self
             .grant()
             .map_or(DEFAULT_MAX_REQUESTS, HttpGrant::requests_cap);
@@ -243,6 +249,7 @@ impl Hooks {
         let left = self.deadline.saturating_duration_since(Instant::now());
         let admitted = Admitted {
             timeout: grant.request_timeout().min(left),
+            deadline: tokio::time::Instant::from_std(self.deadline),
             max_response_bytes: grant.response_bytes_cap(),
             private_addresses: grant.allows_private_addresses(),
             destination,
@@ -284,9 +291,13 @@ async fn send(
     let connect_timeout = step_timeout(admitted.timeout, options.connect_timeout);
     let first_byte_timeout = step_timeout(admitted.timeout, options.first_byte_timeout);
     let between_bytes_timeout = step_timeout(admitted.timeout, options.between_bytes_timeout);
-    let connect_by = tokio::time::Instant::now() + connect_timeout;
+    // Each step within its own timeout and, all of them, within the
+    // call's deadline.
+    let deadline = admitted.deadline;
+    let by = move |timeout: Duration| (tokio::time::Instant::now() + timeout).min(deadline);
+    let connect_by = by(connect_timeout);
 
-    let addresses = addresses(&admitted, connect_timeout).await?;
+    let addresses = addresses(&admitted, connect_by).await?;
     let stream = tokio::time::timeout_at(connect_by, connect(&addresses))
         .await
         .map_err(|_| WasiHttpError::ConnectionTimeout)??;
@@ -325,8 +336,8 @@ async fn send(
 
     // The connection's I/O is driven while the response is awaited.
     let mut connection = Some(connection);
-    let mut response = std::pin::pin!(tokio::time::timeout(
-        first_byte_timeout,
+    let mut response = std::pin::pin!(tokio::time::timeout_at(
+        by(first_byte_timeout),
         sender.send_request(request)
     ));
     let response = std::future::poll_fn(|cx| {
@@ -369,7 +380,7 @@ async fn send(
             read: 0,
             cap,
             between_bytes_timeout,
-            idle: Box::pin(tokio::time::sleep(between_bytes_timeout)),
+            idle: Box::pin(tokio::time::sleep_until(by(between_bytes_timeout))),
             admitted,
         }
         .boxed_unsync()
@@ -387,14 +398,14 @@ async fn send(
 /// that may be reached (public ones, unless private ones are allowed).
 async fn addresses(
     admitted: &Admitted,
-    timeout: Duration,
+    by: tokio::time::Instant,
 ) -> Result<Vec<SocketAddr>, WasiHttpError> {
     let port = admitted.destination.port;
     let name = match &admitted.destination.host {
         Host::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
         Host::Name(name) => name,
     };
-    let resolved = tokio::time::timeout(timeout, tokio::net::lookup_host((name.as_str(), port)))
+    let resolved = tokio::time::timeout_at(by, tokio::net::lookup_host((name.as_str(), port)))
         .await
         .map_err(|_| WasiHttpError::DnsTimeout)?
         .map_err(|error| WasiHttpError::DnsError {
@@ -514,7 +525,8 @@ impl http_body::Body for CappedBody {
                         )))));
                     }
                 }
-                let next = tokio::time::Instant::now() + this.between_bytes_timeout;
+                let next = (tokio::time::Instant::now() + this.between_bytes_timeout)
+                    .min(this.admitted.deadline);
                 this.idle.as_mut().reset(next);
                 Poll::Ready(Some(Ok(frame)))
             }
