@@ -485,6 +485,34 @@ impl Error {
         }
     }
 
+    /// The operator the error is about, when it is about one (a node's
+    /// error: its operator's). A component that failed to load has no
+    /// name yet: its source name is given instead.
+    pub fn operator(&self) -> Option<&str> {
+        match self {
+            Error::InvalidComponent { source_name, .. } => Some(source_name),
+            Error::Contract { operator, .. }
+            | Error::Capability { operator, .. }
+            | Error::Validation { operator, .. }
+            | Error::InputTooLarge { operator, .. }
+            | Error::Operator { operator, .. }
+            | Error::Timeout { operator, .. }
+            | Error::Fuel { operator, .. }
+            | Error::Memory { operator, .. }
+            | Error::StackOverflow { operator, .. }
+            | Error::Trap { operator, .. }
+            | Error::CircuitOpen { operator, .. }
+            | Error::Overloaded { operator, .. } => Some(operator),
+            Error::Analysis { composite, .. } => Some(composite),
+            Error::Node { cause, .. } => cause.operator(),
+            Error::Graph { .. }
+            | Error::GraphTimeout { .. }
+            | Error::Cancelled { .. }
+            | Error::Io { .. }
+            | Error::Config { .. } => None,
+        }
+    }
+
     /// Whether the operator said that trying again may succeed.
     ///
     /// Only an [`Error::Operator`] with its `retryable` flag set is; every

@@ -72,13 +72,24 @@ pub(crate) fn read_input(args: &InputArgs, operator: &str, max_text: u64) -> any
         }
         ("stdin", bytes)
     };
+    parse_json(&bytes, operator, max_text, origin).map_err(Into::into)
+}
+
+/// Parses `bytes` (from `origin`, for the error) as JSON: at most
+/// `max_text` bytes of text, parsed into at most `max_text` bytes of values.
+pub(crate) fn parse_json(
+    bytes: &[u8],
+    operator: &str,
+    max_text: u64,
+    origin: &str,
+) -> Result<Value, Error> {
     let too_large = |size: u64| Error::InputTooLarge {
         operator: operator.to_owned(),
         size,
         limit: max_text,
     };
     if bytes.len() as u64 > max_text {
-        return Err(too_large(bytes.len() as u64).into());
+        return Err(too_large(bytes.len() as u64));
     }
     let invalid = |found: String| Error::Validation {
         operator: operator.to_owned(),
@@ -86,7 +97,7 @@ pub(crate) fn read_input(args: &InputArgs, operator: &str, max_text: u64) -> any
         expected: format!("JSON ({origin})"),
         found,
     };
-    let text = std::str::from_utf8(&bytes)
+    let text = std::str::from_utf8(bytes)
         .map_err(|error| invalid(format!("text that is not UTF-8: {error}")))?;
     let mut budget = Budget(max_text);
     let mut deserializer = serde_json::Deserializer::from_str(text);
@@ -95,8 +106,8 @@ pub(crate) fn read_input(args: &InputArgs, operator: &str, max_text: u64) -> any
             .and_then(|value| deserializer.end().map(|()| value));
     match value {
         Ok(value) => Ok(value),
-        Err(_) if budget.0 == 0 => Err(too_large(max_text.saturating_add(1)).into()),
-        Err(error) => Err(invalid(format!("invalid JSON: {error}")).into()),
+        Err(_) if budget.0 == 0 => Err(too_large(max_text.saturating_add(1))),
+        Err(error) => Err(invalid(format!("invalid JSON: {error}"))),
     }
 }
 

@@ -5,6 +5,7 @@
 mod io;
 mod graphs;
 mod new;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -144,6 +145,47 @@ enum Command {
         /// xcs checkout; default: the one this xcs was built from).
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
+    },
+    /// Serve the operators of a directory over HTTP until SIGTERM or
+    /// SIGINT: calls, graph runs, Prometheus metrics, health; operators
+    /// reloaded when their files change.
+    Serve {
+        /// Serve every `.wasm` here, by the name in its metadata; reloaded
+        /// when a file is added, replaced or removed.
+        #[arg(long, value_name = "DIR", default_value = "target/operators")]
+        operators: PathBuf,
+        /// Graph files `<name>.toml` served as `/v1/graphs/<name>/run`.
+        #[arg(long, value_name = "DIR")]
+        graphs: Option<PathBuf>,
+        /// Address to listen on; any but a loopback one needs --token-file.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// A file holding the bearer token every request but /healthz and
+        /// /readyz must carry (`Authorization: Bearer <token>`).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Calls and graph runs at once.
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        max_concurrency: usize,
+        /// Calls and graph runs waiting for one of those places; beyond, a
+        /// request is refused at once (503, `overloaded`).
+        #[arg(long, default_value_t = 1024, value_name = "N")]
+        max_queue: usize,
+        /// On SIGTERM or SIGINT, how long in-flight requests may take to
+        /// finish.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        drain: Duration,
+        /// The largest request body.
+        #[arg(long, value_parser = xcs::parse_size, default_value = "64MiB")]
+        max_body: u64,
+        /// The longest graph run (a request may ask for less).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        graph_timeout: Duration,
+        /// The most any call may have (a request may ask for less).
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[command(flatten)]
+        grants: GrantArgs,
     },
     /// Check a graph file without running anything.
     Check {
@@ -429,6 +471,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     limits.max_input.saturating_mul(4),
                     metrics.as_deref(),
                 )
+                .await
+            }
+            Command::Serve {
+                operators,
+                graphs,
+                listen,
+                token_file,
+                max_concurrency,
+                max_queue,
+                drain,
+                max_body,
+                graph_timeout,
+                limits,
+                grants,
+            } => {
+                serve::serve(serve::ServeFlags {
+                    operators,
+                    graphs,
+                    listen,
+                    grants: grants.grants()?,
+                    token_file,
+                    max_concurrency,
+                    max_queue,
+                    drain,
+                    max_body,
+                    maxima: serve::Maxima {
+                        timeout: limits.timeout,
+                        fuel: limits.fuel,
+                        memory: limits.memory,
+                        max_input: limits.max_input,
+                        max_output: limits.max_output,
+                        seed: limits.seed,
+                        graph_timeout,
+                    },
+                })
                 .await
             }
             Command::Check {

@@ -11,6 +11,8 @@ use serde_json::Value;
 
 #[path = "cli/languages.rs"]
 mod languages;
+#[path = "cli/serve.rs"]
+mod serve;
 
 /// A scratch directory, unique per test, removed on drop. The compilation
 /// cache (`XCS_CACHE_DIR`) and any input files live in it.
