@@ -636,3 +636,71 @@ fn serve_drains_on_sigterm() {
         }
     }
 }
+
+/// Past `--max-concurrency` running and `--max-queue` waiting, a request
+/// is refused at once (503, `overloaded`, `Retry-After`); a named graph of
+/// `--graphs` runs with the body as its input, and only a name is looked
+/// up there.
+#[test]
+fn serve_bounds_its_work_and_runs_named_graphs() {
+    let background =
+        xcs_tests::mock_http::BackgroundServer::start("key").expect("the mock server starts");
+    let origin = background.server().origin();
+    let scratch = Scratch::new();
+    let dir = operators(
+        &scratch,
+        &[
+            ("upper.wasm", xcs_tests::UPPER),
+            ("fetch.wasm", xcs_tests::FETCH),
+        ],
+    );
+    let graphs = scratch.path().join("graphs");
+    std::fs::create_dir_all(&graphs).expect("the graphs directory");
+    std::fs::write(
+        graphs.join("shout.toml"),
+        "[[node]]\nid = \"loud\"\noperator = \"upper\"\nargs = { text = \"@input.text\" }\n\n[outputs]\nloud = \"@loud\"\n",
+    )
+    .expect("the graph is written");
+    let server = Server::start(
+        &scratch,
+        &dir,
+        &[
+            "--allow-http",
+            &origin,
+            "--max-concurrency",
+            "1",
+            "--max-queue",
+            "0",
+            "--graphs",
+            graphs.to_str().expect("UTF-8"),
+        ],
+    );
+    let address = server.address.clone();
+    let slow = json!({ "url": format!("{origin}/slow/1500") }).to_string();
+    let in_flight = std::thread::spawn(move || {
+        request(
+            &address,
+            "POST",
+            "/v1/operators/fetch/call",
+            &[],
+            slow.as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = server.post("/v1/operators/upper/call", &json!({ "text": "x" }));
+    refused.assert_error(503, "overloaded");
+    assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
+    // Reading is not work: listing and metrics still answer.
+    assert_eq!(server.get("/v1/operators").status, 200);
+    assert_eq!(in_flight.join().expect("the slow call").status, 200);
+
+    let run = server.post("/v1/graphs/shout/run", &json!({ "text": "named" }));
+    assert_eq!(run.status, 200, "{run:?}");
+    assert_eq!(run.json()["outputs"]["loud"], "NAMED");
+    server
+        .post("/v1/graphs/nothing/run", &json!({}))
+        .assert_error(404, "not-found");
+    server
+        .post("/v1/graphs/..%2Fgraphs%2Fshout/run", &json!({}))
+        .assert_error(404, "not-found");
+}
