@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::json;
 use xcs::policy::{Policy, Retry};
 use xcs::{Error, ErrorKind, Host, Limits};
@@ -27,6 +27,12 @@ struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
 
+    /// JSON for scripts: an error is one object on stderr
+    /// (`{"kind", "message", "causes", "exit_code", ...}`); `inspect` and
+    /// `trace` print JSON too.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -38,9 +44,6 @@ enum Command {
     Inspect {
         /// The operator component (.wasm).
         operator: PathBuf,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         grants: GrantArgs,
     },
@@ -113,11 +116,9 @@ enum Command {
         /// Write the traced graph as Graphviz DOT.
         #[arg(long, value_name = "FILE")]
         dot: Option<PathBuf>,
-        /// Print JSON: the nodes with their arguments and types, the output,
-        /// and where the trace stopped.
-        #[arg(long, conflicts_with = "toml")]
-        json: bool,
-        /// Print the graph in the graph-file format, for `xcs run`.
+        /// Print the graph in the graph-file format, for `xcs run` (with
+        /// `--json`: JSON with the nodes, their arguments and types, the
+        /// output, and where the trace stopped).
         #[arg(long)]
         toml: bool,
     },
@@ -186,6 +187,12 @@ enum Command {
         limits: LimitArgs,
         #[command(flatten)]
         grants: GrantArgs,
+    },
+    /// Print a shell's completion script for xcs (e.g. `xcs completions
+    /// bash > /etc/bash_completion.d/xcs`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Check a graph file without running anything.
     Check {
@@ -388,11 +395,19 @@ fn main() -> ExitCode {
         Err(error) => {
             let rendered = error.render().to_string();
             let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
-            err!("error[usage]: {message}");
+            // The flags did not parse: whether --json was among them is
+            // read off the words.
+            if std::env::args_os().any(|arg| arg == "--json") {
+                let first = message.lines().next().unwrap_or_default();
+                print_json_error(&json!({ "kind": "usage", "message": first, "exit_code": 2 }));
+            } else {
+                err!("error[usage]: {message}");
+            }
             return ExitCode::from(2);
         }
     };
     init_tracing(cli.verbose);
+    let as_json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away: stop quietly, as a Unix tool killed by
@@ -404,6 +419,30 @@ fn main() -> ExitCode {
                 None if error.is::<io::Usage>() => ("usage", 2),
                 None => ("io", 1),
             };
+            if as_json {
+                let mut object = serde_json::Map::new();
+                object.insert("kind".into(), json!(kind));
+                object.insert("message".into(), json!(error.to_string()));
+                let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
+                object.insert("causes".into(), json!(causes));
+                if let Some(xcs_error) = error.downcast_ref::<Error>() {
+                    if let Some(operator) = xcs_error.operator() {
+                        object.insert("operator".into(), json!(operator));
+                    }
+                    if let Error::Operator {
+                        code: operator_code,
+                        retryable,
+                        ..
+                    } = xcs_error
+                    {
+                        object.insert("code".into(), json!(operator_code));
+                        object.insert("retryable".into(), json!(retryable));
+                    }
+                }
+                object.insert("exit_code".into(), json!(code));
+                print_json_error(&serde_json::Value::Object(object));
+                return ExitCode::from(code);
+            }
             // One line with the kind, then the causes; what a guest wrote
             // (a message, a panic) cannot pass for a line of ours.
             let mut chain = error.chain();
@@ -416,6 +455,12 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// An error as one line of JSON on stderr (JSON escapes what a guest
+/// wrote: it cannot pass for a line of ours).
+fn print_json_error(error: &serde_json::Value) {
+    errln!("{error}");
 }
 
 fn init_tracing(verbose: u8) {
@@ -437,14 +482,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let json = cli.json;
     runtime.block_on(async move {
         match cli.command {
-            Command::Inspect {
-                operator,
-                json,
-                grants,
-            } => inspect(&operator, json, &grants).await,
+            Command::Inspect { operator, grants } => inspect(&operator, json, &grants).await,
             Command::Wit { out } => wit(out.as_deref()),
+            Command::Completions { shell } => {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "xcs", &mut script);
+                io::write_out(format_args!("{}", String::from_utf8_lossy(&script)), false)
+            }
             Command::New {
                 name,
                 lang,
@@ -519,9 +566,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 graph_args,
                 grants,
                 dot,
-                json,
                 toml,
             } => {
+                if json && toml {
+                    return Err(io::Usage("--json and --toml: choose one".into()).into());
+                }
                 let flags = graphs::TraceFlags {
                     grants: grants.grants()?,
                     dot,

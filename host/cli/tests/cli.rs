@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[path = "cli/languages.rs"]
 mod languages;
@@ -1643,4 +1643,49 @@ fn allow_http_grants_the_origins_it_names() {
             .is_some_and(|text| text.contains("echo: hi")),
         "{output}"
     );
+}
+
+/// `--json` (any subcommand) prints an error as one JSON object on stderr
+/// with the kind, message, causes, operator and exit code; usage errors
+/// too; `xcs completions` prints a shell's completion script.
+#[test]
+fn json_errors_and_completions() {
+    let run = call(xcs_tests::UPPER, r#"{"text": 7}"#, &["--json"]);
+    assert_eq!(run.code, 4, "{run:#?}");
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    let error: Value = serde_json::from_str(run.stderr.trim()).expect("one JSON object");
+    assert_eq!(error["kind"], "validation");
+    assert_eq!(error["operator"], "upper");
+    assert_eq!(error["exit_code"], 4);
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expected string"))
+    );
+
+    let run = call(xcs_tests::FACTORIAL, r#"{"n": 25}"#, &["--json"]);
+    let error: Value = serde_json::from_str(run.stderr.trim()).expect("one JSON object");
+    assert_eq!(
+        (error["kind"].clone(), error["exit_code"].clone()),
+        (json!("operator"), json!(5))
+    );
+    assert!(error["code"].is_string(), "{error}");
+    assert_eq!(error["retryable"], false);
+
+    let run = xcs(&["call", "--json", "--no-such-flag", xcs_tests::UPPER]);
+    assert_eq!(run.code, 2);
+    let error: Value = serde_json::from_str(run.stderr.trim()).expect("one JSON object");
+    assert_eq!(error["kind"], "usage");
+    // Without --json, the one line of text.
+    xcs(&["call", "/no/such/file.wasm"]).assert_error(1, "io", &["/no/such/file.wasm"]);
+
+    for shell in ["bash", "zsh", "fish"] {
+        let run = xcs(&["completions", shell]);
+        run.assert_success();
+        assert!(
+            run.stdout.contains("serve") && run.stdout.contains("--allow-http"),
+            "{shell}"
+        );
+    }
+    xcs(&["completions", "cmd.exe"]).assert_error(2, "usage", &["cmd.exe"]);
 }
