@@ -73,6 +73,7 @@ bench: setup setup-foreign
     cargo test --quiet -p xcs-cli --test cli languages::a_
     cargo build --release --quiet --manifest-path tests/peer-extism/Cargo.toml --target-dir target/peer-extism
     XCS_PEER_EXTISM="$PWD/target/peer-extism/release/xcs-peer-extism" cargo bench -p xcs-tests
+    cargo bench -p xcs-cli --bench serve
 
 # Format check and clippy (warnings denied), host and guest crates.
 lint: setup

@@ -305,6 +305,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|error| config_error("wasi", &error))?;
+        crate::store::add_io_to_linker(&mut linker)
+            .map_err(|error| config_error("wasi:io", &error))?;
         crate::store::add_http_to_linker(&mut linker)
             .map_err(|error| config_error("wasi:http", &error))?;
         bindings::Composite::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(

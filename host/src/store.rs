@@ -37,9 +37,11 @@ pub(crate) mod bindings {
 
 mod compose;
 mod http;
+mod io;
 
 pub(crate) use compose::{ArgValue, ComposeStop, Composer, ComposerFuture};
 pub(crate) use http::add_to_linker as add_http_to_linker;
+pub(crate) use io::add_to_linker as add_io_to_linker;
 
 use bindings::xcs::operator::types::Level;
 

@@ -366,3 +366,34 @@ async fn http_grants_stop_caching_unless_declared_deterministic() {
         );
     }
 }
+
+/// A guest waiting for a slow server waits off its turn: on a host with a
+/// single turn, another call runs to its end meanwhile.
+#[tokio::test]
+async fn a_guest_waiting_on_a_server_gives_its_turn_away() {
+    let server = server().await;
+    let host = Host::builder()
+        .max_running_guests(1)
+        .grants_for("fetch", Grants::new().allow_http(server.origin()))
+        .build()
+        .unwrap();
+    let fetch = load(&host, xcs_tests::FETCH).await;
+    let upper = load(&host, xcs_tests::UPPER).await;
+    let slow = json!({ "url": format!("{}/slow/3000", server.origin()) });
+    let waiting = tokio::spawn(async move { fetch.call(&slow, &Limits::default()).await });
+    // The request is in flight once the server has accepted it.
+    while server.requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let shouted = upper
+        .call(&json!({ "text": "meanwhile" }), &Limits::default())
+        .await
+        .unwrap();
+    assert_eq!(shouted, "MEANWHILE");
+    assert!(
+        !waiting.is_finished(),
+        "the other call ran only after the waiting one"
+    );
+    let fetched = waiting.await.unwrap().unwrap();
+    assert_eq!(fetched["text"], "slow");
+}
