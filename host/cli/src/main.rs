@@ -6,6 +6,7 @@ mod io;
 mod graphs;
 mod new;
 mod serve;
+mod telemetry;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -406,9 +407,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(cli.verbose);
     let as_json = cli.json;
-    match run(cli) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            errln!("error[io]: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The span exporter, when there is one, is a task of the runtime.
+    let telemetry = {
+        let _entered = runtime.enter();
+        telemetry::init(cli.verbose)
+    };
+    let outcome = run(cli, &runtime);
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away: stop quietly, as a Unix tool killed by
         // SIGPIPE would (128 + 13).
@@ -463,25 +480,7 @@ fn print_json_error(error: &serde_json::Value) {
     errln!("{error}");
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "error,xcs::cache=warn",
-        1 => "info",
-        _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let json = cli.json;
     runtime.block_on(async move {
         match cli.command {

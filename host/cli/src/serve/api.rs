@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use tracing::Instrument as _;
 use xcs::graph::{ComposeOptions, Composite, Graph, RunOptions, RunReport};
 use xcs::{Error, ErrorKind, Limits};
 
@@ -602,10 +603,19 @@ pub(crate) async fn guard(
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let span = tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        route = %route,
+        status = tracing::field::Empty,
+        otel.kind = "server",
+    );
+    crate::telemetry::adopt_parent(&span, request.headers());
     let response = match admit(&service, &request, &route) {
-        Ok(()) => next.run(request).await,
+        Ok(()) => next.run(request).instrument(span.clone()).await,
         Err(error) => error.into_response(),
     };
+    span.record("status", response.status().as_u16());
     service.count(&route, response.status().as_u16());
     response
 }

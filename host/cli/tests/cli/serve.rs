@@ -24,10 +24,17 @@ impl Server {
     /// `xcs serve --listen 127.0.0.1:0 --operators <dir> args...`, once it
     /// listens.
     fn start(scratch: &Scratch, operators: &Path, args: &[&str]) -> Server {
-        let mut child = xcs_command(&scratch.path().join("cache"))
+        let mut command = xcs_command(&scratch.path().join("cache"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--operators"])
             .arg(operators)
-            .args(args)
+            .args(args);
+        Server::spawn(command)
+    }
+
+    /// `command` (an `xcs serve` on port 0), once it listens.
+    fn spawn(mut command: std::process::Command) -> Server {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -703,4 +710,127 @@ fn serve_bounds_its_work_and_runs_named_graphs() {
     server
         .post("/v1/graphs/..%2Fgraphs%2Fshout/run", &json!({}))
         .assert_error(404, "not-found");
+}
+
+/// A collector of OTLP/HTTP exports on 127.0.0.1: the bodies of what was
+/// posted to `/v1/traces`.
+struct Collector {
+    address: String,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let address = listener.local_addr().expect("its address").to_string();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let received = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let received = received.clone();
+                std::thread::spawn(move || {
+                    while let Some((path, body)) = read_request(&mut stream) {
+                        if path == "/v1/traces" {
+                            received.lock().expect("the bodies lock").push(body);
+                        }
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Collector { address, bodies }
+    }
+
+    /// Everything exported so far, as one byte string.
+    fn exported(&self) -> Vec<u8> {
+        self.bodies.lock().expect("the bodies lock").concat()
+    }
+}
+
+/// One request of a keep-alive connection: its path and body.
+fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let path = head.split(' ').nth(1)?.to_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some((path, body))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans of a request (its
+/// HTTP request, the call, the attempt) reach the collector, under the
+/// trace of the request's `traceparent`.
+#[test]
+fn serve_exports_spans_over_otlp() {
+    let collector = Collector::start();
+    let scratch = Scratch::new();
+    let dir = operators(&scratch, &[("upper.wasm", xcs_tests::UPPER)]);
+    let mut command = xcs_command(&scratch.path().join("cache"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--operators"])
+        .arg(&dir)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", collector.address),
+        );
+    let server = Server::spawn(command);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = server.request(
+        "POST",
+        "/v1/operators/upper/call",
+        &[("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01"))],
+        br#"{"text": "traced"}"#,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // Draining flushes what is left.
+    server.signal("TERM");
+    let log = server.log();
+    assert_eq!(server.wait(Duration::from_secs(30)), 0, "{log}");
+    let exported = collector.exported();
+    assert!(!exported.is_empty(), "nothing was exported");
+    for name in [
+        &b"request"[..],
+        b"call",
+        b"attempt",
+        b"upper",
+        b"/v1/operators/{name}/call",
+    ] {
+        assert!(
+            contains(&exported, name),
+            "{} was not exported",
+            String::from_utf8_lossy(name)
+        );
+    }
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|index| u8::from_str_radix(&trace_id[index * 2..index * 2 + 2], 16).unwrap_or(0))
+        .collect();
+    assert!(
+        contains(&exported, &trace_bytes),
+        "the spans are not in the traceparent's trace"
+    );
 }
