@@ -169,6 +169,11 @@ impl Node {
         self
     }
 
+    /// Whether the node has limits of its own (see [`limits`](Self::limits)).
+    pub fn has_own_limits(&self) -> bool {
+        self.limits.is_some()
+    }
+
     /// The node's id.
     pub fn id(&self) -> &str {
         &self.id

@@ -180,6 +180,9 @@ enum Command {
         /// The largest request body.
         #[arg(long, value_parser = xcs::parse_size, default_value = "64MiB")]
         max_body: u64,
+        /// Connections open at once; one more is closed as it comes.
+        #[arg(long, default_value_t = 1024, value_name = "N")]
+        max_connections: usize,
         /// The longest graph run (a request may ask for less).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
         graph_timeout: Duration,
@@ -528,6 +531,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 max_queue,
                 drain,
                 max_body,
+                max_connections,
                 graph_timeout,
                 limits,
                 grants,
@@ -542,6 +546,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     max_queue,
                     drain,
                     max_body,
+                    max_connections,
                     maxima: serve::Maxima {
                         timeout: limits.timeout,
                         fuel: limits.fuel,

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +31,8 @@ use crate::io::Usage;
 /// How long the operators directory must be quiet before a reload: a
 /// file being copied in is read once, whole.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// The longest a reload waits for the directory to be quiet.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 
 /// How `xcs serve` runs.
 #[derive(Debug)]
@@ -45,6 +46,7 @@ pub(crate) struct ServeFlags {
     pub(crate) max_queue: usize,
     pub(crate) drain: Duration,
     pub(crate) max_body: u64,
+    pub(crate) max_connections: usize,
     pub(crate) maxima: Maxima,
 }
 
@@ -269,7 +271,6 @@ impl Admission {
 
 /// The routes, behind the guard (token, drain, body length, counting).
 fn router(service: Arc<Service>) -> Router {
-    let max_body = usize::try_from(service.max_body).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/operators", get(api::list))
         .route("/v1/operators/{name}", get(api::show))
@@ -281,11 +282,11 @@ fn router(service: Arc<Service>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .fallback(api::fallback)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             service.clone(),
             api::guard,
         ))
-        .layer(DefaultBodyLimit::max(max_body))
         .with_state(service)
 }
 
@@ -324,9 +325,12 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // Graph nodes and a composite's calls without limits of their own get
+    // the service's.
     let host = Host::builder()
         .grants_table(&flags.grants)
         .max_concurrency(flags.max_concurrency)
+        .default_limits(flags.maxima.most())
         .build()?;
     let service = Arc::new(Service {
         host,
@@ -356,43 +360,99 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
         flags.operators.display()
     );
 
-    let (draining_tx, mut draining) = tokio::sync::watch::channel(false);
-    let shutdown = {
-        let service = service.clone();
-        async move {
-            let signal = shutdown_signal().await;
-            // Readiness goes first, so a balancer stops sending.
-            service.ready.store(false, Ordering::Release);
-            tracing::info!(target: "xcs::serve", "{signal}: draining");
-            errln!(
-                "xcs serve: {signal}, draining (at most {})",
-                humantime::format_duration(flags.drain)
-            );
-            let _ = draining_tx.send(true);
-        }
-    };
-    let server = axum::serve(listener, router(service.clone()))
-        .with_graceful_shutdown(shutdown)
-        .into_future();
     let drain = flags.drain;
-    let deadline = async move {
-        let _ = draining.wait_for(|draining| *draining).await;
-        tokio::time::sleep(drain).await;
-    };
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let signal = accept(
+        listener,
+        router(service.clone()),
+        flags.max_connections,
+        &graceful,
+    )
+    .await;
+    // Readiness goes first, so a balancer stops sending.
+    service.ready.store(false, Ordering::Release);
+    tracing::info!(target: "xcs::serve", "{signal}: draining");
+    errln!(
+        "xcs serve: {signal}, draining (at most {})",
+        humantime::format_duration(drain)
+    );
     tokio::select! {
-        served = server => {
-            served.context("serving")?;
+        () = graceful.shutdown() => {
             errln!("xcs serve: drained, exiting");
             Ok(())
         }
-        () = deadline => Err(Error::Cancelled {
-            reason: format!(
-                "the drain period of {} passed with {} calls still running",
-                humantime::format_duration(drain),
-                service.admission.in_flight()
-            ),
+        () = tokio::time::sleep(drain) => {
+            let running = service.admission.in_flight();
+            if running == 0 {
+                // What is left are connections with no request running
+                // (idle, or a request still being sent): nothing is lost.
+                errln!("xcs serve: drained (idle connections closed), exiting");
+                return Ok(());
+            }
+            Err(Error::Cancelled {
+                reason: format!(
+                    "the drain period of {} passed with {running} calls still running",
+                    humantime::format_duration(drain),
+                ),
+            }
+            .into())
+        }
+        () = async {
+            // A second signal: stop now.
+            shutdown_signal().await;
+        } => Err(Error::Cancelled {
+            reason: "a second signal: stopped without draining".into(),
         }
         .into()),
+    }
+}
+
+/// How long a client may take to send a request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves connections from `listener` with `app` until SIGTERM or SIGINT
+/// (at most `max_connections` open at once; one more is closed at once);
+/// the signal's name.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    max_connections: usize,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+) -> &'static str {
+    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Without a timer hyper has no header read timeout: a client that
+    // never ends its head would hold its connection for good.
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let (stream, _) = tokio::select! {
+            name = &mut signal => return name,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, say: wait a little, go on.
+                    tracing::warn!(target: "xcs::serve", "accepting a connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away is not the service's error.
+            let _ = watched.await;
+            drop(permit);
+        });
     }
 }
 
@@ -449,9 +509,14 @@ fn watch(
 /// Reloads after each burst of changes, once the directory is quiet.
 async fn reload_on_change(service: Arc<Service>, mut changes: tokio::sync::mpsc::Receiver<()>) {
     while changes.recv().await.is_some() {
+        // Quiet for DEBOUNCE, or at most MAX_DEBOUNCE after the first
+        // change: a directory written to without pause is still reloaded.
+        let latest = tokio::time::Instant::now() + MAX_DEBOUNCE;
         loop {
-            match tokio::time::timeout(DEBOUNCE, changes.recv()).await {
-                Ok(Some(())) => {}
+            let quiet_by = (tokio::time::Instant::now() + DEBOUNCE).min(latest);
+            match tokio::time::timeout_at(quiet_by, changes.recv()).await {
+                Ok(Some(())) if tokio::time::Instant::now() < latest => {}
+                Ok(Some(())) => break,
                 Ok(None) => return,
                 Err(_) => break,
             }

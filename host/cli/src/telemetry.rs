@@ -42,7 +42,8 @@ fn endpoint_set() -> bool {
 /// its batch processor is a task of it).
 pub(crate) fn init(verbose: u8) -> Telemetry {
     let default = match verbose {
-        0 => "error,xcs::cache=warn",
+        // The service's reloads and drains are worth a line.
+        0 => "error,xcs::cache=warn,xcs::serve=info",
         1 => "info",
         _ => "debug",
     };

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -274,6 +274,17 @@ pub(crate) struct Maxima {
 }
 
 impl Maxima {
+    /// The service's limits: the most any call may have.
+    pub(crate) fn most(&self) -> Limits {
+        Limits::default()
+            .timeout(self.timeout)
+            .fuel(self.fuel)
+            .max_memory_bytes(self.memory)
+            .max_input_bytes(self.max_input)
+            .max_output_bytes(self.max_output)
+            .seed(self.seed)
+    }
+
     /// The limits of a call: the service's, lowered where `params` asks.
     fn limits(&self, params: &Params) -> Result<Limits, ApiError> {
         let timeout = params
@@ -307,15 +318,37 @@ impl Maxima {
     }
 }
 
-/// A request body, or the error for one over the limit.
-fn body(body: Result<Bytes, BytesRejection>, limit: u64) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(limit)
-        } else {
-            ApiError::invalid_request(rejection.body_text())
+/// How long a client may take to send a request's body (it is read once
+/// the request is admitted).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request's body, read whole: at most `limit` bytes, within
+/// [`BODY_READ_TIMEOUT`].
+async fn read_body(body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let read = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => {
+            let over = std::iter::successors(
+                Some(&error as &(dyn std::error::Error + 'static)),
+                |error| error.source(),
+            )
+            .any(|error| error.is::<http_body_util::LengthLimitError>());
+            Err(if over {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::invalid_request(format!("reading the body: {error}"))
+            })
         }
-    })
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid-request",
+            format!(
+                "the body did not arrive within {}",
+                humantime::format_duration(BODY_READ_TIMEOUT)
+            ),
+        )),
+    }
 }
 
 /// The JSON of a body for `whom` (empty: no arguments).
@@ -370,14 +403,15 @@ pub(crate) async fn call(
     Path(name): Path<String>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let params = Params::new(query, headers)?;
     let limits = service.maxima.limits(&params)?;
-    let bytes = body(bytes, service.max_body)?;
     let _permit = service.admission.enter().await?;
-    let served = service
-        .catalog()
+    let bytes = read_body(body, service.max_body).await?;
+    // One catalog for the whole request, whatever a reload does meanwhile.
+    let catalog = service.catalog();
+    let served = catalog
         .get(&name)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no operator named `{name}` is served")))?;
@@ -386,10 +420,14 @@ pub(crate) async fn call(
     let output = if operator.is_composite() {
         let composite = Composite::with_options(
             operator,
-            service.catalog().operators().clone(),
+            catalog.operators().clone(),
             ComposeOptions::default(),
         )?;
-        let options = RunOptions::default().timeout(service.maxima.graph_timeout(&params)?);
+        // Its calls get the request's limits; the whole run, the graph
+        // deadline.
+        let options = RunOptions::default()
+            .timeout(service.maxima.graph_timeout(&params)?)
+            .limits(limits);
         let mut outputs = composite.run(&input, &options).await.into_result()?;
         outputs.remove("output").unwrap_or(Value::Null)
     } else {
@@ -415,6 +453,17 @@ fn graph_of(value: &Value) -> Result<Graph, ApiError> {
         }
     };
     refuse_grants(&graph)?;
+    if let Some(node) = graph.nodes().iter().find(|node| node.has_own_limits()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "node `{}`: a graph sent to the service cannot set limits of its own; \
+                 ask for lower ones with the request's `timeout`, `fuel` or `memory`",
+                node.id()
+            ),
+        ));
+    }
     Ok(graph)
 }
 
@@ -438,9 +487,10 @@ fn refuse_grants(graph: &Graph) -> Result<(), ApiError> {
 pub(crate) async fn check(
     State(service): State<Arc<Service>>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
-    let bytes = body(bytes, service.max_body)?;
+    let _permit = service.admission.enter().await?;
+    let bytes = read_body(body, service.max_body).await?;
     let graph = if is_json(&headers) {
         let request = input(&bytes, "graph", service.max_body)?;
         graph_of(request.get("graph").unwrap_or(&request))?
@@ -472,10 +522,11 @@ pub(crate) async fn run(
     State(service): State<Arc<Service>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let params = Params::new(query, headers)?;
-    let bytes = body(bytes, service.max_body)?;
+    let _permit = service.admission.enter().await?;
+    let bytes = read_body(body, service.max_body).await?;
     let request = input(&bytes, "graph", service.max_body)?;
     let Value::Object(mut request) = request else {
         return Err(ApiError::invalid_request(
@@ -498,10 +549,11 @@ pub(crate) async fn run_named(
     Path(name): Path<String>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
-    bytes: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let params = Params::new(query, headers)?;
-    let bytes = body(bytes, service.max_body)?;
+    let _permit = service.admission.enter().await?;
+    let bytes = read_body(body, service.max_body).await?;
     let missing = || ApiError::not_found(format!("no graph named `{name}` is served"));
     let dir = service.graphs.as_ref().ok_or_else(missing)?;
     // A name, not a path: nothing outside the directory.
@@ -512,7 +564,14 @@ pub(crate) async fn run_named(
     let text = match tokio::fs::read_to_string(&path).await {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(missing()),
-        Err(error) => return Err(Error::io(&path, error).into()),
+        Err(error) => {
+            tracing::warn!(target: "xcs::serve", path = %path.display(), "reading a graph: {error}");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "io",
+                format!("the graph `{name}` cannot be read"),
+            ));
+        }
     };
     let graph = Graph::from_toml(&text)?;
     refuse_grants(&graph)?;
@@ -520,15 +579,17 @@ pub(crate) async fn run_named(
     run_graph(&service, graph, &inputs, &params).await
 }
 
+/// A run of `graph` (the request already admitted).
 async fn run_graph(service: &Service, graph: Graph, inputs: &Value, params: &Params) -> ApiResult {
     let timeout = service.maxima.graph_timeout(params)?;
     let (dot, timeline) = (params.flag("dot")?, params.flag("timeline")?);
     let keep_going = params.flag("keep_going")?;
-    let _permit = service.admission.enter().await?;
+    let limits = service.maxima.limits(params)?;
     let plan = graph.check(service.catalog().operators())?;
     let options = RunOptions::default()
         .timeout(timeout)
-        .keep_going(keep_going);
+        .keep_going(keep_going)
+        .limits(limits);
     let report = plan.run(inputs, &options).await;
     let mut answer = Map::new();
     answer.insert("outputs".into(), Value::Object(report.outputs.clone()));
@@ -629,10 +690,15 @@ fn admit(service: &Service, request: &Request, route: &str) -> Result<(), ApiErr
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         if !given.is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
             return Err(ApiError::unauthorized());
         }
+    }
+    if service.token.is_none() && !health {
+        from_this_machine(request)?;
     }
     if !health && !service.ready.load(Ordering::Acquire) {
         return Err(ApiError::draining());
@@ -647,6 +713,39 @@ fn admit(service: &Service, request: &Request, route: &str) -> Result<(), ApiErr
     Ok(())
 }
 
+/// Without a token, only programs of this machine may call: a request
+/// whose `Host` is not a loopback name, or that a browser sent from a page
+/// (it has an `Origin`), is refused, so that a web page cannot drive the
+/// service (cross-site requests, DNS rebinding).
+fn from_this_machine(request: &Request) -> Result<(), ApiError> {
+    let forbidden = |message: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden", message);
+    if request.headers().contains_key(header::ORIGIN) {
+        return Err(forbidden(
+            "requests from web pages (with an Origin header) are refused without --token-file",
+        ));
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(forbidden(
+            "without --token-file the service answers requests for localhost only (the Host header)",
+        ))
+    }
+}
+
 /// Equal, in time that does not depend on where they differ.
 fn same(given: &[u8], expected: &[u8]) -> bool {
     let mut difference = u8::from(given.len() != expected.len());
@@ -654,6 +753,15 @@ fn same(given: &[u8], expected: &[u8]) -> bool {
         difference |= byte ^ given.get(index).copied().unwrap_or(!byte);
     }
     difference == 0
+}
+
+/// A method a route does not take (405, JSON).
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid-request",
+        "this endpoint does not take that method",
+    )
 }
 
 /// Any other path (404, JSON).

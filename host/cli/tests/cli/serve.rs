@@ -86,6 +86,22 @@ impl Server {
         )
     }
 
+    /// A call of `fetch` on the mock server at `origin` that answers after
+    /// `ms` milliseconds, made from another thread.
+    fn slow_fetch(&self, origin: &str, ms: u64) -> std::thread::JoinHandle<Reply> {
+        let address = self.address.clone();
+        let slow = json!({ "url": format!("{origin}/slow/{ms}") }).to_string();
+        std::thread::spawn(move || {
+            request(
+                &address,
+                "POST",
+                "/v1/operators/fetch/call",
+                &[],
+                slow.as_bytes(),
+            )
+        })
+    }
+
     fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])
@@ -178,15 +194,27 @@ fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
+    request_to(address, address, method, path, headers, body)
+}
+
+/// [`request`] with `host` as its `Host` header.
+fn request_to(
+    address: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut stream = TcpStream::connect(address).expect("the server accepts");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .expect("a read timeout");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n");
-    if !headers
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-    {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n");
+    if !headers.iter().any(|(name, _)| {
+        name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+    }) {
         head.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     for (name, value) in headers {
@@ -475,6 +503,51 @@ fn serve_times_out_a_spinning_guest_and_caps_limits() {
             .as_str()
             .is_some_and(|message| message.contains("100ms"))
     );
+
+    // A graph's nodes get the service's limits too (not the host's
+    // defaults), and a posted graph cannot give its nodes more.
+    let graph = "[[node]]\nid = \"loop\"\noperator = \"spin\"\n\n[outputs]\nout = \"@loop\"\n";
+    let error = server
+        .post("/v1/graphs/run", &json!({ "graph": graph }))
+        .assert_error(504, "timeout");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("1.5s")),
+        "the node stopped at the service's --timeout: {error}"
+    );
+    assert_eq!(error["node"], "loop", "{error}");
+    let greedy = graph.replace(
+        "operator = \"spin\"",
+        "operator = \"spin\"\ntimeout = \"1h\"",
+    );
+    server
+        .post("/v1/graphs/run", &json!({ "graph": greedy }))
+        .assert_error(403, "forbidden");
+
+    // Without a token, only this machine's programs: no web page (an
+    // Origin), no other host name (DNS rebinding).
+    server
+        .request(
+            "POST",
+            "/v1/operators/upper/call",
+            &[("origin", "https://evil.example")],
+            br#"{"text": "x"}"#,
+        )
+        .assert_error(403, "forbidden");
+    let rebound = request_to(
+        &server.address,
+        "evil.example",
+        "POST",
+        "/v1/operators/upper/call",
+        &[],
+        br#"{"text": "x"}"#,
+    );
+    rebound.assert_error(403, "forbidden");
+    // A method a route does not take: JSON too.
+    server
+        .request("DELETE", "/v1/operators/upper/call", &[], b"")
+        .assert_error(405, "invalid-request");
 }
 
 /// A body over `--max-body` is refused (413) from its declared length,
@@ -523,11 +596,7 @@ fn serve_refuses_large_bodies_and_missing_tokens() {
         .request(
             "POST",
             "/v1/operators/upper/call",
-            &[
-                bearer,
-                ("transfer-encoding", "chunked"),
-                ("content-length", ""),
-            ],
+            &[bearer, ("transfer-encoding", "chunked")],
             chunked.as_bytes(),
         )
         .assert_error(413, "too-large");
@@ -588,17 +657,7 @@ fn serve_reloads_operators_when_their_files_change() {
     assert_eq!(called.json()["output"], "STILL");
 
     // Removed while a call on it is in flight: the call finishes.
-    let address = server.address.clone();
-    let slow = json!({ "url": format!("{origin}/slow/1500") }).to_string();
-    let in_flight = std::thread::spawn(move || {
-        request(
-            &address,
-            "POST",
-            "/v1/operators/fetch/call",
-            &[],
-            slow.as_bytes(),
-        )
-    });
+    let in_flight = server.slow_fetch(&origin, 1500);
     std::thread::sleep(Duration::from_millis(300));
     std::fs::remove_file(dir.join("fetch.wasm")).unwrap();
     server.until("/v1/operators/fetch", |reply| reply.status == 404);
@@ -682,23 +741,14 @@ fn serve_bounds_its_work_and_runs_named_graphs() {
             graphs.to_str().expect("UTF-8"),
         ],
     );
-    let address = server.address.clone();
-    let slow = json!({ "url": format!("{origin}/slow/1500") }).to_string();
-    let in_flight = std::thread::spawn(move || {
-        request(
-            &address,
-            "POST",
-            "/v1/operators/fetch/call",
-            &[],
-            slow.as_bytes(),
-        )
-    });
+    let in_flight = server.slow_fetch(&origin, 1500);
     std::thread::sleep(Duration::from_millis(300));
     let refused = server.post("/v1/operators/upper/call", &json!({ "text": "x" }));
     refused.assert_error(503, "overloaded");
     assert_eq!(refused.header("retry-after"), Some("1"), "{refused:?}");
     // Reading is not work: listing and metrics still answer.
     assert_eq!(server.get("/v1/operators").status, 200);
+    assert_eq!(server.get("/metrics").status, 200);
     assert_eq!(in_flight.join().expect("the slow call").status, 200);
 
     let run = server.post("/v1/graphs/shout/run", &json!({ "text": "named" }));
