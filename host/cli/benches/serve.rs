@@ -1,8 +1,10 @@
-//! `noop` through `xcs serve` over HTTP (keep-alive connections, a Rust
-//! load generator in this process) against the same calls through the
-//! library directly, at the same concurrency, in one run, rounds
-//! interleaved; and `xcs call` as one process per call (the start-up cost
-//! a service removes). `XCS_BENCH_QUICK=1`: a smoke run.
+//! The lean `upper` through `xcs serve` over HTTP (keep-alive
+//! connections, a Rust load generator in this process) against the same
+//! calls through the library directly, at the same concurrency, in one
+//! run, rounds interleaved; and `xcs call` as one process per call (the
+//! start-up cost a service removes). Every call's text is new, so that
+//! none is answered by the result cache: each is a fresh sandbox.
+//! `XCS_BENCH_QUICK=1`: a smoke run.
 
 #[path = "../../../tests/benches/common/mod.rs"]
 mod common;
@@ -23,10 +25,10 @@ const XCS: &str = env!("CARGO_BIN_EXE_xcs");
 /// Connections (and library tasks) at once.
 const CONCURRENCY: usize = 16;
 
-/// A keep-alive HTTP/1.1 connection that posts `{}` to one path.
+/// A keep-alive HTTP/1.1 connection that posts to one path.
 struct Connection {
     stream: TcpStream,
-    request: Vec<u8>,
+    head: String,
     buffer: Vec<u8>,
 }
 
@@ -34,20 +36,20 @@ impl Connection {
     async fn open(address: &str, path: &str) -> Result<Connection> {
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
-        )
-        .into_bytes();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\n"
+        );
         Ok(Connection {
             stream,
-            request,
+            head,
             buffer: Vec::with_capacity(4096),
         })
     }
 
-    /// One request; its response's status.
-    async fn call(&mut self) -> Result<u16> {
-        self.stream.write_all(&self.request).await?;
+    /// One request with `body`; its response's status.
+    async fn call(&mut self, body: &str) -> Result<u16> {
+        let request = format!("{}content-length: {}\r\n\r\n{body}", self.head, body.len());
+        self.stream.write_all(request.as_bytes()).await?;
         self.buffer.clear();
         let mut chunk = [0u8; 4096];
         loop {
@@ -153,12 +155,13 @@ where
 async fn run() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("xcs-bench-serve-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    std::fs::copy(xcs_tests::NOOP, dir.join("noop.wasm"))?;
+    std::fs::copy(xcs_tests::UPPER, dir.join("upper.wasm"))?;
     let server = Server::start(&dir)?;
     let host = xcs::Host::builder().build()?;
-    let noop = host.load(xcs_tests::NOOP).await?;
+    let upper = host.load(xcs_tests::UPPER).await?;
     let limits = xcs::Limits::default();
-    let input = json!({});
+    // A new text for every call of every round and task.
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
 
     let (rounds, per_task) = if common::quick() { (3, 10) } else { (11, 200) };
     let address = Arc::new(server.address.clone());
@@ -167,14 +170,16 @@ async fn run() -> Result<()> {
     for index in 0..rounds * 2 {
         if index % 2 == 0 {
             let rate = round(&mut http, || {
-                let address = address.clone();
+                let (address, next) = (address.clone(), next.clone());
                 async move {
                     let mut connection =
-                        Connection::open(&address, "/v1/operators/noop/call").await?;
+                        Connection::open(&address, "/v1/operators/upper/call").await?;
                     let mut latencies = Vec::with_capacity(per_task);
                     for _ in 0..per_task {
+                        let text = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let body = format!("{{\"text\": \"t{text}\"}}");
                         let started = Instant::now();
-                        let status = connection.call().await?;
+                        let status = connection.call(&body).await?;
                         ensure!(status == 200, "status {status}");
                         latencies.push(started.elapsed());
                     }
@@ -185,12 +190,14 @@ async fn run() -> Result<()> {
             http_rates.push(rate);
         } else {
             let rate = round(&mut library, || {
-                let (noop, limits, input) = (noop.clone(), limits.clone(), input.clone());
+                let (upper, limits, next) = (upper.clone(), limits.clone(), next.clone());
                 async move {
                     let mut latencies = Vec::with_capacity(per_task);
                     for _ in 0..per_task {
+                        let text = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let input = json!({ "text": format!("t{text}") });
                         let started = Instant::now();
-                        noop.call(&input, &limits).await?;
+                        upper.call(&input, &limits).await?;
                         latencies.push(started.elapsed());
                     }
                     Ok(latencies)
@@ -209,7 +216,7 @@ async fn run() -> Result<()> {
     for _ in 0..processes {
         let started = Instant::now();
         let status = Command::new(XCS)
-            .args(["call", xcs_tests::NOOP, "--input", "{}"])
+            .args(["call", xcs_tests::UPPER, "--input", r#"{"text": "t"}"#])
             .env("XCS_CACHE_DIR", &cache)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -226,7 +233,7 @@ async fn run() -> Result<()> {
     };
     let baseline = library.median();
     println!(
-        "| `noop`, {CONCURRENCY} at once | latency p50 (p25–p75) | p99 | calls/s (median of rounds) | p50 vs library |"
+        "| lean `upper`, fresh sandbox each, {CONCURRENCY} at once | latency p50 (p25–p75) | p99 | calls/s (median of rounds) | p50 vs library |"
     );
     println!("|---|---|---|---|---|");
     for (name, samples, rate) in [
