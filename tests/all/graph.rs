@@ -712,3 +712,49 @@ async fn a_chain_of_a_hundred_thousand_nodes_runs() {
         assert_eq!(report.node("n99999").unwrap().status, NodeStatus::Skipped);
     }
 }
+
+/// A source that names one large value many times is refused from its
+/// size before it is copied: a node's input past four times its input
+/// limit is a `validation` error of that node; the graph's outputs past
+/// four times what its nodes may produce, a `memory` error.
+#[tokio::test]
+async fn a_value_named_many_times_is_refused_before_it_is_copied() {
+    let host = host();
+    let mut operators = Operators::new();
+    operators.insert("most-common", load(&host, xcs_tests::MOST_COMMON).await);
+    let text = "x".repeat(10_000);
+    let many = |count: usize| Source::list((0..count).map(|_| Source::input("text")));
+    let limits = Limits::default()
+        .max_input_bytes(1 << 20)
+        .max_output_bytes(1 << 20);
+    let options = RunOptions::default().limits(limits);
+
+    // 1,000 copies of 10 KB as one node's input: 10 MB > 4 MiB.
+    let graph = Graph::new()
+        .node(Node::new("vote", "most-common").arg("votes", many(1000)))
+        .output("winner", Source::node("vote"));
+    let plan = graph.check(&operators).unwrap();
+    let report = plan.run(&json!({ "text": text }), &options).await;
+    let error = expect_kind(report.into_result(), ErrorKind::Validation);
+    assert!(error.to_string().contains("node `vote`"), "{error}");
+    // 10 copies are fine.
+    let graph = Graph::new()
+        .node(Node::new("vote", "most-common").arg("votes", many(10)))
+        .output("winner", Source::node("vote"));
+    let plan = graph.check(&operators).unwrap();
+    let outputs = plan
+        .run(&json!({ "text": text }), &options)
+        .await
+        .into_result()
+        .unwrap();
+    assert_eq!(outputs["winner"], json!(text));
+
+    // The outputs: 1,000 copies of 10 KB > 4 × 1 MiB for one node.
+    let graph = Graph::new()
+        .node(Node::new("vote", "most-common").arg("votes", many(1)))
+        .output("copies", many(1000));
+    let plan = graph.check(&operators).unwrap();
+    let report = plan.run(&json!({ "text": text }), &options).await;
+    let error = expect_kind(report.into_result(), ErrorKind::Memory);
+    assert!(error.to_string().contains("outputs"), "{error}");
+}

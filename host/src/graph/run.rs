@@ -47,6 +47,55 @@ pub(crate) fn resolve_value(
     }
 }
 
+/// About the length of `value` as JSON text, without writing it (nor
+/// recursing: a value may nest deeply).
+pub(crate) fn json_size(value: &Value) -> u64 {
+    let mut size = 0u64;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        size = size.saturating_add(match value {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 8,
+            Value::String(text) => text.len() as u64 + 2,
+            Value::Array(items) => {
+                stack.extend(items.iter());
+                items.len() as u64 + 2
+            }
+            Value::Object(fields) => {
+                stack.extend(fields.values());
+                fields.keys().map(|key| key.len() as u64 + 4).sum::<u64>() + 2
+            }
+        });
+    }
+    size
+}
+
+/// About the size of what [`resolve_value`] would make of `resolved`, as
+/// JSON text, without making it: a source that names one large value many
+/// times would otherwise be copied as many times before any limit is
+/// checked.
+pub(crate) fn resolved_size(
+    resolved: &Resolved,
+    inputs: &Map<String, Value>,
+    outputs: &[Option<Arc<Value>>],
+) -> u64 {
+    match resolved {
+        Resolved::Input(name) => inputs.get(name).map_or(5, json_size),
+        Resolved::Literal(value) => json_size(value),
+        Resolved::List(items) => items.iter().fold(2, |size, item| {
+            size.saturating_add(resolved_size(item, inputs, outputs))
+                .saturating_add(1)
+        }),
+        Resolved::Node { index, field } => {
+            let output = outputs[*index].as_deref().unwrap_or(&Value::Null);
+            match field {
+                Some(field) => output.get(field).map_or(5, json_size),
+                None => json_size(output),
+            }
+        }
+    }
+}
+
 impl Plan {
     /// Runs the graph with `inputs` (a JSON object keyed by input name).
     ///

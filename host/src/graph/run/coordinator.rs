@@ -23,7 +23,7 @@ use tracing::Instrument;
 use super::node::{
     CallRecord, NodeCall, NodeOutcome, NodePolicy, Shared, resume_panic, run_map_node, run_node,
 };
-use super::{RunOptions, resolve_value};
+use super::{RunOptions, resolve_value, resolved_size};
 use crate::error::Error;
 use crate::graph::check::{Plan, Resolved};
 use crate::graph::compose::{Event, Journal, Scope, ScopeEnd};
@@ -385,9 +385,29 @@ impl<'a> Run<'a> {
     }
 
     /// Marks node `index` running: its input, from the values it depends
-    /// on, and its tracing span.
-    fn begin(&mut self, index: usize) -> (Map<String, Value>, tracing::Span) {
+    /// on, and its tracing span; or, if its input would be over four times
+    /// the node's input limit as JSON text, the `validation` error that
+    /// ends it before the input is made.
+    fn begin(&mut self, index: usize) -> (Result<Map<String, Value>, Error>, tracing::Span) {
         self.running[index] = true;
+        let node = self.graph_node(index);
+        let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
+        let limit = self.limits(index).max_input_bytes.saturating_mul(4);
+        let size = self.args(index).iter().fold(0u64, |size, (_, resolved)| {
+            size.saturating_add(resolved_size(resolved, &self.inputs, &self.outputs))
+        });
+        if size > limit {
+            let error = Error::Node {
+                node: node.id.clone(),
+                element: None,
+                cause: Box::new(Error::InputTooLarge {
+                    operator: node.operator.clone(),
+                    size,
+                    limit,
+                }),
+            };
+            return (Err(error), span);
+        }
         let input = self
             .args(index)
             .iter()
@@ -396,9 +416,20 @@ impl<'a> Run<'a> {
                 (name.clone(), value)
             })
             .collect();
-        let node = self.graph_node(index);
-        let span = tracing::debug_span!("node", node = %node.id, operator = %node.operator);
-        (input, span)
+        (Ok(input), span)
+    }
+
+    /// Ends node `index` with `error` without running it (its permit, if
+    /// it had one, freed).
+    fn refuse(&mut self, index: usize, error: Error) {
+        let task = self.tasks.spawn(async move {
+            NodeOutcome {
+                index,
+                result: Err(error),
+                calls: Vec::new(),
+            }
+        });
+        self.task_nodes.insert(task.id(), index);
     }
 
     /// What node `index` calls, and how.
@@ -413,6 +444,10 @@ impl<'a> Run<'a> {
     /// Runs the single-call node `index` in the run slot `permit`.
     fn start(&mut self, index: usize, permit: OwnedSemaphorePermit) {
         let (input, span) = self.begin(index);
+        let input = match input {
+            Ok(input) => input,
+            Err(error) => return self.refuse(index, error),
+        };
         let call = self.node_call(index);
         // Inline only what cannot block the coordinator: an embedder's
         // capability may be a synchronous function that blocks its thread
@@ -437,6 +472,10 @@ impl<'a> Run<'a> {
     /// Spawns the map node `index`: `(param, bound)` of its elements.
     fn start_map(&mut self, index: usize, map: (String, usize)) {
         let (input, span) = self.begin(index);
+        let input = match input {
+            Ok(input) => input,
+            Err(error) => return self.refuse(index, error),
+        };
         let call = self.node_call(index);
         let id = self.graph_node(index).id.clone();
         let task = self
@@ -448,6 +487,10 @@ impl<'a> Run<'a> {
     /// Starts the composite node `index` (see `composites.rs`).
     fn start_composite(&mut self, index: usize) {
         let (input, span) = self.begin(index);
+        let input = match input {
+            Ok(input) => input,
+            Err(error) => return self.refuse(index, error),
+        };
         let operator = self.operator(index).clone();
         self.spawn_composite(index, operator, Value::Object(input), span);
     }
@@ -564,6 +607,25 @@ impl<'a> Run<'a> {
     }
 
     fn finish(&mut self) -> Ended {
+        // The outputs may name one value many times: they are not made
+        // past what the nodes may produce in all (four times their output
+        // limits, as JSON text).
+        let limit = (0..self.nodes.len()).fold(0u64, |limit, index| {
+            limit.saturating_add(self.limits(index).max_output_bytes.saturating_mul(4))
+        });
+        let size = self.plan.outputs.iter().fold(0u64, |size, (_, resolved)| {
+            size.saturating_add(resolved_size(resolved, &self.inputs, &self.outputs))
+        });
+        if size > limit {
+            let error = Error::Memory {
+                operator: "graph".into(),
+                what: "outputs",
+                requested: size,
+                limit,
+            };
+            let error = self.first_error.take().unwrap_or(error);
+            return self.take(Map::new(), Some(error));
+        }
         let mut graph_outputs = Map::new();
         for (name, resolved) in &self.plan.outputs {
             let mut produced = true;
