@@ -16,7 +16,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use tracing::Instrument as _;
-use xcs::graph::{ComposeOptions, Composite, Graph, RunOptions, RunReport};
+use xcs::graph::{Graph, RunOptions, RunReport};
 use xcs::{Error, ErrorKind, Limits};
 
 use super::Service;
@@ -351,6 +351,28 @@ async fn read_body(body: Body, limit: u64) -> Result<Bytes, ApiError> {
     }
 }
 
+/// Bodies up to this size are parsed on the async threads; larger ones
+/// on a blocking thread, so that a 64 MiB body does not stop the others.
+const PARSE_INLINE_BYTES: usize = 64 << 10;
+
+/// `work` (parsing `bytes` bytes): inline when small, else on a blocking
+/// thread.
+async fn parse<T: Send + 'static>(
+    bytes: usize,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if bytes <= PARSE_INLINE_BYTES {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "io",
+            format!("parsing the body failed: {error}"),
+        )
+    })?
+}
+
 /// The JSON of a body for `whom` (empty: no arguments).
 fn input(bytes: &[u8], whom: &str, max_text: u64) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -415,14 +437,15 @@ pub(crate) async fn call(
         .get(&name)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no operator named `{name}` is served")))?;
-    let input = input(&bytes, &name, service.maxima.max_input.saturating_mul(4))?;
+    let max_text = service.maxima.max_input.saturating_mul(4);
+    let input = parse(bytes.len(), {
+        let name = name.clone();
+        move || input(&bytes, &name, max_text)
+    })
+    .await?;
     let operator = served.operator;
     let output = if operator.is_composite() {
-        let composite = Composite::with_options(
-            operator,
-            catalog.operators().clone(),
-            ComposeOptions::default(),
-        )?;
+        let composite = catalog.composite(&name, &operator)?;
         // Its calls get the request's limits; the whole run, the graph
         // deadline.
         let options = RunOptions::default()
@@ -491,14 +514,18 @@ pub(crate) async fn check(
 ) -> ApiResult {
     let _permit = service.admission.enter().await?;
     let bytes = read_body(body, service.max_body).await?;
-    let graph = if is_json(&headers) {
-        let request = input(&bytes, "graph", service.max_body)?;
-        graph_of(request.get("graph").unwrap_or(&request))?
-    } else {
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| ApiError::invalid_request("the graph is not UTF-8 text"))?;
-        graph_of(&Value::String(text.to_owned()))?
-    };
+    let (json, max_body) = (is_json(&headers), service.max_body);
+    let graph = parse(bytes.len(), move || {
+        if json {
+            let request = input(&bytes, "graph", max_body)?;
+            graph_of(request.get("graph").unwrap_or(&request))
+        } else {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::invalid_request("the graph is not UTF-8 text"))?;
+            graph_of(&Value::String(text.to_owned()))
+        }
+    })
+    .await?;
     let catalog = service.catalog();
     let plan = graph.check(catalog.operators())?;
     let inputs: Map<String, Value> = plan
@@ -527,18 +554,22 @@ pub(crate) async fn run(
     let params = Params::new(query, headers)?;
     let _permit = service.admission.enter().await?;
     let bytes = read_body(body, service.max_body).await?;
-    let request = input(&bytes, "graph", service.max_body)?;
-    let Value::Object(mut request) = request else {
-        return Err(ApiError::invalid_request(
-            "the body is {\"graph\": ..., \"input\": {...}}",
-        ));
-    };
-    let graph = graph_of(
-        request
-            .get("graph")
-            .ok_or_else(|| ApiError::invalid_request("the body has no `graph`"))?,
-    )?;
-    let inputs = request.remove("input").unwrap_or(Value::Null);
+    let max_body = service.max_body;
+    let (graph, inputs) = parse(bytes.len(), move || {
+        let request = input(&bytes, "graph", max_body)?;
+        let Value::Object(mut request) = request else {
+            return Err(ApiError::invalid_request(
+                "the body is {\"graph\": ..., \"input\": {...}}",
+            ));
+        };
+        let graph = graph_of(
+            request
+                .get("graph")
+                .ok_or_else(|| ApiError::invalid_request("the body has no `graph`"))?,
+        )?;
+        Ok((graph, request.remove("input").unwrap_or(Value::Null)))
+    })
+    .await?;
     run_graph(&service, graph, &inputs, &params).await
 }
 
@@ -575,7 +606,12 @@ pub(crate) async fn run_named(
     };
     let graph = Graph::from_toml(&text)?;
     refuse_grants(&graph)?;
-    let inputs = input(&bytes, &name, service.maxima.max_input.saturating_mul(4))?;
+    let max_text = service.maxima.max_input.saturating_mul(4);
+    let inputs = parse(bytes.len(), {
+        let name = name.clone();
+        move || input(&bytes, &name, max_text)
+    })
+    .await?;
     run_graph(&service, graph, &inputs, &params).await
 }
 

@@ -3,10 +3,11 @@
 //! directory and the previous catalog: a file that does not load keeps the
 //! version it had (if it had one) serving, and is reported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use xcs::graph::Operators;
+use xcs::graph::{ComposeOptions, Composite, Operators};
 use xcs::{Error, Host, Operator};
 
 /// One served operator and the file it came from.
@@ -24,6 +25,9 @@ pub(crate) struct Catalog {
     by_name: BTreeMap<String, Served>,
     /// The same operators, for graphs and composites (which call by name).
     operators: Operators,
+    /// The composites run so far, by name, with their caches of traces
+    /// (they call the operators of this catalog: a reload starts afresh).
+    composites: Arc<Mutex<HashMap<String, Composite>>>,
 }
 
 /// A file that did not load, and why.
@@ -56,6 +60,26 @@ impl Catalog {
     /// The served operators, keyed by name, for a graph or a composite.
     pub(crate) fn operators(&self) -> &Operators {
         &self.operators
+    }
+
+    /// The composite served as `name` (a served composite operator),
+    /// calling the operators of this catalog; made once, so that its
+    /// traces are cached across requests.
+    pub(crate) fn composite(&self, name: &str, operator: &Operator) -> Result<Composite, Error> {
+        let mut composites = self
+            .composites
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(composite) = composites.get(name) {
+            return Ok(composite.clone());
+        }
+        let composite = Composite::with_options(
+            operator.clone(),
+            self.operators.clone(),
+            ComposeOptions::default(),
+        )?;
+        composites.insert(name.to_owned(), composite.clone());
+        Ok(composite)
     }
 
     fn insert(&mut self, name: String, served: Served) {

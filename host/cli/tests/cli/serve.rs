@@ -338,6 +338,11 @@ fn serve_answers_calls_graphs_and_errors() {
         (200, json!({ "output": "HI" }))
     );
 
+    // A body past 64 KiB is parsed off the async threads: same answer.
+    let long = "x".repeat(100_000);
+    let called = server.post("/v1/operators/upper/call", &json!({ "text": long }));
+    assert_eq!(called.json()["output"], long.to_uppercase());
+
     // Errors: a JSON body with the kind, and the status of the table.
     server
         .post("/v1/operators/upper/call", &json!({ "text": 7 }))
@@ -442,7 +447,7 @@ words = "@count"
         text,
         r#"xcs_serve_requests_total{route="/v1/operators/{name}/call",status="200"}"#,
     );
-    assert_eq!(served, Some(1001.0), "{text}");
+    assert_eq!(served, Some(1002.0), "{text}");
     let failed = sample(
         text,
         r#"xcs_serve_requests_total{route="/v1/operators/{name}/call",status="422"}"#,
@@ -718,6 +723,8 @@ fn serve_bounds_its_work_and_runs_named_graphs() {
         &[
             ("upper.wasm", xcs_tests::UPPER),
             ("fetch.wasm", xcs_tests::FETCH),
+            ("refine.wasm", xcs_tests::REFINE),
+            ("word-count.wasm", xcs_tests::WORD_COUNT),
         ],
     );
     let graphs = scratch.path().join("graphs");
@@ -750,6 +757,17 @@ fn serve_bounds_its_work_and_runs_named_graphs() {
     assert_eq!(server.get("/v1/operators").status, 200);
     assert_eq!(server.get("/metrics").status, 200);
     assert_eq!(in_flight.join().expect("the slow call").status, 200);
+
+    // A composite runs, calling the served operators (staged: it forces
+    // a value), twice with the same catalog.
+    for text in ["one two three", "a b c d"] {
+        let shouted = server.post(
+            "/v1/operators/refine/call",
+            &json!({ "text": text, "threshold": 2 }),
+        );
+        assert_eq!(shouted.status, 200, "{shouted:?}");
+        assert_eq!(shouted.json()["output"], text.to_uppercase());
+    }
 
     let run = server.post("/v1/graphs/shout/run", &json!({ "text": "named" }));
     assert_eq!(run.status, 200, "{run:?}");
