@@ -5,7 +5,8 @@
 //!
 //! Routes (every response closes its connection):
 //! - `GET /hello`: `hello from the mock server`;
-//! - `GET /bytes/N`: N bytes of `x`, with a `content-length`;
+//! - `GET /bytes/N`: N bytes of `x`, with a `content-length`; `HEAD
+//!   /bytes/N`: the same head, no body;
 //! - `GET /chunked/N`: N bytes of `x`, chunked (no length known ahead);
 //! - `GET /slow/MS`: `slow`, after MS milliseconds;
 //! - `GET /redirect?to=URL`: a 302 to URL;
@@ -136,6 +137,13 @@ async fn serve(mut stream: TcpStream, key: &str) -> std::io::Result<()> {
         ("GET", _) if number("/bytes/").is_some() => {
             let size = number("/bytes/").unwrap_or(0) as usize;
             respond(&mut stream, 200, &[], &vec![b'x'; size]).await
+        }
+        ("HEAD", _) if number("/bytes/").is_some() => {
+            let size = number("/bytes/").unwrap_or(0);
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n");
+            stream.write_all(head.as_bytes()).await?;
+            stream.shutdown().await
         }
         ("GET", _) if number("/chunked/").is_some() => {
             let mut left = number("/chunked/").unwrap_or(0) as usize;

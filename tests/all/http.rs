@@ -156,6 +156,13 @@ async fn a_response_over_the_cap_is_a_clean_error() {
     let at = |path: &str| json!({ "url": format!("{}{path}", server.origin()) });
     let output = fetch(&operator, at("/bytes/100000")).await.unwrap();
     assert_eq!(output["bytes"], 100_000);
+    // A HEAD's length is not a body.
+    let head = json!({ "url": format!("{}/bytes/1000000", server.origin()), "method": "HEAD" });
+    let output = fetch(&operator, head).await.unwrap();
+    assert_eq!(
+        (output["status"].clone(), output["bytes"].clone()),
+        (json!(200), json!(0))
+    );
     // Said ahead by its length, or found while streaming.
     for path in ["/bytes/100001", "/chunked/1000000"] {
         let (code, message) = refusal(fetch(&operator, at(path)).await);

@@ -324,6 +324,8 @@ async fn send(
     .await
     .map_err(|_| WasiHttpError::ConnectionTimeout)??;
 
+    // A response to HEAD says the length of a body it does not carry.
+    let head = request.method() == http::Method::HEAD;
     // The request line carries the path only: scheme and authority are
     // for proxies (the `host` header says the authority).
     let path = request
@@ -358,10 +360,14 @@ async fn send(
     .map_err(|_| WasiHttpError::ConnectionReadTimeout)??;
 
     let cap = admitted.max_response_bytes;
-    if let Some(length) = response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+    let bodiless = head
+        || response.status() == http::StatusCode::NO_CONTENT
+        || response.status() == http::StatusCode::NOT_MODIFIED;
+    if !bodiless
+        && let Some(length) = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
         && length > cap
     {
         too_large(&admitted, length);
@@ -405,14 +411,9 @@ async fn addresses(
         Host::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, port)]),
         Host::Name(name) => name,
     };
-    let resolved = tokio::time::timeout_at(by, tokio::net::lookup_host((name.as_str(), port)))
+    let resolved = tokio::time::timeout_at(by, resolve(name.clone(), port))
         .await
-        .map_err(|_| WasiHttpError::DnsTimeout)?
-        .map_err(|error| WasiHttpError::DnsError {
-            rcode: Some(error.to_string()),
-            info_code: None,
-        })?;
-    let resolved: Vec<SocketAddr> = resolved.collect();
+        .map_err(|_| WasiHttpError::DnsTimeout)??;
     let usable: Vec<SocketAddr> = resolved
         .iter()
         .copied()
@@ -439,6 +440,40 @@ async fn addresses(
         return Err(WasiHttpError::DestinationIpProhibited);
     }
     Ok(usable)
+}
+
+/// Name lookups at once, in the whole process: each is `getaddrinfo` on a
+/// blocking thread, which a timeout cannot stop, so that a guest allowed
+/// a slow domain cannot fill the blocking pool (that WASI file access
+/// uses too) with lookups that outlive its call.
+const MAX_LOOKUPS: usize = 32;
+
+/// The addresses of `name`, looked up on a blocking thread that holds one
+/// of [`MAX_LOOKUPS`] places until the lookup returns, timed out or not.
+async fn resolve(name: String, port: u16) -> Result<Vec<SocketAddr>, WasiHttpError> {
+    static LOOKUPS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+        std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)));
+    let place = LOOKUPS
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| WasiHttpError::DnsTimeout)?;
+    let lookup = tokio::task::spawn_blocking(move || {
+        let _place = place;
+        std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port))
+            .map(Iterator::collect::<Vec<SocketAddr>>)
+    });
+    match lookup.await {
+        Ok(Ok(addresses)) => Ok(addresses),
+        Ok(Err(error)) => Err(WasiHttpError::DnsError {
+            rcode: Some(error.to_string()),
+            info_code: None,
+        }),
+        Err(_) => Err(WasiHttpError::DnsError {
+            rcode: Some("the lookup failed".into()),
+            info_code: None,
+        }),
+    }
 }
 
 /// A connection to the first of `addresses` that answers.
