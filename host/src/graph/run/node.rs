@@ -104,7 +104,7 @@ pub(super) struct NodeCall {
 async fn bounded_call(
     shared: &Shared,
     call: &NodeCall,
-    input: &Value,
+    input: impl FnOnce() -> Value,
     element: Option<usize>,
     run_permit: Option<OwnedSemaphorePermit>,
 ) -> (Result<Value, Error>, CallRecord) {
@@ -113,6 +113,9 @@ async fn bounded_call(
         None => shared.run_slots.acquire_owned().await,
     };
     let _host_permit = shared.host_slots.acquire().await;
+    // Made once the call may run: a map's waiting elements hold no copy
+    // of the node's other arguments.
+    let input = &input();
     let slot = shared.slot_ids.take();
     let start = shared.started.elapsed();
     let policies = call.policy.policies(&call.operator);
@@ -180,7 +183,7 @@ pub(super) async fn run_node(
     let (result, record) = bounded_call(
         &shared,
         &call,
-        &Value::Object(input),
+        move || Value::Object(input),
         None,
         Some(run_permit),
     )
@@ -210,6 +213,8 @@ pub(super) async fn run_map_node(
     // Tasks are spawned as the bound lets them run, not all up front: the
     // memory is O(bound + output), whatever the number of elements.
     let in_flight = map_bound.clamp(1, MAX_MAP_TASKS);
+    // The other arguments, shared by the element tasks until each runs.
+    let others = Arc::new(input);
     let total = elements.len();
     let mut elements = elements.into_iter().enumerate();
     let mut calls = JoinSet::new();
@@ -221,18 +226,16 @@ pub(super) async fn run_map_node(
             let Some((element_index, element)) = elements.next() else {
                 break;
             };
-            let mut element_input = input.clone();
-            element_input.insert(param.clone(), element);
             let (shared, call) = (shared.clone(), call.clone());
+            let (others, param) = (others.clone(), param.clone());
             calls.spawn(async move {
-                let (result, record) = bounded_call(
-                    &shared,
-                    &call,
-                    &Value::Object(element_input),
-                    Some(element_index),
-                    None,
-                )
-                .await;
+                let make_input = move || {
+                    let mut element_input = Map::clone(&others);
+                    element_input.insert(param, element);
+                    Value::Object(element_input)
+                };
+                let (result, record) =
+                    bounded_call(&shared, &call, make_input, Some(element_index), None).await;
                 (element_index, result, record)
             });
         }
