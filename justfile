@@ -60,9 +60,19 @@ setup-foreign:
     @{{foreign}}/cargo/bin/wasm-tools --version 2>/dev/null | grep -x 'wasm-tools 1.263.0' >/dev/null || \
         cargo install --quiet --locked --root {{foreign}}/cargo wasm-tools@1.263.0
 
+# Install Debian's nats-server (2.9: JetStream and the object store), which
+# the tests of `xcs worker` and `xcs run --nats` start on loopback
+# (apt, as root or through sudo).
+setup-nats:
+    @command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || { \
+        if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null || \
+        { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null; }; }
+
 # Run every test (the operators are built by the test crate's build script;
-# the Python and JavaScript ones with the toolchains of setup-foreign).
-test: setup setup-foreign
+# the Python and JavaScript ones with the toolchains of setup-foreign; the
+# NATS ones against setup-nats's server).
+test: setup setup-foreign setup-nats
     cargo test
 
 # Benchmarks: medians against a bare-wasmtime baseline measured in the same run.

@@ -3,6 +3,8 @@
 //! bulkhead → retry → attempt — with metrics and a `tracing` span around
 //! it all; and the public `Operator::call*` methods.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant as StdInstant;
@@ -46,6 +48,7 @@ impl Operator {
             fingerprint: installed.fingerprint,
             state: self.policy_state(),
             on_host: true,
+            remote: None,
         };
         call(self, input, limits, policies).await.result
     }
@@ -76,7 +79,7 @@ impl Operator {
 
 /// The policies a call runs under, and the state they keep: the
 /// operator's own on its host, or a checked graph's.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub(crate) struct Policies<'a> {
     pub(crate) policy: &'a Policy,
     /// The policy's fingerprint (see `Installed`).
@@ -85,6 +88,35 @@ pub(crate) struct Policies<'a> {
     /// Whether they are the operator's own on its host, whose breaker is
     /// the one the `breaker_state` metric shows.
     pub(crate) on_host: bool,
+    /// Where the attempts run: handed to a remote executor, or (`None`)
+    /// in a sandbox of this host.
+    pub(crate) remote: Option<&'a RemoteAttempt>,
+}
+
+/// One attempt handed elsewhere (a remote worker): the operator, its input
+/// and the attempt's limits, to the output value or the worker's error.
+pub(crate) type RemoteAttempt = dyn Fn(&Operator, Value, Limits) -> Pin<Box<dyn Future<Output = Result<Value, Error>> + Send>>
+    + Send
+    + Sync;
+
+/// One attempt, here or remote.
+async fn attempt(
+    operator: &Operator,
+    input: &Value,
+    limits: &Limits,
+    remote: Option<&RemoteAttempt>,
+) -> Result<CallOutput, Error> {
+    match remote {
+        None => operator.attempt(input, limits).await,
+        Some(remote) => remote(operator, input.clone(), limits.clone())
+            .await
+            .map(|value| CallOutput {
+                value,
+                // What a remote attempt used stays with its worker.
+                stats: CallStats::default(),
+                cached: false,
+            }),
+    }
 }
 
 /// How a call ended, and the attempts it made (0 for a cache hit or a
@@ -322,15 +354,15 @@ async fn retried(
     let _in_flight = operator.metrics().in_flight();
     let Some(retry) = &policies.policy.retry else {
         return Called {
-            result: operator.attempt(input, limits).await,
+            result: attempt(operator, input, limits, policies.remote).await,
             attempts: 1,
         };
     };
     let deadline = Instant::now() + limits.timeout;
-    let mut attempt = 1;
+    let mut attempt_number = 1;
     loop {
-        let result = if attempt == 1 && retry.attempt_timeout.is_none() {
-            operator.attempt(input, limits).await
+        let result = if attempt_number == 1 && retry.attempt_timeout.is_none() {
+            attempt(operator, input, limits, policies.remote).await
         } else {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let timeout = retry
@@ -338,31 +370,30 @@ async fn retried(
                 .map_or(remaining, |bound| bound.min(remaining));
             let attempt_limits = limits
                 .clone()
-                .seed(Retry::attempt_seed(limits.seed, attempt))
+                .seed(Retry::attempt_seed(limits.seed, attempt_number))
                 .timeout(timeout);
-            operator
-                .attempt(input, &attempt_limits)
-                .instrument(tracing::debug_span!("attempt", attempt))
+            attempt(operator, input, &attempt_limits, policies.remote)
+                .instrument(tracing::debug_span!("attempt", attempt = attempt_number))
                 .await
         };
         let Err(error) = &result else {
             return Called {
                 result,
-                attempts: attempt,
+                attempts: attempt_number,
             };
         };
         let jitter = policies.state.jitter.next();
-        match retry.next_delay(error, attempt, jitter, Instant::now(), deadline) {
+        match retry.next_delay(error, attempt_number, jitter, Instant::now(), deadline) {
             Some(delay) => {
-                tracing::debug!(operator = operator.name(), attempt, delay_us = delay.as_micros() as u64, error = %error, "retrying");
+                tracing::debug!(operator = operator.name(), attempt = attempt_number, delay_us = delay.as_micros() as u64, error = %error, "retrying");
                 operator.metrics().retry();
                 tokio::time::sleep(delay).await;
-                attempt += 1;
+                attempt_number += 1;
             }
             None => {
                 return Called {
                     result,
-                    attempts: attempt,
+                    attempts: attempt_number,
                 };
             }
         }

@@ -250,6 +250,30 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+
+    /// A call made by a remote worker failed there: the worker's error,
+    /// with its kind, operator and message kept across the wire.
+    #[error("{message}")]
+    Remote {
+        /// The kind of the worker's error.
+        kind: ErrorKind,
+        /// The operator it is about, if any.
+        operator: Option<String>,
+        /// The worker's message (its `Display`).
+        message: String,
+        /// Whether the operator said trying again may succeed.
+        retryable: bool,
+    },
+
+    /// No remote worker answered: none is running, or none could be
+    /// reached.
+    #[error("{operator}: no worker is available: {reason}")]
+    Unavailable {
+        /// The operator that was to be called.
+        operator: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// "; also `b`, `c`" for the other refused imports of a capability error.
@@ -399,6 +423,8 @@ pub enum ErrorKind {
     Io,
     /// `config`
     Config,
+    /// `unavailable` (no remote worker answers)
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -421,6 +447,7 @@ impl ErrorKind {
         ErrorKind::Cancelled,
         ErrorKind::Io,
         ErrorKind::Config,
+        ErrorKind::Unavailable,
     ];
 
     /// The kebab-case name, e.g. `stack-overflow`.
@@ -443,7 +470,16 @@ impl ErrorKind {
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Io => "io",
             ErrorKind::Config => "config",
+            ErrorKind::Unavailable => "unavailable",
         }
+    }
+
+    /// The kind named `name` (as [`as_str`](Self::as_str) writes it).
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.as_str() == name)
     }
 }
 
@@ -482,6 +518,8 @@ impl Error {
             Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::Io { .. } => ErrorKind::Io,
             Error::Config { .. } => ErrorKind::Config,
+            Error::Remote { kind, .. } => *kind,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
         }
     }
 
@@ -502,7 +540,9 @@ impl Error {
             | Error::StackOverflow { operator, .. }
             | Error::Trap { operator, .. }
             | Error::CircuitOpen { operator, .. }
-            | Error::Overloaded { operator, .. } => Some(operator),
+            | Error::Overloaded { operator, .. }
+            | Error::Unavailable { operator, .. } => Some(operator),
+            Error::Remote { operator, .. } => operator.as_deref(),
             Error::Analysis { composite, .. } => Some(composite),
             Error::Node { cause, .. } => cause.operator(),
             Error::Graph { .. }
@@ -519,7 +559,7 @@ impl Error {
     /// other failure is a property of the operator or its input.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Operator { retryable, .. } => *retryable,
+            Error::Operator { retryable, .. } | Error::Remote { retryable, .. } => *retryable,
             Error::Node { cause, .. } => cause.is_retryable(),
             _ => false,
         }

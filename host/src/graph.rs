@@ -27,6 +27,7 @@ use crate::policy::Policy;
 
 mod check;
 mod compose;
+mod executor;
 mod options;
 mod pictures;
 mod report;
@@ -35,6 +36,7 @@ mod spec;
 
 pub use check::Plan;
 pub use compose::{COMPOSITE_OUTPUT, Composite, Trace};
+pub use executor::{Executor, RemoteCall};
 pub use options::{ComposeOptions, ProgressFn, RunOptions};
 pub use report::{
     NodeError, NodeReport, NodeStatus, RunReport, Span, StopReason, Stopped, TraceReport, TraceStop,

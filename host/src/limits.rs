@@ -33,8 +33,10 @@ pub(crate) fn capped(duration: Duration) -> Duration {
 /// ```
 ///
 /// Like wasmtime's `StoreLimitsBuilder`, it is written, not read: the
-/// settings take effect in the calls it is given to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// settings take effect in the calls it is given to. It serializes (serde)
+/// for a remote executor to carry a call's limits to its worker; the
+/// timeout is a duration, what is left, never an instant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub(crate) timeout: Duration,
     pub(crate) fuel: Option<u64>,

@@ -32,6 +32,8 @@ pub(crate) struct RunFlags {
     pub(crate) timeline: Option<PathBuf>,
     pub(crate) report: Option<PathBuf>,
     pub(crate) metrics: Option<PathBuf>,
+    /// Calls handed to NATS workers.
+    pub(crate) nats: Option<crate::remote::NatsArgs>,
 }
 
 /// Reads, parses, loads the operators of, and checks a graph file.
@@ -238,7 +240,27 @@ pub(crate) async fn run_graph(
 ) -> anyhow::Result<()> {
     let (plan, host) = plan(path, args, &flags.grants).await?;
     let inputs = read_input(input, "graph", MAX_GRAPH_INPUT_TEXT)?;
-    let (options, progress) = options(flags, plan.graph().nodes().len());
+    let (mut options, progress) = options(flags, plan.graph().nodes().len());
+    if let Some(nats) = &flags.nats {
+        // Each operator with the file it was loaded from, for the object
+        // store.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut operators = Vec::new();
+        for (node, operator) in plan.graph().nodes().iter().zip(plan.node_operators()) {
+            let key = node.operator();
+            let file = if key.ends_with(".wasm") {
+                base.join(key)
+            } else {
+                args.operators.join(format!("{key}.wasm"))
+            };
+            let known = |(known, _): &(xcs::Operator, PathBuf)| known.digest() == operator.digest();
+            if !operators.iter().any(known) {
+                operators.push((operator.clone(), file));
+            }
+        }
+        let executor = crate::remote::NatsExecutor::connect(nats, &operators).await?;
+        options = options.executor(std::sync::Arc::new(executor));
+    }
     let report = plan.run(&inputs, &options).await;
     if let Some(bar) = progress {
         bar.finish_and_clear();

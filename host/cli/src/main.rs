@@ -5,6 +5,7 @@
 mod io;
 mod graphs;
 mod new;
+mod remote;
 mod serve;
 mod telemetry;
 
@@ -100,6 +101,16 @@ enum Command {
         /// Write the metrics in the Prometheus text format.
         #[arg(long, value_name = "FILE")]
         metrics: Option<PathBuf>,
+        /// Hand the graph's calls to the workers of a NATS server (`xcs
+        /// worker`) instead of running them here.
+        #[arg(long = "nats", value_name = "URL")]
+        nats: Option<String>,
+        /// The workers' namespace (with --nats).
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// A NATS credentials file (with --nats).
+        #[arg(long, value_name = "FILE")]
+        creds: Option<PathBuf>,
     },
     /// Trace a composite operator: print the graph it builds, without
     /// running any operator it calls (or where and why the trace stopped).
@@ -192,6 +203,27 @@ enum Command {
         #[command(flatten)]
         grants: GrantArgs,
     },
+    /// Serve calls to the coordinators of a NATS namespace (`xcs run
+    /// --nats`) until SIGTERM or SIGINT; operators come by digest from the
+    /// server's object store.
+    Worker {
+        #[command(flatten)]
+        nats: NatsFlags,
+        /// This worker's name in logs (default: worker-<pid>).
+        #[arg(long)]
+        name: Option<String>,
+        /// Calls at once; one more is refused at once (the coordinator
+        /// sends it elsewhere).
+        #[arg(long, default_value_t = 16, value_name = "N")]
+        max_concurrency: usize,
+        /// On SIGTERM or SIGINT, how long in-flight calls may take.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        drain: Duration,
+        /// What the operators may reach: the worker's own configuration,
+        /// never a request's.
+        #[command(flatten)]
+        grants: GrantArgs,
+    },
     /// Print a shell's completion script for xcs (e.g. `xcs completions
     /// bash > /etc/bash_completion.d/xcs`).
     Completions {
@@ -208,6 +240,31 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         dot: Option<PathBuf>,
     },
+}
+
+/// A NATS server and namespace.
+#[derive(Debug, Args)]
+struct NatsFlags {
+    /// The NATS server, e.g. nats://127.0.0.1:4222 (JetStream on).
+    #[arg(long = "nats", value_name = "URL", required = true)]
+    url: Option<String>,
+    /// Workers and coordinators of one namespace see each other's calls
+    /// only.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// A NATS credentials file (user JWT and nkey seed).
+    #[arg(long, value_name = "FILE")]
+    creds: Option<PathBuf>,
+}
+
+impl NatsFlags {
+    fn args(&self) -> Option<remote::NatsArgs> {
+        self.url.as_ref().map(|url| remote::NatsArgs {
+            url: url.clone(),
+            namespace: self.namespace.clone(),
+            creds: self.creds.clone(),
+        })
+    }
 }
 
 /// What the operators may reach beyond their sandbox (nothing unless
@@ -382,6 +439,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Graph => 11,
         ErrorKind::Analysis => 12,
         ErrorKind::Cancelled => 13,
+        ErrorKind::Unavailable => 14,
         _ => 1,
     }
 }
@@ -489,6 +547,25 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         match cli.command {
             Command::Inspect { operator, grants } => inspect(&operator, json, &grants).await,
             Command::Wit { out } => wit(out.as_deref()),
+            Command::Worker {
+                nats,
+                name,
+                max_concurrency,
+                drain,
+                grants,
+            } => {
+                let Some(nats) = nats.args() else {
+                    return Err(io::Usage("--nats URL is required".into()).into());
+                };
+                remote::worker(remote::WorkerFlags {
+                    nats,
+                    name,
+                    max_concurrency,
+                    drain,
+                    grants: grants.grants()?,
+                })
+                .await
+            }
             Command::Completions { shell } => {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "xcs", &mut script);
@@ -596,7 +673,15 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 timeline,
                 report,
                 metrics,
+                nats,
+                namespace,
+                creds,
             } => {
+                let nats = nats.map(|url| remote::NatsArgs {
+                    url,
+                    namespace,
+                    creds,
+                });
                 let flags = graphs::RunFlags {
                     grants: grants.grants()?,
                     max_concurrency,
@@ -607,6 +692,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     timeline,
                     report,
                     metrics,
+                    nats,
                 };
                 if graph.extension().is_some_and(|ext| ext == "wasm") {
                     graphs::run_composite(&graph, &input, &graph_args, &flags).await

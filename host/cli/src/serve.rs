@@ -457,7 +457,7 @@ async fn accept(
 }
 
 /// Waits for SIGTERM or SIGINT; names the one that came.
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 
 #[path = "cli/languages.rs"]
 mod languages;
+#[path = "cli/nats.rs"]
+mod nats;
 #[path = "cli/serve.rs"]
 mod serve;
 

@@ -78,6 +78,11 @@ impl Plan {
     pub fn inputs(&self) -> &BTreeMap<String, WitType> {
         &self.input_types
     }
+
+    /// The operator each node calls, in the order of the graph's nodes.
+    pub fn node_operators(&self) -> &[Operator] {
+        &self.operators
+    }
 }
 
 struct Checker<'a> {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::executor::Executor;
 use crate::limits::Limits;
 
 /// Called after each node ends with (nodes ended, nodes in all).
@@ -17,6 +18,7 @@ pub struct RunOptions {
     pub(crate) limits: Option<Limits>,
     pub(crate) progress: Option<ProgressFn>,
     pub(crate) compose: ComposeOptions,
+    pub(crate) executor: Option<Arc<dyn Executor>>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -46,11 +48,21 @@ impl Default for RunOptions {
             limits: None,
             progress: None,
             compose: ComposeOptions::default(),
+            executor: None,
         }
     }
 }
 
 impl RunOptions {
+    /// Hands the attempts of the run's single-call and map nodes to
+    /// `executor` (remote workers) instead of running them here; the
+    /// scheduler, policies and deadline stay here, and composite nodes run
+    /// here. Default: none, every call runs here.
+    pub fn executor(mut self, executor: Arc<dyn Executor>) -> Self {
+        self.executor = Some(executor);
+        self
+    }
+
     /// At most this many guests of this run at once (the host's own bound
     /// still applies). Default: the host's.
     pub fn max_concurrency(mut self, max: usize) -> Self {

@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use super::check::{Plan, Resolved};
+use super::executor::RemoteCall;
 use super::options::RunOptions;
 use super::report::{NodeReport, RunReport, Stopped};
 use crate::codec;
@@ -212,6 +213,21 @@ impl Plan {
             host_slots: runtime
                 .map_or_else(|| Slots::new(1), |runtime| runtime.scheduler_slots.clone()),
             slot_ids: SlotIds::default(),
+            remote: options.executor.clone().map(|executor| {
+                Box::new(
+                    move |operator: &crate::operator::Operator,
+                          input,
+                          limits: crate::limits::Limits| {
+                        executor.call(RemoteCall {
+                            operator: operator.name().to_owned(),
+                            digest: operator.digest().to_owned(),
+                            input,
+                            timeout: limits.timeout,
+                            limits,
+                        })
+                    },
+                ) as Box<crate::call::RemoteAttempt>
+            }),
         });
         let mut run = Run::new(self, options, inputs, shared, nodes, max_concurrency);
         let (nodes, outputs, error, trace) = run.drive().await;

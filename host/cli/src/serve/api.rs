@@ -117,9 +117,10 @@ pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
         | ErrorKind::Capability
         | ErrorKind::InvalidComponent => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorKind::CircuitOpen | ErrorKind::Overloaded | ErrorKind::Cancelled => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorKind::CircuitOpen
+        | ErrorKind::Overloaded
+        | ErrorKind::Cancelled
+        | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Config => StatusCode::BAD_REQUEST,
         // fuel, memory, stack-overflow, trap, io: the guest (or the host)
         // failed to answer.

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::{JoinError, JoinSet};
 
-use crate::call::{self, Called, Policies};
+use crate::call::{self, Called, Policies, RemoteAttempt};
 use crate::error::Error;
 use crate::graph::check::GraphPolicy;
 use crate::graph::report::Span;
@@ -54,6 +54,8 @@ pub(super) struct Shared {
     pub(super) run_slots: Slots,
     pub(super) host_slots: Slots,
     pub(super) slot_ids: SlotIds,
+    /// The run's executor, as the attempt its calls make (`None`: here).
+    pub(super) remote: Option<Box<RemoteAttempt>>,
 }
 
 /// The policies of a node's calls: the graph's own for its operator (whose
@@ -72,12 +74,14 @@ impl NodePolicy {
                 fingerprint: own.installed.fingerprint,
                 state: &own.state,
                 on_host: false,
+                remote: None,
             },
             NodePolicy::Host(installed) => Policies {
                 policy: &installed.policy,
                 fingerprint: installed.fingerprint,
                 state: operator.policy_state(),
                 on_host: true,
+                remote: None,
             },
         }
     }
@@ -118,7 +122,8 @@ async fn bounded_call(
     let input = &input();
     let slot = shared.slot_ids.take();
     let start = shared.started.elapsed();
-    let policies = call.policy.policies(&call.operator);
+    let mut policies = call.policy.policies(&call.operator);
+    policies.remote = shared.remote.as_deref();
     let Called { result, attempts } =
         call::call(&call.operator, input, &call.limits, policies).await;
     let end = shared.started.elapsed();

@@ -1,0 +1,435 @@
+//! Calls on other machines over NATS: `xcs worker` serves the calls of a
+//! namespace in one queue group, and `xcs run --nats` hands a graph's
+//! calls to the workers through [`NatsExecutor`]. Operator bytes travel
+//! by digest through the JetStream object store; a worker verifies them
+//! before compiling.
+//!
+//! The wire: a request on `xcs.<namespace>.call` is
+//! `{"operator", "digest", "input", "limits"}` (the limits' timeout is
+//! what is left of the call's deadline); the reply is `{"ok": value}` or
+//! `{"error": {"kind", "message", "operator", "retryable"}}`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::Semaphore;
+use xcs::graph::{Executor, RemoteCall};
+use xcs::{Error, ErrorKind, Host, Limits, Operator};
+
+/// The object store bucket of operator bytes, by digest.
+const OPERATORS_BUCKET: &str = "xcs_operators";
+/// The largest operator a worker fetches.
+const MAX_OPERATOR_BYTES: usize = 256 << 20;
+/// How long past a call's own timeout the coordinator waits for its reply
+/// (the trip, and the worker's time to stop a guest at its deadline).
+const REPLY_GRACE: Duration = Duration::from_secs(2);
+
+/// One call on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireCall {
+    operator: String,
+    digest: String,
+    input: Value,
+    limits: Limits,
+}
+
+/// A reply on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireReply {
+    Ok(Value),
+    Error(WireError),
+}
+
+/// An error on the wire: what the coordinator rebuilds an `xcs::Error`
+/// from.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireError {
+    kind: String,
+    message: String,
+    operator: Option<String>,
+    retryable: bool,
+}
+
+impl WireError {
+    fn of(error: &Error) -> WireError {
+        WireError {
+            kind: error.kind().as_str().to_owned(),
+            message: error.to_string(),
+            operator: error.operator().map(str::to_owned),
+            retryable: error.is_retryable(),
+        }
+    }
+
+    fn into_error(self) -> Error {
+        Error::Remote {
+            kind: ErrorKind::from_name(&self.kind).unwrap_or(ErrorKind::Io),
+            operator: self.operator,
+            message: self.message,
+            retryable: self.retryable,
+        }
+    }
+}
+
+fn subject(namespace: &str) -> String {
+    format!("xcs.{namespace}.call")
+}
+
+/// Connection settings shared by the worker and the coordinator.
+#[derive(Debug, Clone)]
+pub(crate) struct NatsArgs {
+    pub(crate) url: String,
+    pub(crate) namespace: String,
+    pub(crate) creds: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        if self.namespace.is_empty()
+            || !self
+                .namespace
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        {
+            return Err(crate::io::Usage(format!(
+                "--namespace {}: letters, digits, - and _ only",
+                crate::io::printable(&self.namespace)
+            ))
+            .into());
+        }
+        let mut options = async_nats::ConnectOptions::new()
+            .name("xcs")
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(path) = &self.creds {
+            options = options
+                .credentials_file(path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+        }
+        // A server that is not there, or refuses the credentials, fails
+        // at once (no retrying the first connection).
+        let connect = options.connect(self.url.as_str());
+        let client = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting to {}: no answer within 10s", self.url))?
+            .with_context(|| format!("connecting to {}", self.url))?;
+        Ok(client)
+    }
+}
+
+/// The object store of operator bytes (made if it is not there).
+async fn operator_store(
+    client: &async_nats::Client,
+) -> anyhow::Result<async_nats::jetstream::object_store::ObjectStore> {
+    let jetstream = async_nats::jetstream::new(client.clone());
+    match jetstream.get_object_store(OPERATORS_BUCKET).await {
+        Ok(store) => Ok(store),
+        Err(_) => jetstream
+            .create_object_store(async_nats::jetstream::object_store::Config {
+                bucket: OPERATORS_BUCKET.to_owned(),
+                description: Some("xcs operator components, by sha256 digest".into()),
+                ..Default::default()
+            })
+            .await
+            .context("making the operators object store (does the server have JetStream on?)"),
+    }
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Hands calls to the workers of a namespace.
+pub(crate) struct NatsExecutor {
+    client: async_nats::Client,
+    subject: String,
+}
+
+impl NatsExecutor {
+    /// Connects, and puts the bytes of `operators` (each with the file it
+    /// was loaded from) in the object store where they are not yet.
+    pub(crate) async fn connect(
+        args: &NatsArgs,
+        operators: &[(Operator, PathBuf)],
+    ) -> anyhow::Result<NatsExecutor> {
+        let client = args.connect().await?;
+        let store = operator_store(&client).await?;
+        for (operator, path) in operators {
+            let digest = operator.digest();
+            if store.info(digest).await.is_ok() {
+                continue;
+            }
+            let bytes = tokio::fs::read(path)
+                .await
+                .map_err(|source| Error::io(path, source))?;
+            if sha256_digest(&bytes) != digest {
+                anyhow::bail!("{} changed since it was loaded", path.display());
+            }
+            store
+                .put(digest, &mut bytes.as_slice())
+                .await
+                .with_context(|| format!("putting {} in the object store", operator.name()))?;
+        }
+        Ok(NatsExecutor {
+            client,
+            subject: subject(&args.namespace),
+        })
+    }
+}
+
+impl Executor for NatsExecutor {
+    fn call(&self, call: RemoteCall) -> Pin<Box<dyn Future<Output = Result<Value, Error>> + Send>> {
+        let (client, subject) = (self.client.clone(), self.subject.clone());
+        Box::pin(async move {
+            let unavailable = |reason: String| Error::Unavailable {
+                operator: call.operator.clone(),
+                reason,
+            };
+            let deadline = tokio::time::Instant::now() + call.timeout + REPLY_GRACE;
+            let payload = serde_json::to_vec(&WireCall {
+                operator: call.operator.clone(),
+                digest: call.digest.clone(),
+                input: call.input.clone(),
+                limits: call.limits.clone(),
+            })
+            .map_err(|error| unavailable(format!("encoding the call: {error}")))?;
+            let payload = bytes::Bytes::from(payload);
+            // A busy worker says so at once: ask again (the queue group
+            // picks a worker at random) until one takes it or time is up.
+            let mut pause = Duration::from_millis(2);
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let request = async_nats::Request::new()
+                    .payload(payload.clone())
+                    .timeout(Some(left));
+                let reply = match client.send_request(subject.clone(), request).await {
+                    Ok(reply) => reply,
+                    Err(error) => {
+                        use async_nats::client::RequestErrorKind;
+                        return Err(match error.kind() {
+                            RequestErrorKind::NoResponders => {
+                                unavailable("no worker serves this namespace".into())
+                            }
+                            RequestErrorKind::TimedOut => {
+                                unavailable("no worker answered in time".into())
+                            }
+                            _ => unavailable(error.to_string()),
+                        });
+                    }
+                };
+                match serde_json::from_slice::<WireReply>(&reply.payload) {
+                    Ok(WireReply::Ok(value)) => return Ok(value),
+                    Ok(WireReply::Error(error)) if error.kind == "overloaded" => {
+                        if tokio::time::Instant::now() + pause >= deadline {
+                            return Err(error.into_error());
+                        }
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(100));
+                    }
+                    Ok(WireReply::Error(error)) => return Err(error.into_error()),
+                    Err(error) => {
+                        return Err(unavailable(format!("a reply that does not parse: {error}")));
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// How `xcs worker` runs.
+#[derive(Debug)]
+pub(crate) struct WorkerFlags {
+    pub(crate) nats: NatsArgs,
+    pub(crate) name: Option<String>,
+    pub(crate) max_concurrency: usize,
+    pub(crate) drain: Duration,
+    pub(crate) grants: xcs::GrantsTable,
+}
+
+/// A worker's operators, by digest, fetched from the object store as
+/// calls need them.
+struct Operators {
+    host: Host,
+    store: async_nats::jetstream::object_store::ObjectStore,
+    loaded: Mutex<HashMap<String, Operator>>,
+}
+
+impl Operators {
+    async fn get(&self, name: &str, digest: &str) -> Result<Operator, Error> {
+        let cached = self
+            .loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(digest)
+            .cloned();
+        if let Some(operator) = cached {
+            return Ok(operator);
+        }
+        let refused = |reason: String| Error::InvalidComponent {
+            source_name: format!("{name} ({digest})"),
+            reason,
+            source: None,
+        };
+        let mut object = self
+            .store
+            .get(digest)
+            .await
+            .map_err(|error| refused(format!("not in the object store: {error}")))?;
+        let mut bytes = Vec::new();
+        (&mut object)
+            .take(MAX_OPERATOR_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|error| refused(format!("reading it from the object store: {error}")))?;
+        if bytes.len() > MAX_OPERATOR_BYTES {
+            return Err(refused(format!("over {MAX_OPERATOR_BYTES} bytes")));
+        }
+        // Never compiled unless they are the bytes asked for.
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            tracing::error!(target: "xcs::worker", digest, actual, "refused an operator whose bytes do not match its digest");
+            return Err(refused(format!(
+                "its bytes in the object store have the digest {actual}: refused, not compiled"
+            )));
+        }
+        let operator = self.host.load_bytes(bytes, name).await?;
+        self.loaded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(digest.to_owned(), operator.clone());
+        Ok(operator)
+    }
+}
+
+/// `xcs worker`.
+pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
+    if flags.max_concurrency == 0 {
+        return Err(crate::io::Usage("--max-concurrency must be at least 1".into()).into());
+    }
+    let client = flags.nats.connect().await?;
+    let store = operator_store(&client).await?;
+    let host = Host::builder().grants_table(&flags.grants).build()?;
+    let operators = Arc::new(Operators {
+        host,
+        store,
+        loaded: Mutex::new(HashMap::new()),
+    });
+    let subject = subject(&flags.nats.namespace);
+    let mut calls = client
+        .queue_subscribe(subject.clone(), "workers".into())
+        .await
+        .context("subscribing")?;
+    client.flush().await.context("subscribing")?;
+    let name = flags
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    errln!(
+        "xcs worker {name}: ready on {subject} ({} at once)",
+        flags.max_concurrency
+    );
+    let permits = Arc::new(Semaphore::new(flags.max_concurrency));
+    let served = Arc::new(AtomicU64::new(0));
+    let signal = crate::serve::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let message = tokio::select! {
+            signal = &mut signal => {
+                errln!("xcs worker {name}: {signal}, draining (at most {})", humantime::format_duration(flags.drain));
+                break;
+            }
+            message = calls.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        let Some(reply_to) = message.reply.clone() else {
+            continue; // not a request
+        };
+        let client = client.clone();
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Busy: say so at once, so the call goes elsewhere.
+            let busy = WireReply::Error(WireError {
+                kind: "overloaded".into(),
+                message: format!(
+                    "worker {name} is at its bound of {} calls",
+                    flags.max_concurrency
+                ),
+                operator: None,
+                retryable: false,
+            });
+            let _ = client.publish(reply_to, encode(&busy)).await;
+            continue;
+        };
+        let (operators, served) = (operators.clone(), served.clone());
+        tokio::spawn(async move {
+            let reply = serve_call(&operators, &message.payload).await;
+            served.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = client.publish(reply_to, encode(&reply)).await {
+                tracing::warn!(target: "xcs::worker", "replying: {error}");
+            }
+            drop(permit);
+        });
+    }
+    // Stop taking calls; finish those in flight within the drain.
+    let _ = calls.unsubscribe().await;
+    let all = u32::try_from(flags.max_concurrency).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(flags.drain, permits.acquire_many(all)).await;
+    let _ = client.flush().await;
+    let served = served.load(Ordering::Relaxed);
+    match drained {
+        Ok(_) => {
+            errln!("xcs worker {name}: served {served} calls, exiting");
+            Ok(())
+        }
+        Err(_) => Err(Error::Cancelled {
+            reason: format!(
+                "the drain period of {} passed with calls still running ({served} served)",
+                humantime::format_duration(flags.drain)
+            ),
+        }
+        .into()),
+    }
+}
+
+fn encode(reply: &WireReply) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(reply).unwrap_or_else(|error| {
+        format!(r#"{{"error":{{"kind":"io","message":"encoding the reply: {error}","operator":null,"retryable":false}}}}"#).into_bytes()
+    }))
+}
+
+/// One call: decoded, its operator fetched, run here.
+async fn serve_call(operators: &Operators, payload: &[u8]) -> WireReply {
+    let call: WireCall = match serde_json::from_slice(payload) {
+        Ok(call) => call,
+        Err(error) => {
+            return WireReply::Error(WireError {
+                kind: "validation".into(),
+                message: format!("a call that does not parse: {error}"),
+                operator: None,
+                retryable: false,
+            });
+        }
+    };
+    let outcome = match operators.get(&call.operator, &call.digest).await {
+        Ok(operator) => operator.call(&call.input, &call.limits).await,
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(value) => WireReply::Ok(value),
+        Err(error) => WireReply::Error(WireError::of(&error)),
+    }
+}

@@ -1,0 +1,345 @@
+//! `xcs worker` and `xcs run --nats` against a real `nats-server` (with
+//! JetStream) on a random loopback port: a graph run by three worker
+//! processes gives what it gives here, the workers drain on SIGTERM, no
+//! worker is `unavailable`, a guest's timeout crosses with its kind, a
+//! tampered operator is refused, and a wrong password is a clear error.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{Run, Scratch, xcs_command};
+
+/// The `nats-server` binary: on the PATH, or where Debian puts it (a PATH
+/// without `/usr/sbin`).
+fn nats_server() -> &'static str {
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("nats-server").is_file())
+    });
+    if on_path {
+        "nats-server"
+    } else {
+        "/usr/sbin/nats-server"
+    }
+}
+
+/// A `nats-server` with JetStream on 127.0.0.1; stopped when dropped.
+struct NatsServer {
+    child: Child,
+    port: u16,
+}
+
+impl NatsServer {
+    fn start(scratch: &Scratch, extra: &[&str]) -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let store = scratch.path().join("jetstream");
+        let child = Command::new(nats_server())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&store)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (`just setup-nats` installs it)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An `xcs worker`; killed when dropped.
+struct Worker {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Worker {
+    /// `xcs worker --nats <url> args...`, once it is ready.
+    fn start(scratch: &Scratch, url: &str, args: &[&str]) -> Worker {
+        let mut child = xcs_command(&scratch.path().join("cache"))
+            .args(["worker", "--nats", url])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("xcs worker starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready, is_ready) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains(": ready on ") {
+                    let _ = ready.send(());
+                }
+                lines
+                    .lock()
+                    .expect("the log lock")
+                    .push_str(&format!("{line}\n"));
+            }
+        });
+        if is_ready.recv_timeout(Duration::from_secs(120)).is_err() {
+            let log = log.lock().map(|log| log.clone()).unwrap_or_default();
+            panic!("xcs worker was not ready: {log}");
+        }
+        Worker { child, log }
+    }
+
+    /// SIGTERM; its exit code and log once it has drained.
+    fn stop(mut self) -> (i32, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let started = Instant::now();
+        let code = loop {
+            if let Some(status) = self.child.try_wait().expect("waited for") {
+                break status.code().expect("exited, not killed");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the worker did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The log thread reads to the end of the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log.lock().map(|log| log.clone()).unwrap_or_default();
+        (code, log)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory with the operators the tests' graphs name.
+fn operators(scratch: &Scratch) -> PathBuf {
+    let dir = scratch.path().join("operators");
+    std::fs::create_dir_all(&dir).expect("the operators directory");
+    for (name, from) in [
+        ("upper", xcs_tests::UPPER),
+        ("word-count", xcs_tests::WORD_COUNT),
+        ("spin", xcs_tests::SPIN),
+    ] {
+        std::fs::copy(from, dir.join(format!("{name}.wasm"))).expect("copied");
+    }
+    dir
+}
+
+/// `xcs run <graph> --operators <dir> --input <input> extra...`.
+fn run(scratch: &Scratch, graph: &Path, dir: &Path, input: &str, extra: &[&str]) -> Run {
+    let output = xcs_command(&scratch.path().join("cache"))
+        .arg("run")
+        .arg(graph)
+        .arg("--operators")
+        .arg(dir)
+        .args(["--input", input])
+        .args(extra)
+        .output()
+        .expect("xcs runs");
+    Run {
+        code: output.status.code().expect("exited"),
+        stdout: String::from_utf8(output.stdout).expect("UTF-8"),
+        stderr: String::from_utf8(output.stderr).expect("UTF-8"),
+    }
+}
+
+const MAPS: &str = r#"
+[[node]]
+id = "titles"
+operator = "upper"
+map = "text"
+args = { text = "@input.documents" }
+
+[[node]]
+id = "counts"
+operator = "word-count"
+map = "text"
+args = { text = "@input.documents" }
+
+[outputs]
+shouted = "@titles"
+counts = "@counts"
+"#;
+
+/// The served count a worker's last line says.
+fn served(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|line| line.split(": served ").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no `served` line: {log}"))
+}
+
+#[test]
+fn three_workers_run_a_graph_as_it_runs_here_and_drain() {
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &[]);
+    let dir = operators(&scratch);
+    let graph = scratch.path().join("maps.toml");
+    std::fs::write(&graph, MAPS).expect("the graph");
+    let documents: Vec<String> = (0..300)
+        .map(|index| format!("doc {index} has words"))
+        .collect();
+    let input = serde_json::json!({ "documents": documents }).to_string();
+
+    let here = run(&scratch, &graph, &dir, &input, &[]);
+    here.assert_success();
+    let workers: Vec<Worker> = (0..3)
+        .map(|index| Worker::start(&scratch, &server.url(), &["--name", &format!("w{index}")]))
+        .collect();
+    let remote = run(&scratch, &graph, &dir, &input, &["--nats", &server.url()]);
+    remote.assert_success();
+    let (here, remote): (Value, Value) = (
+        serde_json::from_str(&here.stdout).expect("JSON"),
+        serde_json::from_str(&remote.stdout).expect("JSON"),
+    );
+    assert_eq!(here, remote);
+    assert_eq!(remote["counts"][7], 4);
+
+    let mut total = 0;
+    for worker in workers {
+        let (code, log) = worker.stop();
+        assert_eq!(code, 0, "{log}");
+        assert!(log.contains("SIGTERM, draining"), "{log}");
+        let served = served(&log);
+        assert!(served > 0, "a worker served nothing: {log}");
+        total += served;
+    }
+    assert_eq!(total, 600, "every element call, once");
+}
+
+#[test]
+fn without_workers_a_call_is_unavailable_and_a_timeout_crosses_with_its_kind() {
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &[]);
+    let dir = operators(&scratch);
+    let graph = scratch.path().join("maps.toml");
+    std::fs::write(&graph, MAPS).expect("the graph");
+    let started = Instant::now();
+    run(
+        &scratch,
+        &graph,
+        &dir,
+        r#"{"documents": ["a"]}"#,
+        &["--nats", &server.url()],
+    )
+    .assert_error(14, "unavailable", &["no worker serves this namespace"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "at once, not a timeout"
+    );
+
+    // A worker of another namespace does not count.
+    let _other = Worker::start(&scratch, &server.url(), &["--namespace", "other"]);
+    run(
+        &scratch,
+        &graph,
+        &dir,
+        r#"{"documents": ["a"]}"#,
+        &["--nats", &server.url()],
+    )
+    .assert_error(14, "unavailable", &[]);
+
+    let _worker = Worker::start(&scratch, &server.url(), &[]);
+    let spin = scratch.path().join("spin.toml");
+    std::fs::write(
+        &spin,
+        "[[node]]\nid = \"loop\"\noperator = \"spin\"\ntimeout = \"300ms\"\n\n[outputs]\nout = \"@loop\"\n",
+    )
+    .expect("the graph");
+    run(&scratch, &spin, &dir, "{}", &["--nats", &server.url()]).assert_error(
+        6,
+        "timeout",
+        &["spin: timed out after 300ms"],
+    );
+}
+
+/// Bytes in the object store under a digest that is not theirs are
+/// refused by the worker, never compiled.
+#[test]
+fn a_tampered_operator_is_refused_not_compiled() {
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &[]);
+    let dir = operators(&scratch);
+    let digest = {
+        let run = super::xcs(&["inspect", "--json", xcs_tests::UPPER]);
+        let description: Value = serde_json::from_str(&run.stdout).expect("JSON");
+        description["digest"].as_str().expect("a digest").to_owned()
+    };
+    let url = server.url();
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(async {
+            let client = async_nats::connect(url.as_str()).await.expect("connects");
+            let jetstream = async_nats::jetstream::new(client);
+            let store = jetstream
+                .create_object_store(async_nats::jetstream::object_store::Config {
+                    bucket: "xcs_operators".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("the bucket");
+            store
+                .put(digest.as_str(), &mut &b"\0asm not upper"[..])
+                .await
+                .expect("put");
+        });
+    let _worker = Worker::start(&scratch, &server.url(), &[]);
+    let graph = scratch.path().join("maps.toml");
+    std::fs::write(&graph, MAPS).expect("the graph");
+    run(
+        &scratch,
+        &graph,
+        &dir,
+        r#"{"documents": ["a"]}"#,
+        &["--nats", &server.url()],
+    )
+    .assert_error(3, "invalid-component", &["refused, not compiled"]);
+}
+
+#[test]
+fn a_wrong_password_is_a_clear_error() {
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &["--user", "xcs", "--pass", "right"]);
+    let wrong = format!("nats://xcs:wrong@127.0.0.1:{}", server.port);
+    let output = xcs_command(&scratch.path().join("cache"))
+        .args(["worker", "--nats", &wrong])
+        .output()
+        .expect("xcs runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error[io]: connecting to"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("authoriz"), "{stderr}");
+}
