@@ -34,6 +34,8 @@ pub(crate) struct RunFlags {
     pub(crate) metrics: Option<PathBuf>,
     /// Calls handed to NATS workers.
     pub(crate) nats: Option<crate::remote::NatsArgs>,
+    /// At most this many of them in flight.
+    pub(crate) nats_max_in_flight: usize,
 }
 
 /// Reads, parses, loads the operators of, and checks a graph file.
@@ -41,15 +43,19 @@ pub(crate) async fn plan(
     path: &Path,
     args: &GraphArgs,
     grants: &xcs::GrantsTable,
+    remote: bool,
 ) -> anyhow::Result<(Plan, Host)> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::io(path, source))?;
     let graph = Graph::from_toml(&text)?;
     let base = path.parent().unwrap_or(Path::new("."));
     // The graph's own grants (host paths relative to it), and the
     // command's.
+    // Run remotely, the operators' calls get the workers' grants: one that
+    // imports HTTP loads here without one of its own.
     let host = Host::builder()
         .grants_table(&graph.grants().clone().relative_to(base))
         .grants_table(grants)
+        .refuse_ungranted_http(!remote)
         .build()?;
     let (operators, failed) = load_operators(&host, &graph, &args.operators, base).await?;
     let checked = graph.check(&operators);
@@ -184,7 +190,7 @@ pub(crate) async fn check(
     args: &GraphArgs,
     dot: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let (plan, _host) = plan(graph, args, &xcs::GrantsTable::default()).await?;
+    let (plan, _host) = plan(graph, args, &xcs::GrantsTable::default(), false).await?;
     if let Some(dot_path) = dot {
         write_file(dot_path, plan.to_dot(None).as_bytes())?;
     }
@@ -238,7 +244,7 @@ pub(crate) async fn run_graph(
     args: &GraphArgs,
     flags: &RunFlags,
 ) -> anyhow::Result<()> {
-    let (plan, host) = plan(path, args, &flags.grants).await?;
+    let (plan, host) = plan(path, args, &flags.grants, flags.nats.is_some()).await?;
     let inputs = read_input(input, "graph", MAX_GRAPH_INPUT_TEXT)?;
     let (mut options, progress) = options(flags, plan.graph().nodes().len());
     if let Some(nats) = &flags.nats {
@@ -258,7 +264,9 @@ pub(crate) async fn run_graph(
                 operators.push((operator.clone(), file));
             }
         }
-        let executor = crate::remote::NatsExecutor::connect(nats, &operators).await?;
+        let executor =
+            crate::remote::NatsExecutor::connect(nats, &operators, flags.nats_max_in_flight)
+                .await?;
         options = options.executor(std::sync::Arc::new(executor));
     }
     let report = plan.run(&inputs, &options).await;

@@ -111,6 +111,10 @@ enum Command {
         /// A NATS credentials file (with --nats).
         #[arg(long, value_name = "FILE")]
         creds: Option<PathBuf>,
+        /// At most this many calls in flight to the workers (with
+        /// --nats); one more is `overloaded`.
+        #[arg(long, default_value_t = 256, value_name = "N")]
+        nats_max_in_flight: usize,
     },
     /// Trace a composite operator: print the graph it builds, without
     /// running any operator it calls (or where and why the trace stopped).
@@ -676,6 +680,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 nats,
                 namespace,
                 creds,
+                nats_max_in_flight,
             } => {
                 let nats = nats.map(|url| remote::NatsArgs {
                     url,
@@ -693,6 +698,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     report,
                     metrics,
                     nats,
+                    nats_max_in_flight,
                 };
                 if graph.extension().is_some_and(|ext| ext == "wasm") {
                     graphs::run_composite(&graph, &input, &graph_args, &flags).await

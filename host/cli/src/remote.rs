@@ -29,6 +29,17 @@ use xcs::{Error, ErrorKind, Host, Limits, Operator};
 
 /// The object store bucket of operator bytes, by digest.
 const OPERATORS_BUCKET: &str = "xcs_operators";
+/// The object store bucket of calls and replies too large for a message,
+/// by digest (each removed once read; a leftover expires).
+const PAYLOADS_BUCKET: &str = "xcs_payloads";
+/// How long a payload left behind (its reader gone) is kept.
+const PAYLOAD_MAX_AGE: Duration = Duration::from_secs(3600);
+/// The header of a message whose body is in the payloads bucket.
+const PAYLOAD_HEADER: &str = "Xcs-Payload";
+/// Room kept in a message for its headers.
+const HEADER_ROOM: usize = 4096;
+/// The largest call or reply taken from the payloads bucket.
+const MAX_PAYLOAD_BYTES: usize = 1 << 30;
 /// The largest operator a worker fetches.
 const MAX_OPERATOR_BYTES: usize = 256 << 20;
 /// How long past a call's own timeout the coordinator waits for its reply
@@ -128,22 +139,109 @@ impl NatsArgs {
     }
 }
 
+type ObjectStore = async_nats::jetstream::object_store::ObjectStore;
+
 /// The object store of operator bytes (made if it is not there).
-async fn operator_store(
+async fn operator_store(client: &async_nats::Client) -> anyhow::Result<ObjectStore> {
+    store(
+        client,
+        OPERATORS_BUCKET,
+        "xcs operator components, by sha256 digest",
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// The object store of large calls and replies (made if it is not there).
+async fn payload_store(client: &async_nats::Client) -> anyhow::Result<ObjectStore> {
+    store(
+        client,
+        PAYLOADS_BUCKET,
+        "xcs calls and replies over the message size, by sha256 digest",
+        PAYLOAD_MAX_AGE,
+    )
+    .await
+}
+
+async fn store(
     client: &async_nats::Client,
-) -> anyhow::Result<async_nats::jetstream::object_store::ObjectStore> {
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+) -> anyhow::Result<ObjectStore> {
     let jetstream = async_nats::jetstream::new(client.clone());
-    match jetstream.get_object_store(OPERATORS_BUCKET).await {
+    match jetstream.get_object_store(bucket).await {
         Ok(store) => Ok(store),
         Err(_) => jetstream
             .create_object_store(async_nats::jetstream::object_store::Config {
-                bucket: OPERATORS_BUCKET.to_owned(),
-                description: Some("xcs operator components, by sha256 digest".into()),
+                bucket: bucket.to_owned(),
+                description: Some(description.to_owned()),
+                max_age,
                 ..Default::default()
             })
             .await
-            .context("making the operators object store (does the server have JetStream on?)"),
+            .with_context(|| {
+                format!("making the object store {bucket} (does the server have JetStream on?)")
+            }),
     }
+}
+
+/// A message's headers and body: `body` itself when it fits in a message
+/// of the server, else put in the payloads store and named by a header
+/// (its digest returned, to remove it once answered).
+async fn outgoing(
+    payloads: &ObjectStore,
+    max_payload: usize,
+    body: Vec<u8>,
+) -> Result<(async_nats::HeaderMap, bytes::Bytes, Option<String>), String> {
+    let mut headers = async_nats::HeaderMap::new();
+    if body.len() + HEADER_ROOM <= max_payload {
+        return Ok((headers, bytes::Bytes::from(body), None));
+    }
+    let digest = sha256_digest(&body);
+    payloads
+        .put(digest.as_str(), &mut body.as_slice())
+        .await
+        .map_err(|error| format!("putting {} bytes in the object store: {error}", body.len()))?;
+    headers.insert(PAYLOAD_HEADER, digest.as_str());
+    Ok((headers, bytes::Bytes::new(), Some(digest)))
+}
+
+/// A message's body: its own, or the payload its header names (checked
+/// against its digest, then removed from the store).
+async fn incoming(
+    payloads: &ObjectStore,
+    message: &async_nats::Message,
+) -> Result<Vec<u8>, String> {
+    let Some(digest) = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(PAYLOAD_HEADER))
+        .map(|value| value.as_str().to_owned())
+    else {
+        return Ok(message.payload.to_vec());
+    };
+    let mut object = payloads
+        .get(digest.as_str())
+        .await
+        .map_err(|error| format!("the payload {digest} is not in the object store: {error}"))?;
+    let mut body = Vec::new();
+    (&mut object)
+        .take(MAX_PAYLOAD_BYTES as u64 + 1)
+        .read_to_end(&mut body)
+        .await
+        .map_err(|error| format!("reading the payload {digest}: {error}"))?;
+    if body.len() > MAX_PAYLOAD_BYTES {
+        return Err(format!(
+            "the payload {digest} is over {MAX_PAYLOAD_BYTES} bytes"
+        ));
+    }
+    if sha256_digest(&body) != digest {
+        return Err(format!("the payload {digest} has other bytes: refused"));
+    }
+    // Read once: not kept (a leftover would expire anyway).
+    let _ = payloads.delete(digest.as_str()).await;
+    Ok(body)
 }
 
 fn sha256_digest(bytes: &[u8]) -> String {
@@ -156,6 +254,10 @@ fn sha256_digest(bytes: &[u8]) -> String {
 pub(crate) struct NatsExecutor {
     client: async_nats::Client,
     subject: String,
+    payloads: ObjectStore,
+    /// At most this many calls in flight; one more is `overloaded`.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl NatsExecutor {
@@ -164,9 +266,11 @@ impl NatsExecutor {
     pub(crate) async fn connect(
         args: &NatsArgs,
         operators: &[(Operator, PathBuf)],
+        max_in_flight: usize,
     ) -> anyhow::Result<NatsExecutor> {
         let client = args.connect().await?;
         let store = operator_store(&client).await?;
+        let payloads = payload_store(&client).await?;
         for (operator, path) in operators {
             let digest = operator.digest();
             if store.info(digest).await.is_ok() {
@@ -186,6 +290,9 @@ impl NatsExecutor {
         Ok(NatsExecutor {
             client,
             subject: subject(&args.namespace),
+            payloads,
+            in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            max_in_flight: max_in_flight.max(1),
         })
     }
 }
@@ -193,59 +300,102 @@ impl NatsExecutor {
 impl Executor for NatsExecutor {
     fn call(&self, call: RemoteCall) -> Pin<Box<dyn Future<Output = Result<Value, Error>> + Send>> {
         let (client, subject) = (self.client.clone(), self.subject.clone());
+        let payloads = self.payloads.clone();
+        let permit = self.in_flight.clone().try_acquire_owned();
+        let max_in_flight = self.max_in_flight;
         Box::pin(async move {
+            // Bounded: beyond the bound, refused at once, not queued.
+            let Ok(_permit) = permit else {
+                return Err(Error::Overloaded {
+                    operator: call.operator.clone(),
+                    max_in_flight,
+                    max_queue: 0,
+                });
+            };
             let unavailable = |reason: String| Error::Unavailable {
                 operator: call.operator.clone(),
                 reason,
             };
             let deadline = tokio::time::Instant::now() + call.timeout + REPLY_GRACE;
-            let payload = serde_json::to_vec(&WireCall {
+            let body = serde_json::to_vec(&WireCall {
                 operator: call.operator.clone(),
                 digest: call.digest.clone(),
                 input: call.input.clone(),
                 limits: call.limits.clone(),
             })
             .map_err(|error| unavailable(format!("encoding the call: {error}")))?;
-            let payload = bytes::Bytes::from(payload);
-            // A busy worker says so at once: ask again (the queue group
-            // picks a worker at random) until one takes it or time is up.
-            let mut pause = Duration::from_millis(2);
-            loop {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let request = async_nats::Request::new()
-                    .payload(payload.clone())
-                    .timeout(Some(left));
-                let reply = match client.send_request(subject.clone(), request).await {
-                    Ok(reply) => reply,
-                    Err(error) => {
-                        use async_nats::client::RequestErrorKind;
-                        return Err(match error.kind() {
-                            RequestErrorKind::NoResponders => {
-                                unavailable("no worker serves this namespace".into())
-                            }
-                            RequestErrorKind::TimedOut => {
-                                unavailable("no worker answered in time".into())
-                            }
-                            _ => unavailable(error.to_string()),
-                        });
-                    }
-                };
-                match serde_json::from_slice::<WireReply>(&reply.payload) {
-                    Ok(WireReply::Ok(value)) => return Ok(value),
-                    Ok(WireReply::Error(error)) if error.kind == "overloaded" => {
-                        if tokio::time::Instant::now() + pause >= deadline {
-                            return Err(error.into_error());
-                        }
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(100));
-                    }
-                    Ok(WireReply::Error(error)) => return Err(error.into_error()),
-                    Err(error) => {
-                        return Err(unavailable(format!("a reply that does not parse: {error}")));
-                    }
-                }
+            let max_payload = client.server_info().max_payload;
+            let (headers, payload, stored) = outgoing(&payloads, max_payload, body)
+                .await
+                .map_err(unavailable)?;
+            let outcome = ask(&client, &subject, (headers, payload), deadline, &payloads)
+                .await
+                .map_err(|outcome| match outcome {
+                    Asked::Failed(error) => error,
+                    Asked::Unavailable(reason) => unavailable(reason),
+                });
+            if let Some(digest) = stored {
+                let _ = payloads.delete(digest.as_str()).await;
             }
+            outcome
         })
+    }
+}
+
+/// Why a call has no output.
+enum Asked {
+    /// The worker's error.
+    Failed(Error),
+    /// No worker answered, or the answer could not be read.
+    Unavailable(String),
+}
+
+/// Sends a call until a worker takes it (a busy one says so at once, and
+/// the queue group picks again) or `deadline` passes; its output.
+async fn ask(
+    client: &async_nats::Client,
+    subject: &str,
+    (headers, payload): (async_nats::HeaderMap, bytes::Bytes),
+    deadline: tokio::time::Instant,
+    payloads: &ObjectStore,
+) -> Result<Value, Asked> {
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let request = async_nats::Request::new()
+            .headers(headers.clone())
+            .payload(payload.clone())
+            .timeout(Some(left));
+        let reply = match client.send_request(subject.to_owned(), request).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                use async_nats::client::RequestErrorKind;
+                return Err(Asked::Unavailable(match error.kind() {
+                    RequestErrorKind::NoResponders => "no worker serves this namespace".into(),
+                    RequestErrorKind::TimedOut => "no worker answered in time".into(),
+                    _ => error.to_string(),
+                }));
+            }
+        };
+        let body = incoming(payloads, &reply)
+            .await
+            .map_err(Asked::Unavailable)?;
+        match serde_json::from_slice::<WireReply>(&body) {
+            Ok(WireReply::Ok(value)) => return Ok(value),
+            Ok(WireReply::Error(error)) if error.kind == "overloaded" => {
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(Asked::Failed(error.into_error()));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Ok(WireReply::Error(error)) => return Err(Asked::Failed(error.into_error())),
+            Err(error) => {
+                return Err(Asked::Unavailable(format!(
+                    "a reply that does not parse: {error}"
+                )));
+            }
+        }
     }
 }
 
@@ -260,10 +410,11 @@ pub(crate) struct WorkerFlags {
 }
 
 /// A worker's operators, by digest, fetched from the object store as
-/// calls need them.
+/// calls need them, and its store of large calls and replies.
 struct Operators {
     host: Host,
-    store: async_nats::jetstream::object_store::ObjectStore,
+    store: ObjectStore,
+    payloads: ObjectStore,
     loaded: Mutex<HashMap<String, Operator>>,
 }
 
@@ -321,10 +472,12 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
     }
     let client = flags.nats.connect().await?;
     let store = operator_store(&client).await?;
+    let payloads = payload_store(&client).await?;
     let host = Host::builder().grants_table(&flags.grants).build()?;
     let operators = Arc::new(Operators {
         host,
         store,
+        payloads,
         loaded: Mutex::new(HashMap::new()),
     });
     let subject = subject(&flags.nats.namespace);
@@ -376,9 +529,26 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
         };
         let (operators, served) = (operators.clone(), served.clone());
         tokio::spawn(async move {
-            let reply = serve_call(&operators, &message.payload).await;
+            let reply = match incoming(&operators.payloads, &message).await {
+                Ok(body) => serve_call(&operators, &body).await,
+                Err(reason) => WireReply::Error(WireError {
+                    kind: "validation".into(),
+                    message: reason,
+                    operator: None,
+                    retryable: false,
+                }),
+            };
             served.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = client.publish(reply_to, encode(&reply)).await {
+            let max_payload = client.server_info().max_payload;
+            let sent =
+                match outgoing(&operators.payloads, max_payload, encode(&reply).to_vec()).await {
+                    Ok((headers, body, _)) => client
+                        .publish_with_headers(reply_to, headers, body)
+                        .await
+                        .map_err(|error| error.to_string()),
+                    Err(reason) => Err(reason),
+                };
+            if let Err(error) = sent {
                 tracing::warn!(target: "xcs::worker", "replying: {error}");
             }
             drop(permit);

@@ -343,3 +343,80 @@ fn a_wrong_password_is_a_clear_error() {
     assert!(stderr.contains("error[io]: connecting to"), "{stderr}");
     assert!(stderr.to_lowercase().contains("authoriz"), "{stderr}");
 }
+
+/// A 20 MiB input, and a 12 MiB output, cross through the object store
+/// (a message holds 1 MiB), whole.
+#[test]
+fn a_large_input_and_output_cross_through_the_object_store() {
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &[]);
+    let dir = operators(&scratch);
+    let _worker = Worker::start(&scratch, &server.url(), &[]);
+    let graph = scratch.path().join("shout.toml");
+    std::fs::write(
+        &graph,
+        "[[node]]\nid = \"loud\"\noperator = \"upper\"\nargs = { text = \"@input.text\" }\n\n[[node]]\nid = \"count\"\noperator = \"word-count\"\nargs = { text = \"@input.big\" }\n\n[outputs]\nloud = \"@loud\"\nwords = \"@count\"\n",
+    )
+    .expect("the graph");
+    let text: String = "abcdefghij".repeat(12 << 17);
+    let big: String = "word ".repeat(4 << 20);
+    let input = scratch.path().join("input.json");
+    std::fs::write(
+        &input,
+        serde_json::json!({ "text": text, "big": big }).to_string(),
+    )
+    .expect("the input");
+    let output = xcs_command(&scratch.path().join("cache"))
+        .arg("run")
+        .arg(&graph)
+        .arg("--operators")
+        .arg(&dir)
+        .arg("--input-file")
+        .arg(&input)
+        .args(["--nats", &server.url()])
+        .output()
+        .expect("xcs runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let outputs: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let loud = outputs["loud"].as_str().expect("a text");
+    assert_eq!(loud.len(), text.len());
+    assert!(loud.starts_with("ABCDEFGHIJABC") && loud.ends_with("HIJ"));
+    assert_eq!(outputs["words"], 4 << 20);
+}
+
+/// Past `--nats-max-in-flight`, a call is refused at the coordinator
+/// (`overloaded`), not queued.
+#[test]
+fn the_coordinator_bounds_its_calls_in_flight() {
+    let background =
+        xcs_tests::mock_http::BackgroundServer::start("key").expect("the mock server starts");
+    let origin = background.server().origin();
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &[]);
+    let dir = operators(&scratch);
+    std::fs::copy(xcs_tests::FETCH, dir.join("fetch.wasm")).expect("copied");
+    let _worker = Worker::start(&scratch, &server.url(), &["--allow-http", &origin]);
+    let graph = scratch.path().join("slow.toml");
+    std::fs::write(
+        &graph,
+        "[[node]]\nid = \"get\"\noperator = \"fetch\"\nmap = \"url\"\nmax_concurrency = 2\nargs = { url = \"@input.urls\" }\n\n[outputs]\ngot = \"@get\"\n",
+    )
+    .expect("the graph");
+    let slow = format!("{origin}/slow/500");
+    let input = serde_json::json!({ "urls": [slow, slow] }).to_string();
+    let bounded = [
+        "--nats",
+        &server.url(),
+        "--nats-max-in-flight",
+        "1",
+        "--max-concurrency",
+        "2",
+    ];
+    run(&scratch, &graph, &dir, &input, &bounded).assert_error(10, "overloaded", &["fetch"]);
+    let roomy = ["--nats", &server.url(), "--max-concurrency", "2"];
+    run(&scratch, &graph, &dir, &input, &roomy).assert_success();
+}
