@@ -247,6 +247,7 @@ pub(crate) async fn run_graph(
     let (plan, host) = plan(path, args, &flags.grants, flags.nats.is_some()).await?;
     let inputs = read_input(input, "graph", MAX_GRAPH_INPUT_TEXT)?;
     let (mut options, progress) = options(flags, plan.graph().nodes().len());
+    let mut resent = None;
     if let Some(nats) = &flags.nats {
         // Each operator with the file it was loaded from, for the object
         // store.
@@ -267,11 +268,18 @@ pub(crate) async fn run_graph(
         let executor =
             crate::remote::NatsExecutor::connect(nats, &operators, flags.nats_max_in_flight)
                 .await?;
+        resent = Some(executor.resent());
         options = options.executor(std::sync::Arc::new(executor));
     }
     let report = plan.run(&inputs, &options).await;
     if let Some(bar) = progress {
         bar.finish_and_clear();
+    }
+    let resent = resent.map_or(0, |count| count.load(std::sync::atomic::Ordering::Relaxed));
+    if resent > 0 {
+        errln!(
+            "note: {resent} calls were sent again after the worker that took them stopped answering"
+        );
     }
     finish_run(&host, Some(plan), report, flags)
 }

@@ -38,6 +38,16 @@ const PAYLOAD_MAX_AGE: Duration = Duration::from_secs(3600);
 const PAYLOAD_HEADER: &str = "Xcs-Payload";
 /// Room kept in a message for its headers.
 const HEADER_ROOM: usize = 4096;
+/// The header that says what a message from a worker is: `accepted` (it
+/// took the call), `alive` (still running it) or `reply`.
+const KIND_HEADER: &str = "Xcs-Kind";
+/// How often a worker says a call it runs is still running.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long a coordinator waits for a worker to take a call.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Silence after which a worker that took a call is taken for lost (its
+/// process or machine gone), and the call is sent again.
+const LOST_AFTER: Duration = Duration::from_millis(2000);
 /// The largest call or reply taken from the payloads bucket.
 const MAX_PAYLOAD_BYTES: usize = 1 << 30;
 /// The largest operator a worker fetches.
@@ -258,6 +268,8 @@ pub(crate) struct NatsExecutor {
     /// At most this many calls in flight; one more is `overloaded`.
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    /// Calls sent again after their worker went silent.
+    lost: Arc<AtomicU64>,
 }
 
 impl NatsExecutor {
@@ -293,7 +305,16 @@ impl NatsExecutor {
             payloads,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             max_in_flight: max_in_flight.max(1),
+            lost: Arc::new(AtomicU64::new(0)),
         })
+    }
+}
+
+impl NatsExecutor {
+    /// The calls sent again so far because the worker that took them went
+    /// silent.
+    pub(crate) fn resent(&self) -> Arc<AtomicU64> {
+        self.lost.clone()
     }
 }
 
@@ -301,6 +322,7 @@ impl Executor for NatsExecutor {
     fn call(&self, call: RemoteCall) -> Pin<Box<dyn Future<Output = Result<Value, Error>> + Send>> {
         let (client, subject) = (self.client.clone(), self.subject.clone());
         let payloads = self.payloads.clone();
+        let lost = self.lost.clone();
         let permit = self.in_flight.clone().try_acquire_owned();
         let max_in_flight = self.max_in_flight;
         Box::pin(async move {
@@ -328,12 +350,19 @@ impl Executor for NatsExecutor {
             let (headers, payload, stored) = outgoing(&payloads, max_payload, body)
                 .await
                 .map_err(unavailable)?;
-            let outcome = ask(&client, &subject, (headers, payload), deadline, &payloads)
-                .await
-                .map_err(|outcome| match outcome {
-                    Asked::Failed(error) => error,
-                    Asked::Unavailable(reason) => unavailable(reason),
-                });
+            let outcome = ask(
+                &client,
+                &subject,
+                (headers, payload),
+                deadline,
+                &payloads,
+                &lost,
+            )
+            .await
+            .map_err(|outcome| match outcome {
+                Asked::Failed(error) => error,
+                Asked::Unavailable(reason) => unavailable(reason),
+            });
             if let Some(digest) = stored {
                 let _ = payloads.delete(digest.as_str()).await;
             }
@@ -350,32 +379,71 @@ enum Asked {
     Unavailable(String),
 }
 
-/// Sends a call until a worker takes it (a busy one says so at once, and
-/// the queue group picks again) or `deadline` passes; its output.
+/// Sends a call until a worker answers it (a busy one says so at once,
+/// and the queue group picks again; one that took it and went silent is
+/// taken for lost, and the call is sent again: at least once) or
+/// `deadline` passes; its output.
 async fn ask(
     client: &async_nats::Client,
     subject: &str,
     (headers, payload): (async_nats::HeaderMap, bytes::Bytes),
     deadline: tokio::time::Instant,
     payloads: &ObjectStore,
+    lost: &AtomicU64,
 ) -> Result<Value, Asked> {
     let mut pause = Duration::from_millis(2);
+    let unavailable = |error: &dyn std::fmt::Display| Asked::Unavailable(error.to_string());
     loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let request = async_nats::Request::new()
-            .headers(headers.clone())
-            .payload(payload.clone())
-            .timeout(Some(left));
-        let reply = match client.send_request(subject.to_owned(), request).await {
-            Ok(reply) => reply,
-            Err(error) => {
-                use async_nats::client::RequestErrorKind;
-                return Err(Asked::Unavailable(match error.kind() {
-                    RequestErrorKind::NoResponders => "no worker serves this namespace".into(),
-                    RequestErrorKind::TimedOut => "no worker answered in time".into(),
-                    _ => error.to_string(),
-                }));
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|error| unavailable(&error))?;
+        client
+            .publish_with_reply_and_headers(
+                subject.to_owned(),
+                inbox,
+                headers.clone(),
+                payload.clone(),
+            )
+            .await
+            .map_err(|error| unavailable(&error))?;
+        let mut accepted = false;
+        let reply = loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Asked::Unavailable("no worker answered in time".into()));
             }
+            let wait = if accepted { LOST_AFTER } else { ACCEPT_TIMEOUT };
+            match tokio::time::timeout_at((now + wait).min(deadline), replies.next()).await {
+                Ok(Some(message)) => {
+                    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                        return Err(Asked::Unavailable("no worker serves this namespace".into()));
+                    }
+                    let kind = message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get(KIND_HEADER))
+                        .map(|value| value.as_str().to_owned());
+                    match kind.as_deref() {
+                        Some("accepted" | "alive") => accepted = true,
+                        _ => break Some(message),
+                    }
+                }
+                Ok(None) => return Err(Asked::Unavailable("the connection closed".into())),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Asked::Unavailable("no worker answered in time".into()));
+                }
+                Err(_) if accepted => break None,
+                Err(_) => return Err(Asked::Unavailable("no worker took the call".into())),
+            }
+        };
+        let _ = replies.unsubscribe().await;
+        let Some(reply) = reply else {
+            // Taken, then silence: the worker is gone. Again, elsewhere.
+            lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "xcs::remote", "a worker stopped answering: the call is sent again");
+            continue;
         };
         let body = incoming(payloads, &reply)
             .await
@@ -529,6 +597,28 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
         };
         let (operators, served) = (operators.clone(), served.clone());
         tokio::spawn(async move {
+            // Taken: said at once, then every HEARTBEAT while it runs, so
+            // that the coordinator can tell a slow call from a lost worker.
+            let mut said = async_nats::HeaderMap::new();
+            said.insert(KIND_HEADER, "accepted");
+            let _ = client
+                .publish_with_headers(reply_to.clone(), said, bytes::Bytes::new())
+                .await;
+            let heartbeats = tokio::spawn({
+                let (client, reply_to) = (client.clone(), reply_to.clone());
+                async move {
+                    let mut every = tokio::time::interval(HEARTBEAT);
+                    every.tick().await;
+                    loop {
+                        every.tick().await;
+                        let mut alive = async_nats::HeaderMap::new();
+                        alive.insert(KIND_HEADER, "alive");
+                        let _ = client
+                            .publish_with_headers(reply_to.clone(), alive, bytes::Bytes::new())
+                            .await;
+                    }
+                }
+            });
             let reply = match incoming(&operators.payloads, &message).await {
                 Ok(body) => serve_call(&operators, &body).await,
                 Err(reason) => WireReply::Error(WireError {
@@ -538,14 +628,18 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                     retryable: false,
                 }),
             };
+            heartbeats.abort();
             served.fetch_add(1, Ordering::Relaxed);
             let max_payload = client.server_info().max_payload;
             let sent =
                 match outgoing(&operators.payloads, max_payload, encode(&reply).to_vec()).await {
-                    Ok((headers, body, _)) => client
-                        .publish_with_headers(reply_to, headers, body)
-                        .await
-                        .map_err(|error| error.to_string()),
+                    Ok((mut headers, body, _)) => {
+                        headers.insert(KIND_HEADER, "reply");
+                        client
+                            .publish_with_headers(reply_to, headers, body)
+                            .await
+                            .map_err(|error| error.to_string())
+                    }
                     Err(reason) => Err(reason),
                 };
             if let Err(error) = sent {

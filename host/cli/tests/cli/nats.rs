@@ -420,3 +420,69 @@ fn the_coordinator_bounds_its_calls_in_flight() {
     let roomy = ["--nats", &server.url(), "--max-concurrency", "2"];
     run(&scratch, &graph, &dir, &input, &roomy).assert_success();
 }
+
+/// A worker killed while it runs calls: the coordinator notices its
+/// silence, sends those calls again to the other worker, and the graph
+/// completes with every output; it says how many it sent again.
+#[test]
+fn a_lost_worker_s_calls_are_sent_again_elsewhere() {
+    let background =
+        xcs_tests::mock_http::BackgroundServer::start("key").expect("the mock server starts");
+    let origin = background.server().origin();
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &[]);
+    let dir = operators(&scratch);
+    std::fs::copy(xcs_tests::FETCH, dir.join("fetch.wasm")).expect("copied");
+    // Four places each for eight calls: each worker takes four (a full
+    // one sends the call back to the queue group).
+    let places = ["--allow-http", &origin, "--max-concurrency", "4"];
+    let survivor = Worker::start(&scratch, &server.url(), &places);
+    let doomed = Worker::start(&scratch, &server.url(), &places);
+    let graph = scratch.path().join("slow.toml");
+    std::fs::write(
+        &graph,
+        "[[node]]\nid = \"get\"\noperator = \"fetch\"\nmap = \"url\"\nmax_concurrency = 8\nargs = { url = \"@input.urls\" }\n\n[outputs]\ngot = \"@get\"\n",
+    )
+    .expect("the graph");
+    let urls: Vec<String> = (0..8).map(|_| format!("{origin}/slow/1500")).collect();
+    let input = serde_json::json!({ "urls": urls }).to_string();
+    let coordinator = {
+        let mut command = xcs_command(&scratch.path().join("cache"));
+        command
+            .arg("run")
+            .arg(&graph)
+            .arg("--operators")
+            .arg(&dir)
+            .args([
+                "--input",
+                &input,
+                "--nats",
+                &server.url(),
+                "--max-concurrency",
+                "8",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command.spawn().expect("xcs runs")
+    };
+    // Both workers have taken four calls; then one dies without a word.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut doomed = doomed;
+    doomed.child.kill().expect("killed");
+    let output = coordinator.wait_with_output().expect("xcs runs to its end");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let outputs: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let got = outputs["got"].as_array().expect("a list");
+    assert_eq!(got.len(), 8);
+    assert!(
+        got.iter().all(|fetched| fetched["text"] == "slow"),
+        "{outputs}"
+    );
+    assert!(
+        stderr.contains("calls were sent again after the worker that took them stopped answering"),
+        "{stderr}"
+    );
+    let (code, log) = survivor.stop();
+    assert_eq!(code, 0, "{log}");
+}
