@@ -107,6 +107,42 @@ fn subject(namespace: &str) -> String {
     format!("xcs.{namespace}.call")
 }
 
+/// Where a coordinator says a call it sent is no longer wanted (the run
+/// failed fast, or its deadline passed): every worker of the namespace
+/// hears it; the one running the call stops it.
+fn cancel_subject(namespace: &str) -> String {
+    format!("xcs.{namespace}.cancel")
+}
+
+/// Says, when dropped before [`done`](Self::done), that the call whose
+/// replies go to `inbox` is no longer wanted.
+struct CancelOnDrop {
+    client: async_nats::Client,
+    subject: String,
+    inbox: Option<String>,
+}
+
+impl CancelOnDrop {
+    fn done(mut self) {
+        self.inbox = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(inbox) = self.inbox.take() else {
+            return;
+        };
+        let (client, subject) = (self.client.clone(), self.subject.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = client.publish(subject, inbox.into()).await;
+                let _ = client.flush().await;
+            });
+        }
+    }
+}
+
 /// Connection settings shared by the worker and the coordinator.
 #[derive(Debug, Clone)]
 pub(crate) struct NatsArgs {
@@ -270,6 +306,7 @@ pub(crate) struct NatsExecutor {
     max_in_flight: usize,
     /// Calls sent again after their worker went silent.
     lost: Arc<AtomicU64>,
+    cancel_subject: String,
 }
 
 impl NatsExecutor {
@@ -306,6 +343,7 @@ impl NatsExecutor {
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             max_in_flight: max_in_flight.max(1),
             lost: Arc::new(AtomicU64::new(0)),
+            cancel_subject: cancel_subject(&args.namespace),
         })
     }
 }
@@ -323,6 +361,7 @@ impl Executor for NatsExecutor {
         let (client, subject) = (self.client.clone(), self.subject.clone());
         let payloads = self.payloads.clone();
         let lost = self.lost.clone();
+        let cancel = self.cancel_subject.clone();
         let permit = self.in_flight.clone().try_acquire_owned();
         let max_in_flight = self.max_in_flight;
         Box::pin(async move {
@@ -352,7 +391,7 @@ impl Executor for NatsExecutor {
                 .map_err(unavailable)?;
             let outcome = ask(
                 &client,
-                &subject,
+                (&subject, &cancel),
                 (headers, payload),
                 deadline,
                 &payloads,
@@ -385,7 +424,7 @@ enum Asked {
 /// `deadline` passes; its output.
 async fn ask(
     client: &async_nats::Client,
-    subject: &str,
+    (subject, cancel): (&str, &str),
     (headers, payload): (async_nats::HeaderMap, bytes::Bytes),
     deadline: tokio::time::Instant,
     payloads: &ObjectStore,
@@ -402,12 +441,19 @@ async fn ask(
         client
             .publish_with_reply_and_headers(
                 subject.to_owned(),
-                inbox,
+                inbox.clone(),
                 headers.clone(),
                 payload.clone(),
             )
             .await
             .map_err(|error| unavailable(&error))?;
+        // Dropped unanswered (the run failed fast, its deadline passed):
+        // the worker is told to stop.
+        let unwanted = CancelOnDrop {
+            client: client.clone(),
+            subject: cancel.to_owned(),
+            inbox: Some(inbox),
+        };
         let mut accepted = false;
         let reply = loop {
             let now = tokio::time::Instant::now();
@@ -438,6 +484,7 @@ async fn ask(
                 Err(_) => return Err(Asked::Unavailable("no worker took the call".into())),
             }
         };
+        unwanted.done();
         let _ = replies.unsubscribe().await;
         let Some(reply) = reply else {
             // Taken, then silence: the worker is gone. Again, elsewhere.
@@ -553,7 +600,13 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
         .queue_subscribe(subject.clone(), "workers".into())
         .await
         .context("subscribing")?;
+    let mut cancels = client
+        .subscribe(cancel_subject(&flags.nats.namespace))
+        .await
+        .context("subscribing")?;
     client.flush().await.context("subscribing")?;
+    // The calls running, by the inbox of their replies: what a cancel names.
+    let running: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>> = Arc::default();
     let name = flags
         .name
         .clone()
@@ -576,6 +629,20 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                 Some(message) => message,
                 None => break,
             },
+            cancel = cancels.next() => {
+                let Some(cancel) = cancel else { break };
+                let inbox = String::from_utf8_lossy(&cancel.payload).into_owned();
+                let stop = running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&inbox);
+                if let Some(stop) = stop {
+                    let _ = stop.send(());
+                    tracing::info!(target: "xcs::worker", "a call was cancelled by its coordinator");
+                    errln!("xcs worker {name}: a call was cancelled by its coordinator");
+                }
+                continue;
+            }
         };
         let Some(reply_to) = message.reply.clone() else {
             continue; // not a request
@@ -596,6 +663,12 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
             continue;
         };
         let (operators, served) = (operators.clone(), served.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(reply_to.to_string(), stop);
+        let running = running.clone();
         tokio::spawn(async move {
             // Taken: said at once, then every HEARTBEAT while it runs, so
             // that the coordinator can tell a slow call from a lost worker.
@@ -604,7 +677,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
             let _ = client
                 .publish_with_headers(reply_to.clone(), said, bytes::Bytes::new())
                 .await;
-            let heartbeats = tokio::spawn({
+            let heartbeats = AbortOnDrop(tokio::spawn({
                 let (client, reply_to) = (client.clone(), reply_to.clone());
                 async move {
                     let mut every = tokio::time::interval(HEARTBEAT);
@@ -618,17 +691,32 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                             .await;
                     }
                 }
-            });
-            let reply = match incoming(&operators.payloads, &message).await {
-                Ok(body) => serve_call(&operators, &body).await,
-                Err(reason) => WireReply::Error(WireError {
-                    kind: "validation".into(),
-                    message: reason,
-                    operator: None,
-                    retryable: false,
-                }),
+            }));
+            let work = async {
+                match incoming(&operators.payloads, &message).await {
+                    Ok(body) => serve_call(&operators, &body).await,
+                    Err(reason) => WireReply::Error(WireError {
+                        kind: "validation".into(),
+                        message: reason,
+                        operator: None,
+                        retryable: false,
+                    }),
+                }
             };
-            heartbeats.abort();
+            // A cancel stops the guest: its call's future is dropped.
+            let reply = tokio::select! {
+                reply = work => Some(reply),
+                _ = stopped => None,
+            };
+            drop(heartbeats);
+            running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(reply_to.as_str());
+            let Some(reply) = reply else {
+                drop(permit);
+                return;
+            };
             served.fetch_add(1, Ordering::Relaxed);
             let max_payload = client.server_info().max_payload;
             let sent =
@@ -666,6 +754,15 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
             ),
         }
         .into()),
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -486,3 +486,37 @@ fn a_lost_worker_s_calls_are_sent_again_elsewhere() {
     let (code, log) = survivor.stop();
     assert_eq!(code, 0, "{log}");
 }
+
+/// A run that fails fast tells the workers to stop the calls it no longer
+/// wants: a spinning guest is stopped at once, not at its deadline.
+#[test]
+fn a_failed_run_cancels_its_calls_on_the_workers() {
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &[]);
+    let dir = operators(&scratch);
+    std::fs::copy(xcs_tests::FACTORIAL, dir.join("factorial.wasm")).expect("copied");
+    let worker = Worker::start(&scratch, &server.url(), &[]);
+    let graph = scratch.path().join("fail.toml");
+    std::fs::write(
+        &graph,
+        "[[node]]\nid = \"loop\"\noperator = \"spin\"\ntimeout = \"60s\"\n\n[[node]]\nid = \"too-big\"\noperator = \"factorial\"\nargs = { n = 25 }\n\n[outputs]\nout = \"@loop\"\nbig = \"@too-big\"\n",
+    )
+    .expect("the graph");
+    // The factorial fails after the spin has started.
+    run(
+        &scratch,
+        &graph,
+        &dir,
+        "{}",
+        &["--nats", &server.url(), "--max-concurrency", "2"],
+    )
+    .assert_error(5, "operator", &["too-big"]);
+    // Drained at once: the spin (a 60 s deadline, past the 30 s drain)
+    // is not running any more.
+    let (code, log) = worker.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("a call was cancelled by its coordinator"),
+        "{log}"
+    );
+}
