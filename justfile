@@ -78,12 +78,13 @@ test: setup setup-foreign setup-nats
 # Benchmarks: medians against a bare-wasmtime baseline measured in the same run.
 # The call bench drives the Extism peer (its own workspace and wasmtime, so
 # its own process) batch by batch, interleaved with its own variants.
-bench: setup setup-foreign
+bench: setup setup-foreign setup-nats
     @# The languages bench calls the CLI tests' builds of `xcs new` projects.
     cargo test --quiet -p xcs-cli --test cli languages::a_
     cargo build --release --quiet --manifest-path tests/peer-extism/Cargo.toml --target-dir target/peer-extism
     XCS_PEER_EXTISM="$PWD/target/peer-extism/release/xcs-peer-extism" cargo bench -p xcs-tests
     cargo bench -p xcs-cli --bench serve
+    cargo bench -p xcs-cli --bench nats
 
 # Format check and clippy (warnings denied), host and guest crates.
 lint: setup

@@ -502,7 +502,7 @@ async fn ask(
                     return Err(Asked::Failed(error.into_error()));
                 }
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(100));
+                pause = (pause * 2).min(Duration::from_millis(20));
             }
             Ok(WireReply::Error(error)) => return Err(Asked::Failed(error.into_error())),
             Err(error) => {
@@ -615,7 +615,10 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
         "xcs worker {name}: ready on {subject} ({} at once)",
         flags.max_concurrency
     );
-    let permits = Arc::new(Semaphore::new(flags.max_concurrency));
+    // Taken: running (`running_places`), or waiting for a place, at most as
+    // many as run; beyond, `overloaded` at once (never an unbounded queue).
+    let taken = Arc::new(Semaphore::new(flags.max_concurrency.saturating_mul(2)));
+    let running_places = Arc::new(Semaphore::new(flags.max_concurrency));
     let served = Arc::new(AtomicU64::new(0));
     let signal = crate::serve::shutdown_signal();
     tokio::pin!(signal);
@@ -648,7 +651,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
             continue; // not a request
         };
         let client = client.clone();
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Ok(permit) = taken.clone().try_acquire_owned() else {
             // Busy: say so at once, so the call goes elsewhere.
             let busy = WireReply::Error(WireError {
                 kind: "overloaded".into(),
@@ -663,6 +666,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
             continue;
         };
         let (operators, served) = (operators.clone(), served.clone());
+        let running_places = running_places.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         running
             .lock()
@@ -693,6 +697,15 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                 }
             }));
             let work = async {
+                // Waits for a place to run (heartbeats go on meanwhile).
+                let Ok(_place) = running_places.acquire().await else {
+                    return WireReply::Error(WireError {
+                        kind: "cancelled".into(),
+                        message: "the worker is stopping".into(),
+                        operator: None,
+                        retryable: false,
+                    });
+                };
                 match incoming(&operators.payloads, &message).await {
                     Ok(body) => serve_call(&operators, &body).await,
                     Err(reason) => WireReply::Error(WireError {
@@ -738,8 +751,8 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
     }
     // Stop taking calls; finish those in flight within the drain.
     let _ = calls.unsubscribe().await;
-    let all = u32::try_from(flags.max_concurrency).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(flags.drain, permits.acquire_many(all)).await;
+    let all = u32::try_from(flags.max_concurrency.saturating_mul(2)).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(flags.drain, taken.acquire_many(all)).await;
     let _ = client.flush().await;
     let served = served.load(Ordering::Relaxed);
     match drained {

@@ -116,7 +116,12 @@ async fn bounded_call(
         Some(permit) => permit,
         None => shared.run_slots.acquire_owned().await,
     };
-    let _host_permit = shared.host_slots.acquire().await;
+    // The host's bound is on guests running here; a remote attempt runs
+    // on a worker (bounded by the run's slots and the executor's own).
+    let _host_permit = match shared.remote {
+        None => Some(shared.host_slots.acquire().await),
+        Some(_) => None,
+    };
     // Made once the call may run: a map's waiting elements hold no copy
     // of the node's other arguments.
     let input = &input();
