@@ -111,6 +111,9 @@ enum Command {
         /// A NATS credentials file (with --nats).
         #[arg(long, value_name = "FILE")]
         creds: Option<PathBuf>,
+        /// TLS to the NATS server (with --nats).
+        #[command(flatten)]
+        tls: TlsFlags,
         /// At most this many calls in flight to the workers (with
         /// --nats); one more is `overloaded`.
         #[arg(long, default_value_t = 256, value_name = "N")]
@@ -259,6 +262,29 @@ struct NatsFlags {
     /// A NATS credentials file (user JWT and nkey seed).
     #[arg(long, value_name = "FILE")]
     creds: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsFlags,
+}
+
+/// TLS to the NATS server.
+#[derive(Debug, Args)]
+struct TlsFlags {
+    /// Require TLS, trusting the CA certificate(s) in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for a server that verifies its
+    /// clients (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM), with --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsFlags {
+    fn client(&self) -> Option<(PathBuf, PathBuf)> {
+        self.tls_cert.clone().zip(self.tls_key.clone())
+    }
 }
 
 impl NatsFlags {
@@ -267,6 +293,8 @@ impl NatsFlags {
             url: url.clone(),
             namespace: self.namespace.clone(),
             creds: self.creds.clone(),
+            tls_ca: self.tls.tls_ca.clone(),
+            tls_client: self.tls.client(),
         })
     }
 }
@@ -680,12 +708,15 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 nats,
                 namespace,
                 creds,
+                tls,
                 nats_max_in_flight,
             } => {
                 let nats = nats.map(|url| remote::NatsArgs {
                     url,
                     namespace,
                     creds,
+                    tls_ca: tls.tls_ca.clone(),
+                    tls_client: tls.client(),
                 });
                 let flags = graphs::RunFlags {
                     grants: grants.grants()?,

@@ -149,6 +149,11 @@ pub(crate) struct NatsArgs {
     pub(crate) url: String,
     pub(crate) namespace: String,
     pub(crate) creds: Option<PathBuf>,
+    /// TLS: the CA that signed the server's certificate (TLS required).
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// TLS: this client's certificate and key, for a server that verifies
+    /// its clients.
+    pub(crate) tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 impl NatsArgs {
@@ -168,6 +173,14 @@ impl NatsArgs {
         let mut options = async_nats::ConnectOptions::new()
             .name("xcs")
             .connection_timeout(Duration::from_secs(5));
+        if let Some(ca) = &self.tls_ca {
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            options = options
+                .require_tls(true)
+                .add_client_certificate(cert.clone(), key.clone());
+        }
         if let Some(path) = &self.creds {
             options = options
                 .credentials_file(path)

@@ -550,3 +550,91 @@ fn a_failed_run_cancels_its_calls_on_the_workers() {
         "{log}"
     );
 }
+
+/// With TLS: a worker that trusts the server's CA connects; one that does
+/// not is a clear error.
+#[test]
+fn tls_to_the_server() {
+    let scratch = Scratch::new();
+    let dir = scratch.path();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=xcs test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("written");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    let server = NatsServer::start(
+        &scratch,
+        &[
+            "--tls",
+            "--tlscert",
+            dir.join("server.pem").to_str().expect("UTF-8"),
+            "--tlskey",
+            dir.join("server.key").to_str().expect("UTF-8"),
+        ],
+    );
+    let ca = dir.join("ca.pem");
+    let worker = Worker::start(
+        &scratch,
+        &server.url(),
+        &["--tls-ca", ca.to_str().expect("UTF-8")],
+    );
+    let (code, log) = worker.stop();
+    assert_eq!(code, 0, "{log}");
+    let output = xcs_command(&scratch.path().join("cache"))
+        .args(["worker", "--nats", &server.url()])
+        .output()
+        .expect("xcs runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error[io]: connecting to"), "{stderr}");
+}
