@@ -24,6 +24,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 use xcs::graph::{Executor, RemoteCall};
 use xcs::{Error, ErrorKind, Host, Limits, Operator};
 
@@ -376,6 +377,9 @@ impl Executor for NatsExecutor {
         let lost = self.lost.clone();
         let cancel = self.cancel_subject.clone();
         let permit = self.in_flight.clone().try_acquire_owned();
+        // The caller's trace (`traceparent`), for the worker's spans to
+        // join: nothing when spans are not exported.
+        let trace = trace_context();
         let max_in_flight = self.max_in_flight;
         Box::pin(async move {
             // Bounded: beyond the bound, refused at once, not queued.
@@ -399,9 +403,12 @@ impl Executor for NatsExecutor {
             })
             .map_err(|error| unavailable(format!("encoding the call: {error}")))?;
             let max_payload = client.server_info().max_payload;
-            let (headers, payload, stored) = outgoing(&payloads, max_payload, body)
+            let (mut headers, payload, stored) = outgoing(&payloads, max_payload, body)
                 .await
                 .map_err(unavailable)?;
+            for (name, value) in &trace {
+                headers.insert(name.as_str(), value.as_str());
+            }
             let outcome = ask(
                 &client,
                 (&subject, &cancel),
@@ -729,9 +736,11 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                     }),
                 }
             };
+            // Its span joins the coordinator's trace.
+            let span = joined_span(&message);
             // A cancel stops the guest: its call's future is dropped.
             let reply = tokio::select! {
-                reply = work => Some(reply),
+                reply = work.instrument(span) => Some(reply),
                 _ = stopped => None,
             };
             drop(heartbeats);
@@ -781,6 +790,46 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
         }
         .into()),
     }
+}
+
+/// The current span's trace context as headers (`traceparent`), by the
+/// global propagator (none unless spans are exported).
+fn trace_context() -> HashMap<String, String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let mut headers = HashMap::new();
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut headers);
+    });
+    headers
+}
+
+/// The span of a call on a worker, a child of the coordinator's span
+/// whose context the message carries.
+fn joined_span(message: &async_nats::Message) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let carried: HashMap<String, String> = message
+        .headers
+        .iter()
+        .flat_map(|headers| headers.iter())
+        .filter_map(|(name, values)| {
+            let value = values.first()?;
+            Some((
+                name.to_string().to_ascii_lowercase(),
+                value.as_str().to_owned(),
+            ))
+        })
+        .collect();
+    let traceparent = carried.get("traceparent").cloned().unwrap_or_default();
+    let span =
+        tracing::debug_span!(target: "xcs::worker", "remote call", traceparent = %traceparent);
+    if !traceparent.is_empty() {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&carried)
+        });
+        let _ = span.set_parent(parent);
+    }
+    span
 }
 
 /// A task aborted when this is dropped.

@@ -80,7 +80,13 @@ struct Worker {
 impl Worker {
     /// `xcs worker --nats <url> args...`, once it is ready.
     fn start(scratch: &Scratch, url: &str, args: &[&str]) -> Worker {
-        let mut child = xcs_command(&scratch.path().join("cache"))
+        Worker::spawn(xcs_command(&scratch.path().join("cache")), url, args)
+    }
+
+    /// `command worker --nats <url> args...` (`command` an `xcs`), once
+    /// it is ready.
+    fn spawn(mut command: Command, url: &str, args: &[&str]) -> Worker {
+        let mut child = command
             .args(["worker", "--nats", url])
             .args(args)
             .stdin(Stdio::null())
@@ -637,4 +643,73 @@ fn tls_to_the_server() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("error[io]: connecting to"), "{stderr}");
+}
+
+/// With spans exported, a call's span on the worker is in the trace of
+/// the coordinator's call (`traceparent` crosses in the message headers).
+#[test]
+fn a_worker_s_spans_join_the_coordinator_s_trace() {
+    use super::serve::{Collector, contains};
+    let (coordinator_spans, worker_spans) = (Collector::start(), Collector::start());
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &[]);
+    let dir = operators(&scratch);
+    let worker = {
+        let mut command = xcs_command(&scratch.path().join("cache"));
+        command.env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", worker_spans.address),
+        );
+        Worker::spawn(command, &server.url(), &[])
+    };
+    let graph = scratch.path().join("shout.toml");
+    std::fs::write(
+        &graph,
+        "[[node]]\nid = \"loud\"\noperator = \"upper\"\nargs = { text = \"@input.text\" }\n\n[outputs]\nloud = \"@loud\"\n",
+    )
+    .expect("the graph");
+    let output = xcs_command(&scratch.path().join("cache"))
+        .arg("run")
+        .arg(&graph)
+        .arg("--operators")
+        .arg(&dir)
+        .args(["--input", r#"{"text": "traced"}"#, "--nats", &server.url()])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", coordinator_spans.address),
+        )
+        .output()
+        .expect("xcs runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The worker flushes its spans as it stops.
+    let (code, log) = worker.stop();
+    assert_eq!(code, 0, "{log}");
+    let on_worker = worker_spans.exported();
+    let on_worker_text = String::from_utf8_lossy(&on_worker);
+    let traceparent = on_worker_text
+        .split("00-")
+        .skip(1)
+        .find_map(|rest| {
+            let id = rest.get(..32)?;
+            id.bytes()
+                .all(|byte| byte.is_ascii_hexdigit())
+                .then(|| id.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no traceparent on the worker's span: {on_worker_text}"));
+    let trace_id: Vec<u8> = (0..16)
+        .map(|index| u8::from_str_radix(&traceparent[index * 2..index * 2 + 2], 16).unwrap_or(0))
+        .collect();
+    assert!(contains(&on_worker, b"remote call"));
+    assert!(
+        contains(&on_worker, &trace_id),
+        "the worker's span is in that trace"
+    );
+    assert!(
+        contains(&coordinator_spans.exported(), &trace_id),
+        "the trace is the coordinator's"
+    );
 }

@@ -782,13 +782,13 @@ fn serve_bounds_its_work_and_runs_named_graphs() {
 
 /// A collector of OTLP/HTTP exports on 127.0.0.1: the bodies of what was
 /// posted to `/v1/traces`.
-struct Collector {
-    address: String,
+pub(super) struct Collector {
+    pub(super) address: String,
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Collector {
-    fn start() -> Collector {
+    pub(super) fn start() -> Collector {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
         let address = listener.local_addr().expect("its address").to_string();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -814,7 +814,7 @@ impl Collector {
     }
 
     /// Everything exported so far, as one byte string.
-    fn exported(&self) -> Vec<u8> {
+    pub(super) fn exported(&self) -> Vec<u8> {
         self.bodies.lock().expect("the bodies lock").concat()
     }
 }
@@ -844,7 +844,7 @@ fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     Some((path, body))
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle)
