@@ -12,7 +12,7 @@ use xcs::graph::{
 };
 use xcs::{Error, Host};
 
-use crate::io::{printable, read_input, write_file, write_metrics};
+use crate::io::{printable, read_input, write_file};
 use crate::{GraphArgs, InputArgs};
 
 /// The most JSON text read as graph inputs: four times `xcs call`'s
@@ -247,7 +247,7 @@ pub(crate) async fn run_graph(
     let (plan, host) = plan(path, args, &flags.grants, flags.nats.is_some()).await?;
     let inputs = read_input(input, "graph", MAX_GRAPH_INPUT_TEXT)?;
     let (mut options, progress) = options(flags, plan.graph().nodes().len());
-    let mut resent = None;
+    let mut remote = None;
     if let Some(nats) = &flags.nats {
         // Each operator with the file it was loaded from, for the object
         // store.
@@ -268,20 +268,23 @@ pub(crate) async fn run_graph(
         let executor =
             crate::remote::NatsExecutor::connect(nats, &operators, flags.nats_max_in_flight)
                 .await?;
-        resent = Some(executor.resent());
+        remote = Some(executor.stats());
         options = options.executor(std::sync::Arc::new(executor));
     }
     let report = plan.run(&inputs, &options).await;
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
-    let resent = resent.map_or(0, |count| count.load(std::sync::atomic::Ordering::Relaxed));
+    let (resent, more_metrics) = match &remote {
+        Some(stats) => (stats.resent(), stats.text()),
+        None => (0, String::new()),
+    };
     if resent > 0 {
         errln!(
             "note: {resent} calls were sent again after the worker that took them stopped answering"
         );
     }
-    finish_run(&host, Some(plan), report, flags)
+    finish_run(&host, Some(plan), report, flags, &more_metrics)
 }
 
 /// `xcs run <composite.wasm>`.
@@ -322,7 +325,7 @@ pub(crate) async fn run_composite(
         },
         _ => None,
     };
-    finish_run(&host, plan, report, flags)
+    finish_run(&host, plan, report, flags, "")
 }
 
 /// The composite at `path`, with the operators of `--operators`.
@@ -349,6 +352,7 @@ fn finish_run(
     plan: Option<Plan>,
     run: RunReport,
     flags: &RunFlags,
+    more_metrics: &str,
 ) -> anyhow::Result<()> {
     if run.error.is_none() || flags.keep_going {
         outln!("{}", serde_json::to_string(&run.outputs)?)?;
@@ -383,7 +387,12 @@ fn finish_run(
     } else if let Err(error) = written {
         errln!("warning: {error:#}");
     }
-    write_metrics(host, flags.metrics.as_deref(), run.error.is_none())?;
+    crate::io::write_metrics_with(
+        host,
+        more_metrics,
+        flags.metrics.as_deref(),
+        run.error.is_none(),
+    )?;
     let unsuccessful: Vec<_> = run
         .nodes
         .iter()

@@ -37,8 +37,24 @@ pub(crate) fn write_metrics(
     path: Option<&Path>,
     succeeded: bool,
 ) -> anyhow::Result<()> {
+    write_metrics_with(host, "", path, succeeded)
+}
+
+/// [`write_metrics`], with `more` (an exposition of other metrics,
+/// without its `# EOF`) after the host's.
+pub(crate) fn write_metrics_with(
+    host: &Host,
+    more: &str,
+    path: Option<&Path>,
+    succeeded: bool,
+) -> anyhow::Result<()> {
     let Some(path) = path else { return Ok(()) };
-    match write_file(path, host.metrics_text().as_bytes()) {
+    let text = host.metrics_text();
+    let text = match text.strip_suffix("# EOF\n") {
+        Some(before) if !more.is_empty() => format!("{before}{more}# EOF\n"),
+        _ => text,
+    };
+    match write_file(path, text.as_bytes()) {
         Err(error) if succeeded => Err(error),
         Err(error) => {
             errln!("warning: {error:#}");

@@ -42,6 +42,8 @@ const HEADER_ROOM: usize = 4096;
 /// The header that says what a message from a worker is: `accepted` (it
 /// took the call), `alive` (still running it) or `reply`.
 const KIND_HEADER: &str = "Xcs-Kind";
+/// The header naming the worker that sent a reply.
+const WORKER_HEADER: &str = "Xcs-Worker";
 /// How often a worker says a call it runs is still running.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long a coordinator waits for a worker to take a call.
@@ -310,6 +312,87 @@ fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct WorkerOutcome {
+    worker: String,
+    outcome: String,
+}
+
+type Counter = prometheus_client::metrics::counter::Counter;
+
+/// What a coordinator's remote calls did, for `--metrics`.
+pub(crate) struct RemoteStats {
+    registry: prometheus_client::registry::Registry,
+    /// Calls answered, by the worker that answered and the outcome (`ok`
+    /// or the error's kind).
+    calls: prometheus_client::metrics::family::Family<WorkerOutcome, Counter>,
+    /// Calls sent again after their worker went silent.
+    resent: Counter,
+    /// Bytes of calls sent, and of replies received (payloads through the
+    /// object store included).
+    bytes_sent: Counter,
+    bytes_received: Counter,
+}
+
+impl RemoteStats {
+    fn new() -> RemoteStats {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("xcs_remote");
+        let calls = prometheus_client::metrics::family::Family::default();
+        registry.register(
+            "calls",
+            "Calls answered by workers, by worker and outcome",
+            Clone::clone(&calls),
+        );
+        let resent = Counter::default();
+        registry.register(
+            "resent",
+            "Calls sent again after the worker that took them went silent",
+            resent.clone(),
+        );
+        let bytes_sent = Counter::default();
+        registry.register(
+            "sent_bytes",
+            "Bytes of calls sent to workers",
+            bytes_sent.clone(),
+        );
+        let bytes_received = Counter::default();
+        registry.register(
+            "received_bytes",
+            "Bytes of replies received from workers",
+            bytes_received.clone(),
+        );
+        RemoteStats {
+            registry,
+            calls,
+            resent,
+            bytes_sent,
+            bytes_received,
+        }
+    }
+
+    fn answered(&self, worker: &str, outcome: &str) {
+        self.calls
+            .get_or_create(&WorkerOutcome {
+                worker: worker.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Calls sent again so far.
+    pub(crate) fn resent(&self) -> u64 {
+        self.resent.get()
+    }
+
+    /// The exposition, without its `# EOF` (to follow the host's).
+    pub(crate) fn text(&self) -> String {
+        let mut text = String::new();
+        // Writing to a `String` cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned()
+    }
+}
+
 /// Hands calls to the workers of a namespace.
 pub(crate) struct NatsExecutor {
     client: async_nats::Client,
@@ -318,8 +401,8 @@ pub(crate) struct NatsExecutor {
     /// At most this many calls in flight; one more is `overloaded`.
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
-    /// Calls sent again after their worker went silent.
-    lost: Arc<AtomicU64>,
+    /// What the calls did.
+    stats: Arc<RemoteStats>,
     cancel_subject: String,
 }
 
@@ -356,17 +439,16 @@ impl NatsExecutor {
             payloads,
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             max_in_flight: max_in_flight.max(1),
-            lost: Arc::new(AtomicU64::new(0)),
+            stats: Arc::new(RemoteStats::new()),
             cancel_subject: cancel_subject(&args.namespace),
         })
     }
 }
 
 impl NatsExecutor {
-    /// The calls sent again so far because the worker that took them went
-    /// silent.
-    pub(crate) fn resent(&self) -> Arc<AtomicU64> {
-        self.lost.clone()
+    /// What its calls did.
+    pub(crate) fn stats(&self) -> Arc<RemoteStats> {
+        self.stats.clone()
     }
 }
 
@@ -374,7 +456,7 @@ impl Executor for NatsExecutor {
     fn call(&self, call: RemoteCall) -> Pin<Box<dyn Future<Output = Result<Value, Error>> + Send>> {
         let (client, subject) = (self.client.clone(), self.subject.clone());
         let payloads = self.payloads.clone();
-        let lost = self.lost.clone();
+        let stats = self.stats.clone();
         let cancel = self.cancel_subject.clone();
         let permit = self.in_flight.clone().try_acquire_owned();
         // The caller's trace (`traceparent`), for the worker's spans to
@@ -403,19 +485,21 @@ impl Executor for NatsExecutor {
             })
             .map_err(|error| unavailable(format!("encoding the call: {error}")))?;
             let max_payload = client.server_info().max_payload;
+            let body_len = body.len() as u64;
             let (mut headers, payload, stored) = outgoing(&payloads, max_payload, body)
                 .await
                 .map_err(unavailable)?;
             for (name, value) in &trace {
                 headers.insert(name.as_str(), value.as_str());
             }
+            stats.bytes_sent.inc_by(body_len);
             let outcome = ask(
                 &client,
                 (&subject, &cancel),
                 (headers, payload),
                 deadline,
                 &payloads,
-                &lost,
+                &stats,
             )
             .await
             .map_err(|outcome| match outcome {
@@ -448,7 +532,7 @@ async fn ask(
     (headers, payload): (async_nats::HeaderMap, bytes::Bytes),
     deadline: tokio::time::Instant,
     payloads: &ObjectStore,
-    lost: &AtomicU64,
+    stats: &RemoteStats,
 ) -> Result<Value, Asked> {
     let mut pause = Duration::from_millis(2);
     let unavailable = |error: &dyn std::fmt::Display| Asked::Unavailable(error.to_string());
@@ -508,14 +592,27 @@ async fn ask(
         let _ = replies.unsubscribe().await;
         let Some(reply) = reply else {
             // Taken, then silence: the worker is gone. Again, elsewhere.
-            lost.fetch_add(1, Ordering::Relaxed);
+            stats.resent.inc();
             tracing::warn!(target: "xcs::remote", "a worker stopped answering: the call is sent again");
             continue;
         };
         let body = incoming(payloads, &reply)
             .await
             .map_err(Asked::Unavailable)?;
-        match serde_json::from_slice::<WireReply>(&body) {
+        stats.bytes_received.inc_by(body.len() as u64);
+        let worker = reply
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(WORKER_HEADER))
+            .map_or("unknown", |value| value.as_str())
+            .to_owned();
+        let reply: Result<WireReply, _> = serde_json::from_slice(&body);
+        match &reply {
+            Ok(WireReply::Ok(_)) => stats.answered(&worker, "ok"),
+            Ok(WireReply::Error(error)) => stats.answered(&worker, &error.kind),
+            Err(_) => {}
+        }
+        match reply {
             Ok(WireReply::Ok(value)) => return Ok(value),
             Ok(WireReply::Error(error)) if error.kind == "overloaded" => {
                 if tokio::time::Instant::now() + pause >= deadline {
@@ -687,6 +784,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
         };
         let (operators, served) = (operators.clone(), served.clone());
         let running_places = running_places.clone();
+        let worker_name = name.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         running
             .lock()
@@ -758,6 +856,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                 match outgoing(&operators.payloads, max_payload, encode(&reply).to_vec()).await {
                     Ok((mut headers, body, _)) => {
                         headers.insert(KIND_HEADER, "reply");
+                        headers.insert(WORKER_HEADER, worker_name.as_str());
                         client
                             .publish_with_headers(reply_to, headers, body)
                             .await

@@ -225,8 +225,37 @@ fn three_workers_run_a_graph_as_it_runs_here_and_drain() {
     let workers: Vec<Worker> = (0..3)
         .map(|index| Worker::start(&scratch, &server.url(), &["--name", &format!("w{index}")]))
         .collect();
-    let remote = run(&scratch, &graph, &dir, &input, &["--nats", &server.url()]);
+    let metrics = scratch.path().join("metrics.txt");
+    let remote = run(
+        &scratch,
+        &graph,
+        &dir,
+        &input,
+        &[
+            "--nats",
+            &server.url(),
+            "--metrics",
+            metrics.to_str().expect("UTF-8"),
+        ],
+    );
     remote.assert_success();
+    // The coordinator's metrics: every call answered, by which worker.
+    let metrics = std::fs::read_to_string(&metrics).expect("the metrics file");
+    let mut answered = 0.0;
+    for worker in ["w0", "w1", "w2"] {
+        let series = format!(r#"xcs_remote_calls_total{{worker="{worker}",outcome="ok"}} "#);
+        let count: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str())?.parse().ok())
+            .unwrap_or_else(|| panic!("no calls answered by {worker}: {metrics}"));
+        answered += count;
+    }
+    assert_eq!(answered, 600.0, "{metrics}");
+    assert!(
+        metrics.contains("xcs_remote_sent_bytes_total "),
+        "{metrics}"
+    );
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     let (here, remote): (Value, Value) = (
         serde_json::from_str(&here.stdout).expect("JSON"),
         serde_json::from_str(&remote.stdout).expect("JSON"),
