@@ -149,6 +149,17 @@ async fn load_operators(
     Ok((operators, failed))
 }
 
+/// The `.wasm` files of `dir`, sorted.
+fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::io(dir, source))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// Every operator in `dir` (`*.wasm`), by metadata name. One that does not
 /// load (it needs a capability the CLI cannot grant, say) is left out with
 /// a warning: a composite that calls it fails with an unknown operator.
@@ -249,25 +260,33 @@ pub(crate) async fn run_graph(
     let (mut options, progress) = options(flags, plan.graph().nodes().len());
     let mut remote = None;
     if let Some(nats) = &flags.nats {
-        // Each operator with the file it was loaded from, for the object
-        // store.
+        // The components the nodes call, and, when a composite is among
+        // them, every one it may call (those of --operators).
         let base = path.parent().unwrap_or(Path::new("."));
-        let mut operators = Vec::new();
-        for (node, operator) in plan.graph().nodes().iter().zip(plan.node_operators()) {
-            let key = node.operator();
-            let file = if key.ends_with(".wasm") {
-                base.join(key)
-            } else {
-                args.operators.join(format!("{key}.wasm"))
-            };
-            let known = |(known, _): &(xcs::Operator, PathBuf)| known.digest() == operator.digest();
-            if !operators.iter().any(known) {
-                operators.push((operator.clone(), file));
-            }
+        let mut files: Vec<PathBuf> = plan
+            .graph()
+            .nodes()
+            .iter()
+            .map(|node| {
+                let key = node.operator();
+                if key.ends_with(".wasm") {
+                    base.join(key)
+                } else {
+                    args.operators.join(format!("{key}.wasm"))
+                }
+            })
+            .collect();
+        if plan
+            .node_operators()
+            .iter()
+            .any(xcs::Operator::is_composite)
+        {
+            files.extend(wasm_files(&args.operators)?);
         }
+        files.sort();
+        files.dedup();
         let executor =
-            crate::remote::NatsExecutor::connect(nats, &operators, flags.nats_max_in_flight)
-                .await?;
+            crate::remote::NatsExecutor::connect(nats, &files, flags.nats_max_in_flight).await?;
         remote = Some(executor.stats());
         options = options.executor(std::sync::Arc::new(executor));
     }
@@ -294,11 +313,26 @@ pub(crate) async fn run_composite(
     args: &GraphArgs,
     flags: &RunFlags,
 ) -> anyhow::Result<()> {
-    let host = Host::builder().grants_table(&flags.grants).build()?;
+    let host = Host::builder()
+        .grants_table(&flags.grants)
+        .refuse_ungranted_http(flags.nats.is_none())
+        .build()?;
     let (composite, operators) = composite(&host, path, args, flags.strict).await?;
     let inputs = read_input(input, composite.operator().name(), MAX_GRAPH_INPUT_TEXT)?;
-    let (options, progress) = options(flags, 1);
+    let (mut options, progress) = options(flags, 1);
+    let mut remote = None;
+    if let Some(nats) = &flags.nats {
+        // The composite's own code runs here; the calls it makes, on the
+        // workers: every operator it may call goes to the object store.
+        let mut files = wasm_files(&args.operators)?;
+        files.push(path.to_owned());
+        let executor =
+            crate::remote::NatsExecutor::connect(nats, &files, flags.nats_max_in_flight).await?;
+        remote = Some(executor.stats());
+        options = options.executor(std::sync::Arc::new(executor));
+    }
     let report = composite.run(&inputs, &options).await;
+    let more_metrics = remote.map(|stats| stats.text()).unwrap_or_default();
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
@@ -325,7 +359,7 @@ pub(crate) async fn run_composite(
         },
         _ => None,
     };
-    finish_run(&host, plan, report, flags, "")
+    finish_run(&host, plan, report, flags, &more_metrics)
 }
 
 /// The composite at `path`, with the operators of `--operators`.

@@ -407,31 +407,28 @@ pub(crate) struct NatsExecutor {
 }
 
 impl NatsExecutor {
-    /// Connects, and puts the bytes of `operators` (each with the file it
-    /// was loaded from) in the object store where they are not yet.
+    /// Connects, and puts the operator components in `files` in the
+    /// object store (by the digest of their bytes) where they are not yet.
     pub(crate) async fn connect(
         args: &NatsArgs,
-        operators: &[(Operator, PathBuf)],
+        files: &[PathBuf],
         max_in_flight: usize,
     ) -> anyhow::Result<NatsExecutor> {
         let client = args.connect().await?;
         let store = operator_store(&client).await?;
         let payloads = payload_store(&client).await?;
-        for (operator, path) in operators {
-            let digest = operator.digest();
-            if store.info(digest).await.is_ok() {
-                continue;
-            }
+        for path in files {
             let bytes = tokio::fs::read(path)
                 .await
                 .map_err(|source| Error::io(path, source))?;
-            if sha256_digest(&bytes) != digest {
-                anyhow::bail!("{} changed since it was loaded", path.display());
+            let digest = sha256_digest(&bytes);
+            if store.info(digest.as_str()).await.is_ok() {
+                continue;
             }
             store
-                .put(digest, &mut bytes.as_slice())
+                .put(digest.as_str(), &mut bytes.as_slice())
                 .await
-                .with_context(|| format!("putting {} in the object store", operator.name()))?;
+                .with_context(|| format!("putting {} in the object store", path.display()))?;
         }
         Ok(NatsExecutor {
             client,

@@ -742,3 +742,32 @@ fn a_worker_s_spans_join_the_coordinator_s_trace() {
         "the trace is the coordinator's"
     );
 }
+
+/// A composite run with `--nats`: its own code here, the calls it makes on
+/// the workers (staged: it forces a value), the same output as here.
+#[test]
+fn a_composite_s_calls_run_on_the_workers() {
+    let scratch = Scratch::new();
+    let server = NatsServer::start(&scratch, &[]);
+    let dir = operators(&scratch);
+    std::fs::copy(xcs_tests::MOST_COMMON, dir.join("most-common.wasm")).expect("copied");
+    let worker = Worker::start(&scratch, &server.url(), &[]);
+    let refine = std::path::Path::new(xcs_tests::REFINE);
+    let input = r#"{"text": "to be or not to be", "threshold": 10}"#;
+    let here = run(&scratch, refine, &dir, input, &[]);
+    here.assert_success();
+    let remote = run(&scratch, refine, &dir, input, &["--nats", &server.url()]);
+    remote.assert_success();
+    assert_eq!(here.stdout, remote.stdout);
+    assert!(
+        remote.stdout.contains("\"to\"") || remote.stdout.contains("\"be\""),
+        "{}",
+        remote.stdout
+    );
+    let (code, log) = worker.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        served(&log) >= 2,
+        "word-count and most-common ran there: {log}"
+    );
+}
