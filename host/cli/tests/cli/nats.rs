@@ -752,7 +752,7 @@ fn a_composite_s_calls_run_on_the_workers() {
     let dir = operators(&scratch);
     std::fs::copy(xcs_tests::MOST_COMMON, dir.join("most-common.wasm")).expect("copied");
     let worker = Worker::start(&scratch, &server.url(), &[]);
-    let refine = std::path::Path::new(xcs_tests::REFINE);
+    let refine = Path::new(xcs_tests::REFINE);
     let input = r#"{"text": "to be or not to be", "threshold": 10}"#;
     let here = run(&scratch, refine, &dir, input, &[]);
     here.assert_success();
