@@ -226,6 +226,13 @@ enum Command {
         /// On SIGTERM or SIGINT, how long in-flight calls may take.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
         drain: Duration,
+        /// Operators to load at start (by digest; others come from the
+        /// object store as calls need them).
+        #[arg(long, value_name = "DIR")]
+        operators: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// What the operators may reach: the worker's own configuration,
         /// never a request's.
         #[command(flatten)]
@@ -584,6 +591,8 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 name,
                 max_concurrency,
                 drain,
+                operators,
+                metrics_listen,
                 grants,
             } => {
                 let Some(nats) = nats.args() else {
@@ -595,6 +604,8 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     max_concurrency,
                     drain,
                     grants: grants.grants()?,
+                    operators,
+                    metrics_listen,
                 })
                 .await
             }

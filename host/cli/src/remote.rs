@@ -636,6 +636,10 @@ pub(crate) struct WorkerFlags {
     pub(crate) max_concurrency: usize,
     pub(crate) drain: Duration,
     pub(crate) grants: xcs::GrantsTable,
+    /// Operators to have ready, by digest, before any call asks for them.
+    pub(crate) operators: Option<PathBuf>,
+    /// Where to serve `GET /metrics`.
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A worker's operators, by digest, fetched from the object store as
@@ -703,11 +707,29 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
     let store = operator_store(&client).await?;
     let payloads = payload_store(&client).await?;
     let host = Host::builder().grants_table(&flags.grants).build()?;
+    // Operators at hand: loaded now, by the digest of their bytes.
+    let mut loaded = HashMap::new();
+    if let Some(dir) = &flags.operators {
+        let entries = std::fs::read_dir(dir).map_err(|source| Error::io(dir, source))?;
+        for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
+            if path.extension().is_none_or(|ext| ext != "wasm") {
+                continue;
+            }
+            match host.load(&path).await {
+                Ok(operator) => {
+                    loaded.insert(operator.digest().to_owned(), operator);
+                }
+                Err(error) => {
+                    tracing::warn!(target: "xcs::worker", path = %path.display(), "not loaded: {error}");
+                }
+            }
+        }
+    }
     let operators = Arc::new(Operators {
         host,
         store,
         payloads,
-        loaded: Mutex::new(HashMap::new()),
+        loaded: Mutex::new(loaded),
     });
     let subject = subject(&flags.nats.namespace);
     let mut calls = client
@@ -734,6 +756,9 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
     let taken = Arc::new(Semaphore::new(flags.max_concurrency.saturating_mul(2)));
     let running_places = Arc::new(Semaphore::new(flags.max_concurrency));
     let served = Arc::new(AtomicU64::new(0));
+    if let Some(address) = flags.metrics_listen {
+        serve_metrics(address, &name, operators.host.clone(), served.clone()).await?;
+    }
     let signal = crate::serve::shutdown_signal();
     tokio::pin!(signal);
     loop {
@@ -926,6 +951,49 @@ fn joined_span(message: &async_nats::Message) -> tracing::Span {
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// Serves `GET /metrics` at `address`: the worker's host's metrics (its
+/// calls, by operator and outcome) and the calls it answered.
+async fn serve_metrics(
+    address: std::net::SocketAddr,
+    name: &str,
+    host: Host,
+    served: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))?;
+    let address = listener.local_addr().context("the metrics address")?;
+    errln!("xcs worker {name}: metrics on http://{address}/metrics");
+    let worker = name.to_owned();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (host, served, worker) = (host.clone(), served.clone(), worker.clone());
+            async move {
+                let text = host.metrics_text();
+                let text = text.strip_suffix("# EOF\n").unwrap_or(&text).to_owned();
+                let served = served.load(Ordering::Relaxed);
+                let escaped = worker.replace('\\', "\\\\").replace('"', "\\\"");
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    format!(
+                        "{text}# HELP xcs_worker_calls Calls this worker answered.\n# TYPE xcs_worker_calls counter\nxcs_worker_calls_total{{worker=\"{escaped}\"}} {served}\n# EOF\n"
+                    ),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::warn!(target: "xcs::worker", "serving metrics: {error}");
+        }
+    });
+    Ok(())
 }
 
 /// A task aborted when this is dropped.

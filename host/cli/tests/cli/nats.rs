@@ -199,6 +199,19 @@ shouted = "@titles"
 counts = "@counts"
 "#;
 
+/// `GET /metrics` of `address`.
+fn scrape(address: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).expect("the metrics endpoint");
+    let request = format!("GET /metrics HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map_or(response.clone(), |(_, body)| body.to_owned())
+}
+
 /// The served count a worker's last line says.
 fn served(log: &str) -> u64 {
     log.lines()
@@ -215,15 +228,24 @@ fn three_workers_run_a_graph_as_it_runs_here_and_drain() {
     let dir = operators(&scratch);
     let graph = scratch.path().join("maps.toml");
     std::fs::write(&graph, MAPS).expect("the graph");
-    let documents: Vec<String> = (0..300)
+    let documents: Vec<String> = (0..1000)
         .map(|index| format!("doc {index} has words"))
         .collect();
     let input = serde_json::json!({ "documents": documents }).to_string();
 
     let here = run(&scratch, &graph, &dir, &input, &[]);
     here.assert_success();
+    // w0 has the operators at hand and serves its metrics.
+    let dir_text = dir.to_str().expect("UTF-8");
     let workers: Vec<Worker> = (0..3)
-        .map(|index| Worker::start(&scratch, &server.url(), &["--name", &format!("w{index}")]))
+        .map(|index| {
+            let name = format!("w{index}");
+            let mut args = vec!["--name", name.as_str()];
+            if index == 0 {
+                args.extend(["--operators", dir_text, "--metrics-listen", "127.0.0.1:0"]);
+            }
+            Worker::start(&scratch, &server.url(), &args)
+        })
         .collect();
     let metrics = scratch.path().join("metrics.txt");
     let remote = run(
@@ -250,7 +272,7 @@ fn three_workers_run_a_graph_as_it_runs_here_and_drain() {
             .unwrap_or_else(|| panic!("no calls answered by {worker}: {metrics}"));
         answered += count;
     }
-    assert_eq!(answered, 600.0, "{metrics}");
+    assert_eq!(answered, 2000.0, "{metrics}");
     assert!(
         metrics.contains("xcs_remote_sent_bytes_total "),
         "{metrics}"
@@ -289,6 +311,29 @@ fn three_workers_run_a_graph_as_it_runs_here_and_drain() {
         remote.stdout
     );
 
+    // w0's own metrics, scraped: its host's calls and its answered count.
+    let log = workers[0]
+        .log
+        .lock()
+        .map(|log| log.clone())
+        .unwrap_or_default();
+    let address = log
+        .lines()
+        .find_map(|line| line.split("metrics on http://").nth(1))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address: {log}"))
+        .to_owned();
+    let scraped = scrape(&address);
+    assert!(
+        scraped.contains(r#"xcs_calls_total{operator="upper""#),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains(r#"xcs_worker_calls_total{worker="w0"} "#),
+        "{scraped}"
+    );
+    assert!(scraped.ends_with("# EOF\n"), "{scraped}");
+
     let mut total = 0;
     for worker in workers {
         let (code, log) = worker.stop();
@@ -301,7 +346,7 @@ fn three_workers_run_a_graph_as_it_runs_here_and_drain() {
     // The maps' 600 distinct calls, and the wide graph's distinct ones
     // (identical calls of a deterministic operator are made once, on the
     // coordinator's side of the wire).
-    assert!((606..=900).contains(&total), "{total}");
+    assert!((2006..=2300).contains(&total), "{total}");
 }
 
 #[test]
