@@ -570,7 +570,9 @@ fn a_lost_worker_s_calls_are_sent_again_elsewhere() {
                 &server.url(),
                 "--max-concurrency",
                 "8",
+                "--metrics",
             ])
+            .arg(scratch.path().join("metrics.txt"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command.spawn().expect("xcs runs")
@@ -593,6 +595,9 @@ fn a_lost_worker_s_calls_are_sent_again_elsewhere() {
         stderr.contains("calls were sent again after the worker that took them stopped answering"),
         "{stderr}"
     );
+    // The metrics count them: the doomed worker's four.
+    let metrics = std::fs::read_to_string(scratch.path().join("metrics.txt")).expect("metrics");
+    assert!(metrics.contains("xcs_remote_resent_total 4\n"), "{metrics}");
     let (code, log) = survivor.stop();
     assert_eq!(code, 0, "{log}");
 }
