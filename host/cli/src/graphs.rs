@@ -164,12 +164,7 @@ fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// load (it needs a capability the CLI cannot grant, say) is left out with
 /// a warning: a composite that calls it fails with an unknown operator.
 async fn load_dir(host: &Host, dir: &Path) -> anyhow::Result<Vec<(String, xcs::Operator)>> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::io(dir, source))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
-        .collect();
-    paths.sort();
+    let paths = wasm_files(dir)?;
     let mut operators = Vec::new();
     let mut left_out = Vec::new();
     for path in paths {

@@ -497,17 +497,28 @@ fn a_large_input_and_output_cross_through_the_object_store() {
     assert_eq!(outputs["words"], 4 << 20);
 }
 
-/// Past `--nats-max-in-flight`, a call is refused at the coordinator
-/// (`overloaded`), not queued.
-#[test]
-fn the_coordinator_bounds_its_calls_in_flight() {
+/// A mock HTTP server, a NATS server, and the operators with `fetch`.
+fn with_fetch() -> (
+    xcs_tests::mock_http::BackgroundServer,
+    Scratch,
+    NatsServer,
+    PathBuf,
+) {
     let background =
         xcs_tests::mock_http::BackgroundServer::start("key").expect("the mock server starts");
-    let origin = background.server().origin();
     let scratch = Scratch::new();
     let server = NatsServer::start(&scratch, &[]);
     let dir = operators(&scratch);
     std::fs::copy(xcs_tests::FETCH, dir.join("fetch.wasm")).expect("copied");
+    (background, scratch, server, dir)
+}
+
+/// Past `--nats-max-in-flight`, a call is refused at the coordinator
+/// (`overloaded`), not queued.
+#[test]
+fn the_coordinator_bounds_its_calls_in_flight() {
+    let (background, scratch, server, dir) = with_fetch();
+    let origin = background.server().origin();
     let _worker = Worker::start(&scratch, &server.url(), &["--allow-http", &origin]);
     let graph = scratch.path().join("slow.toml");
     std::fs::write(
@@ -535,13 +546,8 @@ fn the_coordinator_bounds_its_calls_in_flight() {
 /// completes with every output; it says how many it sent again.
 #[test]
 fn a_lost_worker_s_calls_are_sent_again_elsewhere() {
-    let background =
-        xcs_tests::mock_http::BackgroundServer::start("key").expect("the mock server starts");
+    let (background, scratch, server, dir) = with_fetch();
     let origin = background.server().origin();
-    let scratch = Scratch::new();
-    let server = NatsServer::start(&scratch, &[]);
-    let dir = operators(&scratch);
-    std::fs::copy(xcs_tests::FETCH, dir.join("fetch.wasm")).expect("copied");
     // Eight calls, and each worker takes at most four (two running, two
     // waiting; a full one sends the call back to the queue group): each
     // takes four.
