@@ -37,6 +37,7 @@ pub(crate) fn capped(duration: Duration) -> Duration {
 /// for a remote executor to carry a call's limits to its worker; the
 /// timeout is a duration, what is left, never an instant.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "UncheckedLimits")]
 pub struct Limits {
     pub(crate) timeout: Duration,
     pub(crate) fuel: Option<u64>,
@@ -47,6 +48,37 @@ pub struct Limits {
     pub(crate) max_instances: u64,
     pub(crate) max_log_bytes: u64,
     pub(crate) seed: u64,
+}
+
+/// Limits as they come from elsewhere (the wire): made into [`Limits`]
+/// through the builders, so that their caps hold (a timeout past
+/// [`MAX_DURATION`] is that).
+#[derive(serde::Deserialize)]
+struct UncheckedLimits {
+    timeout: Duration,
+    fuel: Option<u64>,
+    max_memory_bytes: u64,
+    max_input_bytes: u64,
+    max_output_bytes: u64,
+    max_table_elements: u64,
+    max_instances: u64,
+    max_log_bytes: u64,
+    seed: u64,
+}
+
+impl From<UncheckedLimits> for Limits {
+    fn from(unchecked: UncheckedLimits) -> Limits {
+        Limits::default()
+            .timeout(unchecked.timeout)
+            .fuel(unchecked.fuel)
+            .max_memory_bytes(unchecked.max_memory_bytes)
+            .max_input_bytes(unchecked.max_input_bytes)
+            .max_output_bytes(unchecked.max_output_bytes)
+            .max_table_elements(unchecked.max_table_elements)
+            .max_instances(unchecked.max_instances)
+            .max_log_bytes(unchecked.max_log_bytes)
+            .seed(unchecked.seed)
+    }
 }
 
 impl Default for Limits {

@@ -124,3 +124,14 @@ async fn an_endless_timeout_is_capped_not_a_panic() {
     let outputs = plan.run(&json!({}), &options).await.into_result().unwrap();
     assert_eq!(outputs["up"], json!("A"));
 }
+
+/// Limits that come from the wire go through the builders: a timeout past
+/// `MAX_DURATION` is capped, as `Limits::timeout` caps it.
+#[test]
+fn limits_from_the_wire_keep_their_caps() {
+    let mut wire = serde_json::to_value(Limits::default()).unwrap();
+    wire["timeout"] = serde_json::json!({ "secs": u64::MAX, "nanos": 0 });
+    let limits: Limits = serde_json::from_value(wire).unwrap();
+    assert_eq!(limits, Limits::default().timeout(std::time::Duration::MAX));
+    assert_eq!(limits, Limits::default().timeout(xcs::MAX_DURATION));
+}

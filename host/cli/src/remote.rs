@@ -260,22 +260,35 @@ async fn outgoing(
     if body.len() + HEADER_ROOM <= max_payload {
         return Ok((headers, bytes::Bytes::from(body), None));
     }
-    let digest = sha256_digest(&body);
+    // Its digest (checked by the reader) and a name of its own: two equal
+    // payloads in flight are two objects.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let unique = format!(
+        "{}.{}.{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos()),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let name = format!("{}#{unique}", sha256_digest(&body));
     payloads
-        .put(digest.as_str(), &mut body.as_slice())
+        .put(name.as_str(), &mut body.as_slice())
         .await
         .map_err(|error| format!("putting {} bytes in the object store: {error}", body.len()))?;
-    headers.insert(PAYLOAD_HEADER, digest.as_str());
-    Ok((headers, bytes::Bytes::new(), Some(digest)))
+    headers.insert(PAYLOAD_HEADER, name.as_str());
+    Ok((headers, bytes::Bytes::new(), Some(name)))
 }
 
 /// A message's body: its own, or the payload its header names (checked
-/// against its digest, then removed from the store).
+/// against the digest its name starts with; removed from the store when
+/// `remove`: a reply is read once, a call may be sent again).
 async fn incoming(
     payloads: &ObjectStore,
     message: &async_nats::Message,
+    remove: bool,
 ) -> Result<Vec<u8>, String> {
-    let Some(digest) = message
+    let Some(name) = message
         .headers
         .as_ref()
         .and_then(|headers| headers.get(PAYLOAD_HEADER))
@@ -283,8 +296,9 @@ async fn incoming(
     else {
         return Ok(message.payload.to_vec());
     };
+    let digest = name.split('#').next().unwrap_or_default().to_owned();
     let mut object = payloads
-        .get(digest.as_str())
+        .get(name.as_str())
         .await
         .map_err(|error| format!("the payload {digest} is not in the object store: {error}"))?;
     let mut body = Vec::new();
@@ -301,8 +315,9 @@ async fn incoming(
     if sha256_digest(&body) != digest {
         return Err(format!("the payload {digest} has other bytes: refused"));
     }
-    // Read once: not kept (a leftover would expire anyway).
-    let _ = payloads.delete(digest.as_str()).await;
+    if remove {
+        let _ = payloads.delete(name.as_str()).await;
+    }
     Ok(body)
 }
 
@@ -581,32 +596,48 @@ async fn ask(
                 Err(_) if tokio::time::Instant::now() >= deadline => {
                     return Err(Asked::Unavailable("no worker answered in time".into()));
                 }
-                Err(_) if accepted => break None,
-                Err(_) => return Err(Asked::Unavailable("no worker took the call".into())),
+                // Taken, then silence; or not taken at all (a worker that
+                // stopped before reading it): sent again.
+                Err(_) => break None,
             }
         };
-        unwanted.done();
         let _ = replies.unsubscribe().await;
         let Some(reply) = reply else {
+            // Told to stop, in case the worker was only slow.
+            drop(unwanted);
             // Taken, then silence: the worker is gone. Again, elsewhere.
-            stats.resent.inc();
+            if accepted {
+                stats.resent.inc();
+            }
             tracing::warn!(target: "xcs::remote", "a worker stopped answering: the call is sent again");
             continue;
         };
-        let body = incoming(payloads, &reply)
+        unwanted.done();
+        let body = tokio::time::timeout_at(deadline, incoming(payloads, &reply, true))
             .await
+            .map_err(|_| Asked::Unavailable("the reply did not arrive in time".into()))?
             .map_err(Asked::Unavailable)?;
         stats.bytes_received.inc_by(body.len() as u64);
         let worker = reply
             .headers
             .as_ref()
             .and_then(|headers| headers.get(WORKER_HEADER))
-            .map_or("unknown", |value| value.as_str())
+            .map(|value| value.as_str())
+            .filter(|name| {
+                name.len() <= 64
+                    && name
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte))
+            })
+            .unwrap_or("unknown")
             .to_owned();
         let reply: Result<WireReply, _> = serde_json::from_slice(&body);
         match &reply {
             Ok(WireReply::Ok(_)) => stats.answered(&worker, "ok"),
-            Ok(WireReply::Error(error)) => stats.answered(&worker, &error.kind),
+            Ok(WireReply::Error(error)) => {
+                let kind = ErrorKind::from_name(&error.kind).map_or("unknown", ErrorKind::as_str);
+                stats.answered(&worker, kind);
+            }
             Err(_) => {}
         }
         match reply {
@@ -846,7 +877,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                         retryable: false,
                     });
                 };
-                match incoming(&operators.payloads, &message).await {
+                match incoming(&operators.payloads, &message, false).await {
                     Ok(body) => serve_call(&operators, &body).await,
                     Err(reason) => WireReply::Error(WireError {
                         kind: "validation".into(),
@@ -861,9 +892,8 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
             // A cancel stops the guest: its call's future is dropped.
             let reply = tokio::select! {
                 reply = work.instrument(span) => Some(reply),
-                _ = stopped => None,
+                Ok(()) = stopped => None,
             };
-            drop(heartbeats);
             running
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -886,6 +916,9 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                     }
                     Err(reason) => Err(reason),
                 };
+            // Alive until the reply is out (a large one goes through the
+            // object store first).
+            drop(heartbeats);
             if let Err(error) = sent {
                 tracing::warn!(target: "xcs::worker", "replying: {error}");
             }
