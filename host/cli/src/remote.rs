@@ -679,20 +679,27 @@ struct Operators {
     host: Host,
     store: ObjectStore,
     payloads: ObjectStore,
-    loaded: Mutex<HashMap<String, Operator>>,
+    /// Compiled operators by digest: at most [`MAX_LOADED`], the least
+    /// used dropped first; concurrent first calls of one digest fetch and
+    /// compile it once.
+    loaded: moka::future::Cache<String, Operator>,
 }
+
+/// The most operators a worker keeps compiled (the host's disk cache
+/// keeps more, and makes a reload cheap).
+const MAX_LOADED: u64 = 256;
 
 impl Operators {
     async fn get(&self, name: &str, digest: &str) -> Result<Operator, Error> {
-        let cached = self
-            .loaded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(digest)
-            .cloned();
-        if let Some(operator) = cached {
-            return Ok(operator);
-        }
+        self.loaded
+            .try_get_with(digest.to_owned(), self.fetch(name, digest))
+            .await
+            .map_err(|shared| Error::clone(&shared))
+    }
+
+    /// Fetches the operator of `digest` from the object store and compiles
+    /// it, if its bytes have that digest.
+    async fn fetch(&self, name: &str, digest: &str) -> Result<Operator, Error> {
         let refused = |reason: String| Error::InvalidComponent {
             source_name: format!("{name} ({digest})"),
             reason,
@@ -720,12 +727,7 @@ impl Operators {
                 "its bytes in the object store have the digest {actual}: refused, not compiled"
             )));
         }
-        let operator = self.host.load_bytes(bytes, name).await?;
-        self.loaded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(digest.to_owned(), operator.clone());
-        Ok(operator)
+        self.host.load_bytes(bytes, name).await
     }
 }
 
@@ -739,7 +741,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
     let payloads = payload_store(&client).await?;
     let host = Host::builder().grants_table(&flags.grants).build()?;
     // Operators at hand: loaded now, by the digest of their bytes.
-    let mut loaded = HashMap::new();
+    let loaded = moka::future::Cache::new(MAX_LOADED);
     if let Some(dir) = &flags.operators {
         let entries = std::fs::read_dir(dir).map_err(|source| Error::io(dir, source))?;
         for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
@@ -748,7 +750,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
             }
             match host.load(&path).await {
                 Ok(operator) => {
-                    loaded.insert(operator.digest().to_owned(), operator);
+                    loaded.insert(operator.digest().to_owned(), operator).await;
                 }
                 Err(error) => {
                     tracing::warn!(target: "xcs::worker", path = %path.display(), "not loaded: {error}");
@@ -760,7 +762,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
         host,
         store,
         payloads,
-        loaded: Mutex::new(loaded),
+        loaded,
     });
     let subject = subject(&flags.nats.namespace);
     let mut calls = client
@@ -787,6 +789,7 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
     let taken = Arc::new(Semaphore::new(flags.max_concurrency.saturating_mul(2)));
     let running_places = Arc::new(Semaphore::new(flags.max_concurrency));
     let served = Arc::new(AtomicU64::new(0));
+    let mut early = EarlyCancels::default();
     if let Some(address) = flags.metrics_listen {
         serve_metrics(address, &name, operators.host.clone(), served.clone()).await?;
     }
@@ -813,6 +816,10 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                     let _ = stop.send(());
                     tracing::info!(target: "xcs::worker", "a call was cancelled by its coordinator");
                     errln!("xcs worker {name}: a call was cancelled by its coordinator");
+                } else {
+                    // Cancels and calls come on two subscriptions: a cancel
+                    // may come first (or be for another worker's call).
+                    early.remember(inbox);
                 }
                 continue;
             }
@@ -820,6 +827,13 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
         let Some(reply_to) = message.reply.clone() else {
             continue; // not a request
         };
+        if early.take(reply_to.as_str()) {
+            tracing::info!(target: "xcs::worker", "a call was cancelled before it started");
+            errln!(
+                "xcs worker {name}: a call was cancelled by its coordinator (before it started)"
+            );
+            continue;
+        }
         let client = client.clone();
         let Ok(permit) = taken.clone().try_acquire_owned() else {
             // Busy: say so at once, so the call goes elsewhere.
@@ -1027,6 +1041,35 @@ async fn serve_metrics(
         }
     });
     Ok(())
+}
+
+/// Cancels of calls not (yet) running here: the last
+/// [`EARLY_CANCELS`] of them.
+#[derive(Default)]
+struct EarlyCancels {
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+/// How many cancels of calls not running here a worker remembers.
+const EARLY_CANCELS: usize = 4096;
+
+impl EarlyCancels {
+    fn remember(&mut self, inbox: String) {
+        if self.set.insert(inbox.clone()) {
+            self.order.push_back(inbox);
+        }
+        while self.order.len() > EARLY_CANCELS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+
+    /// Whether the call replying to `inbox` was cancelled already.
+    fn take(&mut self, inbox: &str) -> bool {
+        self.set.remove(inbox)
+    }
 }
 
 /// A task aborted when this is dropped.
