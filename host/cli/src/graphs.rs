@@ -254,6 +254,7 @@ pub(crate) async fn run_graph(
     let inputs = read_input(input, "graph", MAX_GRAPH_INPUT_TEXT)?;
     let (mut options, progress) = options(flags, plan.graph().nodes().len());
     let mut remote = None;
+    let mut settle = None;
     if let Some(nats) = &flags.nats {
         // The components the nodes call, and, when a composite is among
         // them, every one it may call (those of --operators).
@@ -283,9 +284,14 @@ pub(crate) async fn run_graph(
         let executor =
             crate::remote::NatsExecutor::connect(nats, &files, flags.nats_max_in_flight).await?;
         remote = Some(executor.stats());
-        options = options.executor(std::sync::Arc::new(executor));
+        let executor = std::sync::Arc::new(executor);
+        settle = Some(executor.clone());
+        options = options.executor(executor);
     }
     let report = plan.run(&inputs, &options).await;
+    if let Some(executor) = settle {
+        executor.settle().await;
+    }
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
@@ -316,6 +322,7 @@ pub(crate) async fn run_composite(
     let inputs = read_input(input, composite.operator().name(), MAX_GRAPH_INPUT_TEXT)?;
     let (mut options, progress) = options(flags, 1);
     let mut remote = None;
+    let mut settle = None;
     if let Some(nats) = &flags.nats {
         // The composite's own code runs here; the calls it makes, on the
         // workers: every operator it may call goes to the object store.
@@ -324,9 +331,14 @@ pub(crate) async fn run_composite(
         let executor =
             crate::remote::NatsExecutor::connect(nats, &files, flags.nats_max_in_flight).await?;
         remote = Some(executor.stats());
-        options = options.executor(std::sync::Arc::new(executor));
+        let executor = std::sync::Arc::new(executor);
+        settle = Some(executor.clone());
+        options = options.executor(executor);
     }
     let report = composite.run(&inputs, &options).await;
+    if let Some(executor) = settle {
+        executor.settle().await;
+    }
     let more_metrics = remote.map(|stats| stats.text()).unwrap_or_default();
     if let Some(bar) = progress {
         bar.finish_and_clear();

@@ -117,12 +117,18 @@ fn cancel_subject(namespace: &str) -> String {
     format!("xcs.{namespace}.cancel")
 }
 
+/// The tasks publishing cancels, for a coordinator to wait for.
+type Pending = Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
 /// Says, when dropped before [`done`](Self::done), that the call whose
 /// replies go to `inbox` is no longer wanted.
 struct CancelOnDrop {
     client: async_nats::Client,
     subject: String,
     inbox: Option<String>,
+    /// Where the publishing task goes, for the coordinator to wait for
+    /// before it exits.
+    pending: Pending,
 }
 
 impl CancelOnDrop {
@@ -138,10 +144,14 @@ impl Drop for CancelOnDrop {
         };
         let (client, subject) = (self.client.clone(), self.subject.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
+            let task = runtime.spawn(async move {
                 let _ = client.publish(subject, inbox.into()).await;
                 let _ = client.flush().await;
             });
+            self.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(task);
         }
     }
 }
@@ -419,6 +429,8 @@ pub(crate) struct NatsExecutor {
     /// What the calls did.
     stats: Arc<RemoteStats>,
     cancel_subject: String,
+    /// Cancels being published.
+    pending: Pending,
 }
 
 impl NatsExecutor {
@@ -453,6 +465,7 @@ impl NatsExecutor {
             max_in_flight: max_in_flight.max(1),
             stats: Arc::new(RemoteStats::new()),
             cancel_subject: cancel_subject(&args.namespace),
+            pending: Arc::default(),
         })
     }
 }
@@ -462,6 +475,20 @@ impl NatsExecutor {
     pub(crate) fn stats(&self) -> Arc<RemoteStats> {
         self.stats.clone()
     }
+
+    /// Waits (at most 5 s) until the cancels of calls no longer wanted are
+    /// out: a coordinator that exits at once would leave workers running
+    /// them to their deadlines.
+    pub(crate) async fn settle(&self) {
+        let pending: Vec<_> = std::mem::take(
+            &mut *self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(pending)).await;
+    }
 }
 
 impl Executor for NatsExecutor {
@@ -470,6 +497,7 @@ impl Executor for NatsExecutor {
         let payloads = self.payloads.clone();
         let stats = self.stats.clone();
         let cancel = self.cancel_subject.clone();
+        let pending = self.pending.clone();
         let permit = self.in_flight.clone().try_acquire_owned();
         // The caller's trace (`traceparent`), for the worker's spans to
         // join: nothing when spans are not exported.
@@ -507,7 +535,7 @@ impl Executor for NatsExecutor {
             stats.bytes_sent.inc_by(body_len);
             let outcome = ask(
                 &client,
-                (&subject, &cancel),
+                (&subject, &cancel, &pending),
                 (headers, payload),
                 deadline,
                 &payloads,
@@ -540,7 +568,7 @@ enum Asked {
 /// `deadline` passes; its output.
 async fn ask(
     client: &async_nats::Client,
-    (subject, cancel): (&str, &str),
+    (subject, cancel, pending): (&str, &str, &Pending),
     (headers, payload): (async_nats::HeaderMap, bytes::Bytes),
     deadline: tokio::time::Instant,
     payloads: &ObjectStore,
@@ -569,6 +597,7 @@ async fn ask(
             client: client.clone(),
             subject: cancel.to_owned(),
             inbox: Some(inbox),
+            pending: pending.clone(),
         };
         let mut accepted = false;
         let reply = loop {
