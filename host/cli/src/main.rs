@@ -101,19 +101,10 @@ enum Command {
         /// Write the metrics in the Prometheus text format.
         #[arg(long, value_name = "FILE")]
         metrics: Option<PathBuf>,
-        /// Hand the graph's calls to the workers of a NATS server (`xcs
-        /// worker`) instead of running them here.
-        #[arg(long = "nats", value_name = "URL")]
-        nats: Option<String>,
-        /// The workers' namespace (with --nats).
-        #[arg(long, default_value = "default")]
-        namespace: String,
-        /// A NATS credentials file (with --nats).
-        #[arg(long, value_name = "FILE")]
-        creds: Option<PathBuf>,
-        /// TLS to the NATS server (with --nats).
+        /// With --nats, the graph's calls go to the workers of that NATS
+        /// server (`xcs worker`) instead of running here.
         #[command(flatten)]
-        tls: TlsFlags,
+        nats: NatsFlags,
         /// At most this many calls in flight to the workers (with
         /// --nats); one more is `overloaded`.
         #[arg(long, default_value_t = 256, value_name = "N")]
@@ -259,8 +250,9 @@ enum Command {
 /// A NATS server and namespace.
 #[derive(Debug, Args)]
 struct NatsFlags {
-    /// The NATS server, e.g. nats://127.0.0.1:4222 (JetStream on).
-    #[arg(long = "nats", value_name = "URL", required = true)]
+    /// The NATS server, e.g. nats://127.0.0.1:4222 (JetStream on);
+    /// `xcs worker` needs it.
+    #[arg(long = "nats", value_name = "URL")]
     url: Option<String>,
     /// Workers and coordinators of one namespace see each other's calls
     /// only.
@@ -675,6 +667,7 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                         max_output: limits.max_output,
                         seed: limits.seed,
                         graph_timeout,
+                        most: limits.limits(),
                     },
                 })
                 .await
@@ -717,18 +710,9 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 report,
                 metrics,
                 nats,
-                namespace,
-                creds,
-                tls,
                 nats_max_in_flight,
             } => {
-                let nats = nats.map(|url| remote::NatsArgs {
-                    url,
-                    namespace,
-                    creds,
-                    tls_ca: tls.tls_ca.clone(),
-                    tls_client: tls.client(),
-                });
+                let nats = nats.args();
                 let flags = graphs::RunFlags {
                     grants: grants.grants()?,
                     max_concurrency,

@@ -330,7 +330,7 @@ pub(crate) async fn serve(flags: ServeFlags) -> anyhow::Result<()> {
     let host = Host::builder()
         .grants_table(&flags.grants)
         .max_concurrency(flags.max_concurrency)
-        .default_limits(flags.maxima.most())
+        .default_limits(flags.maxima.most.clone())
         .build()?;
     let service = Arc::new(Service {
         host,

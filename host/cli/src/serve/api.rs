@@ -272,20 +272,11 @@ pub(crate) struct Maxima {
     pub(crate) max_output: u64,
     pub(crate) seed: u64,
     pub(crate) graph_timeout: Duration,
+    /// The same limits as one `Limits`: the most any call may have.
+    pub(crate) most: Limits,
 }
 
 impl Maxima {
-    /// The service's limits: the most any call may have.
-    pub(crate) fn most(&self) -> Limits {
-        Limits::default()
-            .timeout(self.timeout)
-            .fuel(self.fuel)
-            .max_memory_bytes(self.memory)
-            .max_input_bytes(self.max_input)
-            .max_output_bytes(self.max_output)
-            .seed(self.seed)
-    }
-
     /// The limits of a call: the service's, lowered where `params` asks.
     fn limits(&self, params: &Params) -> Result<Limits, ApiError> {
         let timeout = params
