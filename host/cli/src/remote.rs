@@ -480,6 +480,12 @@ impl NatsExecutor {
     /// out: a coordinator that exits at once would leave workers running
     /// them to their deadlines.
     pub(crate) async fn settle(&self) {
+        // The calls of a run that ended are dropped when their tasks are
+        // next polled: first every call gone (each releases its place
+        // after its cancel is queued), then every cancel out.
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), self.in_flight.acquire_many(all)).await;
         let pending: Vec<_> = std::mem::take(
             &mut *self
                 .pending
@@ -578,6 +584,15 @@ async fn ask(
     let unavailable = |error: &dyn std::fmt::Display| Asked::Unavailable(error.to_string());
     loop {
         let inbox = client.new_inbox();
+        // Dropped unanswered (the run failed fast, its deadline passed),
+        // even while the call is being sent: the worker is told to stop
+        // (a cancel that comes before its call drops the call).
+        let unwanted = CancelOnDrop {
+            client: client.clone(),
+            subject: cancel.to_owned(),
+            inbox: Some(inbox.clone()),
+            pending: pending.clone(),
+        };
         let mut replies = client
             .subscribe(inbox.clone())
             .await
@@ -585,20 +600,12 @@ async fn ask(
         client
             .publish_with_reply_and_headers(
                 subject.to_owned(),
-                inbox.clone(),
+                inbox,
                 headers.clone(),
                 payload.clone(),
             )
             .await
             .map_err(|error| unavailable(&error))?;
-        // Dropped unanswered (the run failed fast, its deadline passed):
-        // the worker is told to stop.
-        let unwanted = CancelOnDrop {
-            client: client.clone(),
-            subject: cancel.to_owned(),
-            inbox: Some(inbox),
-            pending: pending.clone(),
-        };
         let mut accepted = false;
         let reply = loop {
             let now = tokio::time::Instant::now();
@@ -887,7 +894,8 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(reply_to.to_string(), stop);
         let running = running.clone();
-        tokio::spawn(async move {
+        let (watched_running, watched_inbox) = (running.clone(), reply_to.to_string());
+        let call = tokio::spawn(async move {
             // Taken: said at once, then every HEARTBEAT while it runs, so
             // that the coordinator can tell a slow call from a lost worker.
             let mut said = async_nats::HeaderMap::new();
@@ -966,6 +974,20 @@ pub(crate) async fn worker(flags: WorkerFlags) -> anyhow::Result<()> {
                 tracing::warn!(target: "xcs::worker", "replying: {error}");
             }
             drop(permit);
+        });
+        // A call task that panics is reported, not lost: its place is freed
+        // as it unwinds, its entry removed here, and its coordinator, hearing
+        // no more, sends the call elsewhere.
+        tokio::spawn(async move {
+            if let Err(error) = call.await
+                && error.is_panic()
+            {
+                watched_running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&watched_inbox);
+                tracing::error!(target: "xcs::worker", "a call's task panicked: {error}");
+            }
         });
     }
     // Stop taking calls; finish those in flight within the drain.
